@@ -1,0 +1,129 @@
+//! Per-CPU counters: one `Counter` per (hook, reason), index `hook * REASONS + reason`.
+//!
+//! Every packet a program sees is counted under exactly one reason.
+
+use core::mem::size_of;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = assert!(size_of::<Counter>() == 16);
+
+/// The attachment point a program runs at (design.md, "Data paths").
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    /// tc ingress of a host-side pod veth: packets leaving a pod.
+    FromPod = 0,
+    /// tc egress of a host-side pod veth: packets entering a pod.
+    ToPod = 1,
+    /// tc ingress of an external device.
+    FromNet = 2,
+    /// tc egress of an external device.
+    ToNet = 3,
+}
+
+impl Hook {
+    pub const COUNT: u32 = 4;
+    pub const ALL: [Hook; 4] = [Hook::FromPod, Hook::ToPod, Hook::FromNet, Hook::ToNet];
+
+    /// Name of the hook, also the name of its eBPF program function.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::FromPod => "from_pod",
+            Hook::ToPod => "to_pod",
+            Hook::FromNet => "from_net",
+            Hook::ToNet => "to_net",
+        }
+    }
+}
+
+/// Why a packet got the verdict it got.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Not IPv4/IPv6: passed untouched.
+    PassNotIp = 0,
+    /// IP but neither TCP nor UDP (ICMP, ...): passed untouched.
+    PassOtherProto = 1,
+    /// A fragment (IPv4 MF/offset, IPv6 fragment header): passed untouched.
+    PassFragment = 2,
+    /// TCP/UDP, neither to a frontend nor part of a translated flow: passed untouched.
+    PassNotService = 3,
+    /// New flow to a frontend: backend chosen, DNAT, conntrack created.
+    DnatNewFlow = 4,
+    /// Packet of a known flow: DNAT to the flow's backend.
+    DnatEstablished = 5,
+    /// Reply of a translated flow: source rewritten back to the frontend.
+    RevNatReply = 6,
+    /// Frontend with zero backends.
+    DropNoBackend = 7,
+    /// Truncated or inconsistent headers.
+    DropMalformed = 8,
+    /// The flow's backend no longer exists.
+    DropBackendGone = 9,
+    /// A master entry names a slot that is not there (a writer bug or a torn update).
+    DropSlotMissing = 10,
+    /// Conntrack entry could not be created.
+    DropCtCreate = 11,
+    /// A rewrite or checksum helper failed.
+    DropNatFailed = 12,
+    /// Reply of a flow whose frontend's revnat entry is gone.
+    DropRevNatMissing = 13,
+}
+
+impl Reason {
+    pub const COUNT: u32 = 14;
+    pub const ALL: [Reason; 14] = [
+        Reason::PassNotIp,
+        Reason::PassOtherProto,
+        Reason::PassFragment,
+        Reason::PassNotService,
+        Reason::DnatNewFlow,
+        Reason::DnatEstablished,
+        Reason::RevNatReply,
+        Reason::DropNoBackend,
+        Reason::DropMalformed,
+        Reason::DropBackendGone,
+        Reason::DropSlotMissing,
+        Reason::DropCtCreate,
+        Reason::DropNatFailed,
+        Reason::DropRevNatMissing,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotIp => "pass_not_ip",
+            Reason::PassOtherProto => "pass_other_proto",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassNotService => "pass_not_service",
+            Reason::DnatNewFlow => "dnat_new_flow",
+            Reason::DnatEstablished => "dnat_established",
+            Reason::RevNatReply => "revnat_reply",
+            Reason::DropNoBackend => "drop_no_backend",
+            Reason::DropMalformed => "drop_malformed",
+            Reason::DropBackendGone => "drop_backend_gone",
+            Reason::DropSlotMissing => "drop_slot_missing",
+            Reason::DropCtCreate => "drop_ct_create",
+            Reason::DropNatFailed => "drop_nat_failed",
+            Reason::DropRevNatMissing => "drop_revnat_missing",
+        }
+    }
+
+    pub const fn is_drop(self) -> bool {
+        (self as u32) >= (Reason::DropNoBackend as u32)
+    }
+}
+
+/// Number of entries of the counters map.
+pub const COUNTERS_LEN: u32 = Hook::COUNT * Reason::COUNT;
+
+/// Index of a (hook, reason) counter.
+#[inline(always)]
+pub const fn counter_index(hook: Hook, reason: Reason) -> u32 {
+    hook as u32 * Reason::COUNT + reason as u32
+}

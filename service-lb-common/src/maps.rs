@@ -1,0 +1,39 @@
+//! Map names and default sizes.
+//!
+//! Names are short (the kernel keeps 15 characters), prefixed `SLB_` and versioned `_V1`:
+//! a layout change gets a new name, so an old pin is never reused with a new layout.
+//! The eBPF statics carry exactly these names.
+
+/// Layout version written into the `SLB_META_V1` map; bumped on any ABI change.
+pub const LAYOUT_VERSION: u32 = 1;
+
+pub const SERVICES4: &str = "SLB_SVC4_V1";
+pub const SERVICES6: &str = "SLB_SVC6_V1";
+pub const BACKENDS4: &str = "SLB_BE4_V1";
+pub const BACKENDS6: &str = "SLB_BE6_V1";
+pub const REVNAT4: &str = "SLB_RNAT4_V1";
+pub const REVNAT6: &str = "SLB_RNAT6_V1";
+pub const CT4_TCP: &str = "SLB_CT4_TCP_V1";
+pub const CT4_ANY: &str = "SLB_CT4_ANY_V1";
+pub const CT6_TCP: &str = "SLB_CT6_TCP_V1";
+pub const CT6_ANY: &str = "SLB_CT6_ANY_V1";
+pub const COUNTERS: &str = "SLB_CNT_V1";
+pub const META: &str = "SLB_META_V1";
+
+/// Every map the object defines, in the order `inspect` and the layout check list them.
+pub const ALL: [&str; 12] = [
+    SERVICES4, SERVICES6, BACKENDS4, BACKENDS6, REVNAT4, REVNAT6, CT4_TCP, CT4_ANY, CT6_TCP,
+    CT6_ANY, COUNTERS, META,
+];
+
+/// Default capacity of each services map: master + slot entries of all frontends.
+/// 100k services with 10 backends each need 1.1M entries; the daemon's flag raises it.
+pub const DEFAULT_SERVICES_MAX: u32 = 262_144;
+/// Default capacity of each backends map (backends are shared across services by id).
+pub const DEFAULT_BACKENDS_MAX: u32 = 131_072;
+/// Default capacity of each reverse-NAT map (one entry per frontend).
+pub const DEFAULT_REVNAT_MAX: u32 = 131_072;
+/// Default capacity of each TCP conntrack LRU map (two entries per flow).
+pub const DEFAULT_CT_TCP_MAX: u32 = 524_288;
+/// Default capacity of each non-TCP conntrack LRU map (two entries per flow).
+pub const DEFAULT_CT_ANY_MAX: u32 = 262_144;

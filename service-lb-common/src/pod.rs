@@ -1,0 +1,23 @@
+//! `aya::Pod` for every map type: plain old data, any bit pattern valid, no padding holes
+//! (all padding is explicit).
+
+use crate::{
+    Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, DataplaneConfig, Meta, RevNat4, RevNat6,
+    Svc4Key, Svc6Key, SvcValue,
+};
+
+// SAFETY: each type is `#[repr(C)]`, made only of integers and integer arrays, with
+// explicit padding fields, so every byte is initialised and every bit pattern is valid.
+unsafe impl aya::Pod for Svc4Key {}
+unsafe impl aya::Pod for Svc6Key {}
+unsafe impl aya::Pod for SvcValue {}
+unsafe impl aya::Pod for Backend4 {}
+unsafe impl aya::Pod for Backend6 {}
+unsafe impl aya::Pod for RevNat4 {}
+unsafe impl aya::Pod for RevNat6 {}
+unsafe impl aya::Pod for CtKey4 {}
+unsafe impl aya::Pod for CtKey6 {}
+unsafe impl aya::Pod for CtEntry {}
+unsafe impl aya::Pod for Counter {}
+unsafe impl aya::Pod for Meta {}
+unsafe impl aya::Pod for DataplaneConfig {}

@@ -1,0 +1,2 @@
+//! service-lb: the daemon, the data-plane layer and the CLI.
+pub mod dataplane;
