@@ -1,1 +1,12 @@
-//! Test harness.
+//! service-lb-tests: privileged test harness.
+//!
+//! - `packet`: BPF_PROG_TEST_RUN fixtures (packet builders, independent checksum checks).
+//! - `netns`, `topology`, `servers`: network-namespace topologies per
+//!   `shared/notes/test-network.md`, small TCP/UDP servers and clients.
+//! - `scenario`: end-to-end scenarios shared by the tests and `cargo xtask demo`.
+pub mod netns;
+pub mod packet;
+pub mod privileges;
+pub mod scenario;
+pub mod servers;
+pub mod topology;
