@@ -21,10 +21,18 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed={}", common_dir.display());
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     println!("cargo:rerun-if-env-changed=PATH");
+    println!("cargo:rerun-if-env-changed=SERVICE_LB_REQUIRE_EBPF");
     println!("cargo::rustc-check-cfg=cfg(service_lb_stub_ebpf)");
 
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     let have_linker = which_bpf_linker();
+    let require = env::var("SERVICE_LB_REQUIRE_EBPF").is_ok_and(|v| v == "1");
+    if require && (skip || !have_linker) {
+        anyhow::bail!(
+            "SERVICE_LB_REQUIRE_EBPF=1 but the eBPF object cannot be built (bpf-linker on PATH: \
+             {have_linker}, AYA_BUILD_SKIP: {skip}); run `cargo xtask setup`"
+        );
+    }
     if skip || !have_linker {
         let why = if skip { "AYA_BUILD_SKIP is set" } else { "bpf-linker is not on PATH" };
         println!("cargo:warning=service-lb: {why}; writing a stub eBPF object (run `cargo xtask setup` for the real one)");

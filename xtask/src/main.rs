@@ -1,1 +1,69 @@
-fn main() {}
+//! `cargo xtask`: the project's own build, set-up, test and demo commands.
+//!
+//! Every command first runs the parts of `setup` it needs, so a newcomer on a fresh machine
+//! only ever types `cargo xtask demo` or `cargo xtask test`.
+
+mod setup;
+mod shell;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "service-lb's build, set-up, test and demo commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what a new machine lacks (idempotent): nightly rust-src, bpf-linker built
+    /// against the nightly's libLLVM, the bpffs mount, Debian packages the tests use.
+    Setup,
+    /// Run every test there is: unit, golden, kernel packet tests, namespace end-to-end.
+    Test {
+        /// Extra arguments passed to `cargo test` after `--` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// The main job on its embedded default: a two-node sandbox with a ClusterIP service.
+    Demo,
+    /// rustfmt --check and clippy (warnings are errors).
+    Lint,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => setup::run(),
+        Command::Test { args } => test(&args),
+        Command::Demo => demo(),
+        Command::Lint => lint(),
+    }
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup::run()?;
+    let mut cmd = shell::cargo();
+    // A stub eBPF object must never pass for the real one in the test run.
+    cmd.env("SERVICE_LB_REQUIRE_EBPF", "1");
+    cmd.args(["test", "--workspace", "--no-fail-fast"]);
+    if !args.is_empty() {
+        cmd.arg("--").args(args);
+    }
+    shell::run(&mut cmd)
+}
+
+fn demo() -> Result<()> {
+    setup::run()?;
+    let mut cmd = shell::cargo();
+    cmd.env("SERVICE_LB_REQUIRE_EBPF", "1");
+    cmd.args(["run", "--quiet", "--package", "service-lb-tests", "--bin", "slb-demo"]);
+    shell::run(&mut cmd)
+}
+
+fn lint() -> Result<()> {
+    shell::run(shell::cargo().args(["fmt", "--all", "--check"]))?;
+    shell::run(shell::cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+}
