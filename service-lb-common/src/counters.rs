@@ -127,3 +127,45 @@ pub const COUNTERS_LEN: u32 = Hook::COUNT * Reason::COUNT;
 pub const fn counter_index(hook: Hook, reason: Reason) -> u32 {
     hook as u32 * Reason::COUNT + reason as u32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_table_matches_discriminants() {
+        assert_eq!(Reason::ALL.len() as u32, Reason::COUNT);
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32, "{} out of place", r.name());
+        }
+    }
+
+    #[test]
+    fn hook_table_matches_discriminants() {
+        assert_eq!(Hook::ALL.len() as u32, Hook::COUNT);
+        for (i, h) in Hook::ALL.iter().enumerate() {
+            assert_eq!(*h as u32, i as u32, "{} out of place", h.name());
+        }
+    }
+
+    #[test]
+    fn counter_indices_are_distinct_and_in_range() {
+        let mut seen = [false; COUNTERS_LEN as usize];
+        for h in Hook::ALL {
+            for r in Reason::ALL {
+                let i = counter_index(h, r) as usize;
+                assert!(i < seen.len());
+                assert!(!seen[i], "{}/{} collides", h.name(), r.name());
+                seen[i] = true;
+            }
+        }
+        assert!(seen.iter().all(|s| *s));
+    }
+
+    #[test]
+    fn drops_are_exactly_the_drop_reasons() {
+        for r in Reason::ALL {
+            assert_eq!(r.is_drop(), r.name().starts_with("drop_"), "{}", r.name());
+        }
+    }
+}

@@ -37,3 +37,24 @@ pub const DEFAULT_REVNAT_MAX: u32 = 131_072;
 pub const DEFAULT_CT_TCP_MAX: u32 = 524_288;
 /// Default capacity of each non-TCP conntrack LRU map (two entries per flow).
 pub const DEFAULT_CT_ANY_MAX: u32 = 262_144;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_the_kernel_limit_and_are_versioned() {
+        for name in ALL {
+            // BPF_OBJ_NAME_LEN is 16 including the NUL.
+            assert!(name.len() <= 15, "{name} is longer than 15 characters");
+            assert!(name.starts_with("SLB_") && name.ends_with("_V1"), "{name}");
+        }
+    }
+
+    #[test]
+    fn names_are_unique() {
+        for (i, a) in ALL.iter().enumerate() {
+            assert!(!ALL[i + 1..].contains(a), "{a} listed twice");
+        }
+    }
+}
