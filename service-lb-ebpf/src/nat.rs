@@ -1,0 +1,47 @@
+//! Address and port rewrite with checksum fix-ups (the per-family address part lives in
+//! `Family::rewrite_addr`).
+
+use aya_ebpf::programs::TcContext;
+use service_lb_common::Reason;
+
+use crate::{
+    family::{l4_csum_flags, Endpoint, Family, Side},
+    packet::Headers,
+    verdict::{Step, Verdict},
+};
+
+/// Offsets of the source and destination port inside the TCP/UDP header.
+const SPORT_OFF: usize = 0;
+const DPORT_OFF: usize = 2;
+
+/// Rewrites the `side` address and port of the packet to `to`: destination for DNAT,
+/// source for reverse NAT. Unchanged fields are left alone.
+#[inline(always)]
+pub fn rewrite<F: Family>(
+    ctx: &TcContext,
+    h: &Headers<F::Addr>,
+    side: Side,
+    to: Endpoint<F::Addr>,
+) -> Step<()> {
+    let (addr, port_be, addr_off, port_off) = match side {
+        Side::Source => (h.saddr, h.sport_be, F::SADDR_OFF, SPORT_OFF),
+        Side::Destination => (h.daddr, h.dport_be, F::DADDR_OFF, DPORT_OFF),
+    };
+    const FAILED: Verdict = Verdict::Drop(Reason::DropNatFailed);
+    if addr != to.addr {
+        F::rewrite_addr(ctx, h, addr_off, addr, to.addr).map_err(|_| FAILED)?;
+    }
+    if port_be != to.port_be {
+        let flags = l4_csum_flags(h) | 2;
+        ctx.l4_csum_replace(
+            h.l4_csum_off(),
+            u64::from(port_be),
+            u64::from(to.port_be),
+            flags,
+        )
+        .map_err(|_| FAILED)?;
+        ctx.store(h.l4_off + port_off, &to.port_be, 0)
+            .map_err(|_| FAILED)?;
+    }
+    Ok(())
+}
