@@ -6,7 +6,7 @@
 
 use std::{env, fs, path::PathBuf};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{anyhow, Context as _};
 
 const OBJECT: &str = "service-lb";
 
@@ -15,7 +15,9 @@ fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(
         env::var_os("CARGO_MANIFEST_DIR").ok_or_else(|| anyhow!("CARGO_MANIFEST_DIR not set"))?,
     );
-    let workspace = manifest_dir.parent().context("service-lb has no parent folder")?;
+    let workspace = manifest_dir
+        .parent()
+        .context("service-lb has no parent folder")?;
     let ebpf_dir = workspace.join("service-lb-ebpf");
     let common_dir = workspace.join("service-lb-common");
     println!("cargo:rerun-if-changed={}", common_dir.display());
@@ -34,21 +36,33 @@ fn main() -> anyhow::Result<()> {
         );
     }
     if skip || !have_linker {
-        let why = if skip { "AYA_BUILD_SKIP is set" } else { "bpf-linker is not on PATH" };
+        let why = if skip {
+            "AYA_BUILD_SKIP is set"
+        } else {
+            "bpf-linker is not on PATH"
+        };
         println!("cargo:warning=service-lb: {why}; writing a stub eBPF object (run `cargo xtask setup` for the real one)");
         fs::write(out_dir.join(OBJECT), b"").context("writing the stub eBPF object")?;
         println!("cargo:rustc-cfg=service_lb_stub_ebpf");
         return Ok(());
     }
 
-    let root_dir = ebpf_dir.to_str().context("service-lb-ebpf path is not UTF-8")?;
+    let root_dir = ebpf_dir
+        .to_str()
+        .context("service-lb-ebpf path is not UTF-8")?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: "service-lb-ebpf", root_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "service-lb-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
 }
 
 fn which_bpf_linker() -> bool {
-    let Some(path) = env::var_os("PATH") else { return false };
+    let Some(path) = env::var_os("PATH") else {
+        return false;
+    };
     env::split_paths(&path).any(|dir| dir.join("bpf-linker").is_file())
 }

@@ -1,2 +1,4 @@
 //! service-lb: the daemon, the data-plane layer and the CLI.
+pub mod cli;
 pub mod dataplane;
+pub mod telemetry;

@@ -1,2 +1,35 @@
 //! Everything that touches the kernel: load, pin, attach, typed map access, write order.
+//! The only module of the crate that uses aya.
+//!
+//! - `options`: where and how big; `layout`: what each map must look like;
+//! - `pin`: the bpffs folder and the pin checks; `loader`: `Dataplane::open`;
+//! - `interfaces` + `attach`: TCX attachments pinned as links, `detach_all`, `cleanup`;
+//! - `maps` (the `MapStore` trait), `bpf_maps` (kernel), `fake_maps` (in memory);
+//! - `writer`: `ServiceWriter`, the safe write order, ids, rollback.
+pub mod attach;
+pub mod bpf_maps;
+pub mod error;
+pub mod fake_maps;
+pub mod interfaces;
+pub mod layout;
+mod link_detach;
+pub mod loader;
+pub mod maps;
 pub mod object;
+pub mod options;
+pub mod pin;
+pub mod writer;
+
+#[cfg(test)]
+mod writer_tests;
+
+pub use attach::{cleanup, detach_all, Attachment, Cleaned};
+pub use bpf_maps::{BpfMaps, CounterTotal, CtRecord, CtTable};
+pub use error::DataplaneError;
+pub use fake_maps::{FakeMaps, Op};
+pub use loader::Dataplane;
+pub use maps::{BackendValue, Family, MapStore, RevNatValue, StoreError, SvcKey};
+pub use options::{DataplaneOptions, MapSizes, PinMismatch, DEFAULT_BPFFS};
+pub use writer::{
+    BackendSpec, FrontendIds, FrontendKey, FrontendSpec, L4Proto, ServiceWriter, WriteError,
+};

@@ -1,0 +1,67 @@
+//! `service-lb inspect services|backends|conntrack|counters`: reads the pinned maps
+//! directly (no daemon, no program load).
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+
+use super::{output::Format, Failure};
+use crate::dataplane::{pin, BpfMaps, DEFAULT_BPFFS};
+
+pub mod backends;
+pub mod conntrack;
+pub mod counters;
+pub mod services;
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[command(subcommand)]
+    pub what: What,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// bpffs folder of the data plane.
+    #[arg(long, global = true, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum What {
+    /// One row per frontend with its backends.
+    Services,
+    /// Every backend by id.
+    Backends,
+    /// Every entry of the four conntrack maps.
+    Conntrack,
+    /// Packets and bytes per hook and reason, summed over CPUs.
+    Counters {
+        /// Also show counters that are zero.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+pub fn run(args: &InspectArgs) -> Result<(), Failure> {
+    if !pin::maps_dir(&args.bpffs).is_dir() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "no data plane is pinned under {} (is the daemon installed? is --bpffs right?)",
+            args.bpffs.display()
+        )));
+    }
+    let maps = BpfMaps::open_pinned(&args.bpffs)
+        .with_context(|| format!("opening the pinned maps under {}", args.bpffs.display()))?;
+    let text = match args.what {
+        What::Services => super::output::render(&services::rows(&maps)?, args.output)?,
+        What::Backends => super::output::render(&backends::rows(&maps)?, args.output)?,
+        What::Conntrack => {
+            let now = conntrack::boottime_ns()?;
+            super::output::render(&conntrack::rows(&maps.conntrack()?, now), args.output)?
+        }
+        What::Counters { all } => {
+            super::output::render(&counters::rows(&maps.counters()?, all), args.output)?
+        }
+    };
+    println!("{text}");
+    Ok(())
+}

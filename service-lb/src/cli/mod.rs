@@ -1,0 +1,132 @@
+//! The `service-lb` command line: one module per subcommand.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::telemetry::{self, LogFormat};
+
+pub mod cleanup;
+pub mod inspect;
+pub mod output;
+
+/// Exit code of a usage or configuration error (sysexits EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "service-lb", version, about = "eBPF kube-proxy replacement")]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+    /// More logs (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the data plane's own view, read from the pinned maps (no daemon needed).
+    Inspect(inspect::InspectArgs),
+    /// Detach every program and remove every pin of the data plane.
+    Cleanup(cleanup::CleanupArgs),
+}
+
+/// A failed command: what to print and how to exit.
+#[derive(Debug)]
+pub struct Failure {
+    pub usage: bool,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    pub fn usage(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            usage: true,
+            error: error.into(),
+        }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Self {
+            usage: false,
+            error: error.into(),
+        }
+    }
+}
+
+/// Parses the arguments, runs the command and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let usage = e.use_stderr();
+            // Help and version go to stdout and are not errors.
+            let _ = e.print();
+            return if usage {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    telemetry::init(cli.log_format, cli.verbose);
+    let result = match &cli.command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Cleanup(args) => cleanup::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { usage, error }) => {
+            eprintln!("service-lb: {error:#}");
+            ExitCode::from(if usage { EXIT_USAGE } else { 1 })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_inspect_and_global_flags() {
+        let cli = Cli::try_parse_from([
+            "service-lb",
+            "inspect",
+            "counters",
+            "-o",
+            "json",
+            "--all",
+            "--bpffs",
+            "/sys/fs/bpf/x",
+            "-vv",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.verbose, 2);
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Inspect(args) = cli.command else {
+            panic!("not inspect")
+        };
+        assert_eq!(args.bpffs.to_str(), Some("/sys/fs/bpf/x"));
+        assert_eq!(args.output, output::Format::Json);
+        assert!(matches!(args.what, inspect::What::Counters { all: true }));
+    }
+
+    #[test]
+    fn an_unknown_table_is_a_usage_error() {
+        let e = Cli::try_parse_from(["service-lb", "inspect", "tables"]).unwrap_err();
+        assert!(e.use_stderr());
+    }
+}

@@ -1,0 +1,33 @@
+//! `-o table|json`: rows with serde field names, rendered by comfy-table or serde_json.
+
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+/// A row that knows its table columns.
+pub trait TableRow: Serialize {
+    const HEADER: &'static [&'static str];
+    fn cells(&self) -> Vec<String>;
+}
+
+pub fn render<R: TableRow>(rows: &[R], format: Format) -> anyhow::Result<String> {
+    match format {
+        Format::Json => Ok(serde_json::to_string_pretty(rows)?),
+        Format::Table => {
+            let mut table = Table::new();
+            table
+                .load_preset(UTF8_BORDERS_ONLY)
+                .set_header(R::HEADER.to_vec());
+            for row in rows {
+                table.add_row(row.cells());
+            }
+            Ok(table.to_string())
+        }
+    }
+}

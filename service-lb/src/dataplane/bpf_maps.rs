@@ -1,0 +1,402 @@
+//! `MapStore` on the kernel maps, opened from their pins (works with or without a loaded
+//! object: `Dataplane::open` pins every map), plus the read-only dumps `inspect` needs.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use service_lb_common::{
+    counters::counter_index, maps, Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Hook,
+    Meta, Reason, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue,
+};
+
+use super::{
+    error::DataplaneError,
+    loader::Dataplane,
+    maps::{BackendValue, Family, MapStore, RevNatValue, StoreError, StoreOp, SvcKey},
+    pin,
+};
+
+type Hash<K, V> = HashMap<MapData, K, V>;
+
+/// The pinned maps of a data plane.
+pub struct BpfMaps {
+    svc4: Hash<Svc4Key, SvcValue>,
+    svc6: Hash<Svc6Key, SvcValue>,
+    be4: Hash<u32, Backend4>,
+    be6: Hash<u32, Backend6>,
+    rn4: Hash<u32, RevNat4>,
+    rn6: Hash<u32, RevNat6>,
+    ct4_tcp: Hash<CtKey4, CtEntry>,
+    ct4_any: Hash<CtKey4, CtEntry>,
+    ct6_tcp: Hash<CtKey6, CtEntry>,
+    ct6_any: Hash<CtKey6, CtEntry>,
+    counters: PerCpuArray<MapData, Counter>,
+    meta: Array<MapData, Meta>,
+}
+
+fn open_map(bpffs: &Path, name: &'static str) -> Result<Map, DataplaneError> {
+    let path = pin::map_pin_path(bpffs, name);
+    let data = MapData::from_pin(&path).map_err(|e| DataplaneError::map(name, e))?;
+    Map::from_map_data(data).map_err(|e| DataplaneError::map(name, e))
+}
+
+fn open_hash<K: aya::Pod, V: aya::Pod>(
+    bpffs: &Path,
+    name: &'static str,
+) -> Result<Hash<K, V>, DataplaneError> {
+    HashMap::try_from(open_map(bpffs, name)?).map_err(|e| DataplaneError::map(name, e))
+}
+
+impl BpfMaps {
+    /// Opens every map from its pin under `<bpffs>/maps` (no program load needed).
+    pub fn open_pinned(bpffs: &Path) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            svc4: open_hash(bpffs, maps::SERVICES4)?,
+            svc6: open_hash(bpffs, maps::SERVICES6)?,
+            be4: open_hash(bpffs, maps::BACKENDS4)?,
+            be6: open_hash(bpffs, maps::BACKENDS6)?,
+            rn4: open_hash(bpffs, maps::REVNAT4)?,
+            rn6: open_hash(bpffs, maps::REVNAT6)?,
+            ct4_tcp: open_hash(bpffs, maps::CT4_TCP)?,
+            ct4_any: open_hash(bpffs, maps::CT4_ANY)?,
+            ct6_tcp: open_hash(bpffs, maps::CT6_TCP)?,
+            ct6_any: open_hash(bpffs, maps::CT6_ANY)?,
+            counters: PerCpuArray::try_from(open_map(bpffs, maps::COUNTERS)?)
+                .map_err(|e| DataplaneError::map(maps::COUNTERS, e))?,
+            meta: Array::try_from(open_map(bpffs, maps::META)?)
+                .map_err(|e| DataplaneError::map(maps::META, e))?,
+        })
+    }
+
+    /// The maps of a loaded data plane (the same kernel maps, through their pins).
+    pub fn of(dataplane: &Dataplane) -> Result<Self, DataplaneError> {
+        Self::open_pinned(dataplane.bpffs())
+    }
+
+    /// `Meta.layout_version` as stored.
+    pub fn layout_version(&self) -> Result<u32, DataplaneError> {
+        self.meta
+            .get(&0, 0)
+            .map(|m| m.layout_version)
+            .map_err(|e| DataplaneError::map(maps::META, e))
+    }
+
+    /// Every conntrack entry of the four maps.
+    pub fn conntrack(&self) -> Result<Vec<CtRecord>, DataplaneError> {
+        let mut out = Vec::new();
+        for (map, name, table) in [
+            (&self.ct4_tcp, maps::CT4_TCP, CtTable::Tcp),
+            (&self.ct4_any, maps::CT4_ANY, CtTable::Any),
+        ] {
+            for (k, entry) in list(map, name)? {
+                out.push(CtRecord {
+                    table,
+                    saddr: Ipv4Addr::from(k.saddr).into(),
+                    daddr: Ipv4Addr::from(k.daddr).into(),
+                    sport: u16::from_be(k.sport_be),
+                    dport: u16::from_be(k.dport_be),
+                    proto: k.proto,
+                    dir: k.dir,
+                    entry,
+                });
+            }
+        }
+        for (map, name, table) in [
+            (&self.ct6_tcp, maps::CT6_TCP, CtTable::Tcp),
+            (&self.ct6_any, maps::CT6_ANY, CtTable::Any),
+        ] {
+            for (k, entry) in list(map, name)? {
+                out.push(CtRecord {
+                    table,
+                    saddr: Ipv6Addr::from(k.saddr).into(),
+                    daddr: Ipv6Addr::from(k.daddr).into(),
+                    sport: u16::from_be(k.sport_be),
+                    dport: u16::from_be(k.dport_be),
+                    proto: k.proto,
+                    dir: k.dir,
+                    entry,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every (hook, reason) counter, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<CounterTotal>, DataplaneError> {
+        let mut out = Vec::new();
+        for hook in Hook::ALL {
+            for reason in Reason::ALL {
+                let per_cpu = self
+                    .counters
+                    .get(&counter_index(hook, reason), 0)
+                    .map_err(|e| DataplaneError::map(maps::COUNTERS, e))?;
+                let (packets, bytes) = per_cpu.iter().fold((0u64, 0u64), |(p, b), c| {
+                    (p.saturating_add(c.packets), b.saturating_add(c.bytes))
+                });
+                out.push(CounterTotal {
+                    hook,
+                    reason,
+                    packets,
+                    bytes,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Which conntrack map an entry came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CtTable {
+    Tcp,
+    Any,
+}
+
+/// One conntrack entry, decoded (ports in host order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtRecord {
+    pub table: CtTable,
+    pub saddr: IpAddr,
+    pub daddr: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub entry: CtEntry,
+}
+
+/// One counter summed over CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterTotal {
+    pub hook: Hook,
+    pub reason: Reason,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+fn failed(map: &'static str, op: StoreOp, e: MapError) -> StoreError {
+    StoreError::Failed {
+        map,
+        op,
+        source: Box::new(e),
+    }
+}
+
+fn is_full(e: &MapError) -> bool {
+    match e {
+        MapError::SyscallError(s) => {
+            matches!(
+                s.io_error.raw_os_error(),
+                Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM)
+            )
+        }
+        _ => false,
+    }
+}
+
+fn is_missing(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound | MapError::ElementNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+fn put<K: aya::Pod, V: aya::Pod>(
+    map: &mut Hash<K, V>,
+    name: &'static str,
+    k: &K,
+    v: &V,
+) -> Result<(), StoreError> {
+    map.insert(k, v, 0).map_err(|e| {
+        if is_full(&e) {
+            StoreError::Full { map: name }
+        } else {
+            failed(name, StoreOp::Put, e)
+        }
+    })
+}
+
+fn delete<K: aya::Pod, V: aya::Pod>(
+    map: &mut Hash<K, V>,
+    name: &'static str,
+    k: &K,
+) -> Result<(), StoreError> {
+    match map.remove(k) {
+        Err(e) if !is_missing(&e) => Err(failed(name, StoreOp::Delete, e)),
+        _ => Ok(()),
+    }
+}
+
+fn get<K: aya::Pod, V: aya::Pod>(
+    map: &Hash<K, V>,
+    name: &'static str,
+    k: &K,
+) -> Result<Option<V>, StoreError> {
+    match map.get(k, 0) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(failed(name, StoreOp::Get, e)),
+    }
+}
+
+/// All entries; an entry deleted between the key walk and its lookup is skipped.
+fn list<K: aya::Pod, V: aya::Pod>(
+    map: &Hash<K, V>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, StoreError> {
+    let mut out = Vec::new();
+    for item in map.iter() {
+        match item {
+            Ok(kv) => out.push(kv),
+            Err(e) if is_missing(&e) => {}
+            Err(e) => return Err(failed(name, StoreOp::List, e)),
+        }
+    }
+    Ok(out)
+}
+
+fn purge<K: aya::Pod>(
+    map: &mut Hash<K, CtEntry>,
+    name: &'static str,
+    backend_id: u32,
+) -> Result<usize, StoreError> {
+    let doomed: Vec<K> = list(map, name)?
+        .into_iter()
+        .filter(|(_, e)| e.backend_id == backend_id)
+        .map(|(k, _)| k)
+        .collect();
+    for k in &doomed {
+        delete(map, name, k)?;
+    }
+    Ok(doomed.len())
+}
+
+impl MapStore for BpfMaps {
+    fn put_service(&mut self, key: &SvcKey, value: &SvcValue) -> Result<(), StoreError> {
+        match key {
+            SvcKey::V4(k) => put(&mut self.svc4, maps::SERVICES4, k, value),
+            SvcKey::V6(k) => put(&mut self.svc6, maps::SERVICES6, k, value),
+        }
+    }
+
+    fn delete_service(&mut self, key: &SvcKey) -> Result<(), StoreError> {
+        match key {
+            SvcKey::V4(k) => delete(&mut self.svc4, maps::SERVICES4, k),
+            SvcKey::V6(k) => delete(&mut self.svc6, maps::SERVICES6, k),
+        }
+    }
+
+    fn get_service(&self, key: &SvcKey) -> Result<Option<SvcValue>, StoreError> {
+        match key {
+            SvcKey::V4(k) => get(&self.svc4, maps::SERVICES4, k),
+            SvcKey::V6(k) => get(&self.svc6, maps::SERVICES6, k),
+        }
+    }
+
+    fn list_services(&self, family: Family) -> Result<Vec<(SvcKey, SvcValue)>, StoreError> {
+        Ok(match family {
+            Family::V4 => list(&self.svc4, maps::SERVICES4)?
+                .into_iter()
+                .map(|(k, v)| (SvcKey::V4(k), v))
+                .collect(),
+            Family::V6 => list(&self.svc6, maps::SERVICES6)?
+                .into_iter()
+                .map(|(k, v)| (SvcKey::V6(k), v))
+                .collect(),
+        })
+    }
+
+    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), StoreError> {
+        match value {
+            BackendValue::V4(v) => put(&mut self.be4, maps::BACKENDS4, &id, v),
+            BackendValue::V6(v) => put(&mut self.be6, maps::BACKENDS6, &id, v),
+        }
+    }
+
+    fn delete_backend(&mut self, family: Family, id: u32) -> Result<(), StoreError> {
+        match family {
+            Family::V4 => delete(&mut self.be4, maps::BACKENDS4, &id),
+            Family::V6 => delete(&mut self.be6, maps::BACKENDS6, &id),
+        }
+    }
+
+    fn get_backend(&self, family: Family, id: u32) -> Result<Option<BackendValue>, StoreError> {
+        Ok(match family {
+            Family::V4 => get(&self.be4, maps::BACKENDS4, &id)?.map(BackendValue::V4),
+            Family::V6 => get(&self.be6, maps::BACKENDS6, &id)?.map(BackendValue::V6),
+        })
+    }
+
+    fn list_backends(&self, family: Family) -> Result<Vec<(u32, BackendValue)>, StoreError> {
+        Ok(match family {
+            Family::V4 => list(&self.be4, maps::BACKENDS4)?
+                .into_iter()
+                .map(|(k, v)| (k, BackendValue::V4(v)))
+                .collect(),
+            Family::V6 => list(&self.be6, maps::BACKENDS6)?
+                .into_iter()
+                .map(|(k, v)| (k, BackendValue::V6(v)))
+                .collect(),
+        })
+    }
+
+    fn put_revnat(&mut self, service_id: u32, value: &RevNatValue) -> Result<(), StoreError> {
+        match value {
+            RevNatValue::V4(v) => put(&mut self.rn4, maps::REVNAT4, &service_id, v),
+            RevNatValue::V6(v) => put(&mut self.rn6, maps::REVNAT6, &service_id, v),
+        }
+    }
+
+    fn delete_revnat(&mut self, family: Family, service_id: u32) -> Result<(), StoreError> {
+        match family {
+            Family::V4 => delete(&mut self.rn4, maps::REVNAT4, &service_id),
+            Family::V6 => delete(&mut self.rn6, maps::REVNAT6, &service_id),
+        }
+    }
+
+    fn get_revnat(
+        &self,
+        family: Family,
+        service_id: u32,
+    ) -> Result<Option<RevNatValue>, StoreError> {
+        Ok(match family {
+            Family::V4 => get(&self.rn4, maps::REVNAT4, &service_id)?.map(RevNatValue::V4),
+            Family::V6 => get(&self.rn6, maps::REVNAT6, &service_id)?.map(RevNatValue::V6),
+        })
+    }
+
+    fn list_revnat(&self, family: Family) -> Result<Vec<(u32, RevNatValue)>, StoreError> {
+        Ok(match family {
+            Family::V4 => list(&self.rn4, maps::REVNAT4)?
+                .into_iter()
+                .map(|(k, v)| (k, RevNatValue::V4(v)))
+                .collect(),
+            Family::V6 => list(&self.rn6, maps::REVNAT6)?
+                .into_iter()
+                .map(|(k, v)| (k, RevNatValue::V6(v)))
+                .collect(),
+        })
+    }
+
+    fn delete_conntrack_of_backend(
+        &mut self,
+        family: Family,
+        backend_id: u32,
+    ) -> Result<usize, StoreError> {
+        Ok(match family {
+            Family::V4 => {
+                purge(&mut self.ct4_tcp, maps::CT4_TCP, backend_id)?
+                    + purge(&mut self.ct4_any, maps::CT4_ANY, backend_id)?
+            }
+            Family::V6 => {
+                purge(&mut self.ct6_tcp, maps::CT6_TCP, backend_id)?
+                    + purge(&mut self.ct6_any, maps::CT6_ANY, backend_id)?
+            }
+        })
+    }
+}

@@ -1,0 +1,206 @@
+//! `MapStore` in memory: BTreeMaps, optional capacities (to simulate a full map) and a log
+//! of every write, so tests can assert the write order.
+
+use std::collections::BTreeMap;
+
+use service_lb_common::{CtEntry, SvcValue};
+
+use super::maps::{BackendValue, Family, MapStore, RevNatValue, StoreError, SvcKey};
+
+/// One write, as the fake saw it (reads are not logged).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    PutBackend(u32),
+    DeleteBackend(u32),
+    PutRevNat(u32),
+    DeleteRevNat(u32),
+    /// A slot entry (slot >= 1) naming `backend_id`.
+    PutSlot {
+        slot: u16,
+        backend_id: u32,
+    },
+    DeleteSlot(u16),
+    /// The master entry (slot 0).
+    PutMaster {
+        count: u32,
+    },
+    DeleteMaster,
+    DeleteConntrack {
+        backend_id: u32,
+    },
+}
+
+/// A conntrack entry of the fake, keyed by an opaque flow number.
+pub type FakeFlow = u64;
+
+#[derive(Clone, Debug, Default)]
+pub struct FakeMaps {
+    pub services: BTreeMap<SvcKey, SvcValue>,
+    pub backends: BTreeMap<(Family, u32), BackendValue>,
+    pub revnat: BTreeMap<(Family, u32), RevNatValue>,
+    pub conntrack: BTreeMap<(Family, FakeFlow), CtEntry>,
+    pub ops: Vec<Op>,
+    /// Capacity of each services map (per family, like the kernel maps); `None` = unbounded.
+    pub services_max: Option<usize>,
+    pub backends_max: Option<usize>,
+    pub revnat_max: Option<usize>,
+}
+
+impl FakeMaps {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Returns and clears the op log.
+    pub fn take_ops(&mut self) -> Vec<Op> {
+        std::mem::take(&mut self.ops)
+    }
+
+    fn services_len(&self, family: Family) -> usize {
+        self.services
+            .keys()
+            .filter(|k| k.family() == family)
+            .count()
+    }
+}
+
+fn would_overflow(len: usize, exists: bool, max: Option<usize>) -> bool {
+    !exists && max.is_some_and(|max| len >= max)
+}
+
+impl MapStore for FakeMaps {
+    fn put_service(&mut self, key: &SvcKey, value: &SvcValue) -> Result<(), StoreError> {
+        let family = key.family();
+        if would_overflow(
+            self.services_len(family),
+            self.services.contains_key(key),
+            self.services_max,
+        ) {
+            return Err(StoreError::Full {
+                map: family.services_map(),
+            });
+        }
+        self.services.insert(*key, *value);
+        self.ops.push(match key.slot() {
+            0 => Op::PutMaster { count: value.count },
+            slot => Op::PutSlot {
+                slot,
+                backend_id: value.backend_id,
+            },
+        });
+        Ok(())
+    }
+
+    fn delete_service(&mut self, key: &SvcKey) -> Result<(), StoreError> {
+        self.services.remove(key);
+        self.ops.push(match key.slot() {
+            0 => Op::DeleteMaster,
+            slot => Op::DeleteSlot(slot),
+        });
+        Ok(())
+    }
+
+    fn get_service(&self, key: &SvcKey) -> Result<Option<SvcValue>, StoreError> {
+        Ok(self.services.get(key).copied())
+    }
+
+    fn list_services(&self, family: Family) -> Result<Vec<(SvcKey, SvcValue)>, StoreError> {
+        Ok(self
+            .services
+            .iter()
+            .filter(|(k, _)| k.family() == family)
+            .map(|(k, v)| (*k, *v))
+            .collect())
+    }
+
+    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), StoreError> {
+        let family = value.family();
+        let len = self.backends.keys().filter(|(f, _)| *f == family).count();
+        if would_overflow(
+            len,
+            self.backends.contains_key(&(family, id)),
+            self.backends_max,
+        ) {
+            return Err(StoreError::Full {
+                map: family.backends_map(),
+            });
+        }
+        self.backends.insert((family, id), *value);
+        self.ops.push(Op::PutBackend(id));
+        Ok(())
+    }
+
+    fn delete_backend(&mut self, family: Family, id: u32) -> Result<(), StoreError> {
+        self.backends.remove(&(family, id));
+        self.ops.push(Op::DeleteBackend(id));
+        Ok(())
+    }
+
+    fn get_backend(&self, family: Family, id: u32) -> Result<Option<BackendValue>, StoreError> {
+        Ok(self.backends.get(&(family, id)).copied())
+    }
+
+    fn list_backends(&self, family: Family) -> Result<Vec<(u32, BackendValue)>, StoreError> {
+        Ok(self
+            .backends
+            .iter()
+            .filter(|((f, _), _)| *f == family)
+            .map(|((_, id), v)| (*id, *v))
+            .collect())
+    }
+
+    fn put_revnat(&mut self, service_id: u32, value: &RevNatValue) -> Result<(), StoreError> {
+        let family = value.family();
+        let len = self.revnat.keys().filter(|(f, _)| *f == family).count();
+        if would_overflow(
+            len,
+            self.revnat.contains_key(&(family, service_id)),
+            self.revnat_max,
+        ) {
+            return Err(StoreError::Full {
+                map: family.revnat_map(),
+            });
+        }
+        self.revnat.insert((family, service_id), *value);
+        self.ops.push(Op::PutRevNat(service_id));
+        Ok(())
+    }
+
+    fn delete_revnat(&mut self, family: Family, service_id: u32) -> Result<(), StoreError> {
+        self.revnat.remove(&(family, service_id));
+        self.ops.push(Op::DeleteRevNat(service_id));
+        Ok(())
+    }
+
+    fn get_revnat(
+        &self,
+        family: Family,
+        service_id: u32,
+    ) -> Result<Option<RevNatValue>, StoreError> {
+        Ok(self.revnat.get(&(family, service_id)).copied())
+    }
+
+    fn list_revnat(&self, family: Family) -> Result<Vec<(u32, RevNatValue)>, StoreError> {
+        Ok(self
+            .revnat
+            .iter()
+            .filter(|((f, _), _)| *f == family)
+            .map(|((_, id), v)| (*id, *v))
+            .collect())
+    }
+
+    fn delete_conntrack_of_backend(
+        &mut self,
+        family: Family,
+        backend_id: u32,
+    ) -> Result<usize, StoreError> {
+        let before = self.conntrack.len();
+        self.conntrack
+            .retain(|(f, _), e| !(*f == family && e.backend_id == backend_id));
+        let removed = before - self.conntrack.len();
+        if removed > 0 {
+            self.ops.push(Op::DeleteConntrack { backend_id });
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,148 @@
+//! The layout (type, key size, value size, capacity) every map must have, derived from the
+//! common crate's types and the configured sizes. Used to check pins before they are
+//! reused and the loaded object after load.
+
+use std::{fmt, mem::size_of};
+
+use aya::maps::MapType;
+use service_lb_common::{
+    counters::COUNTERS_LEN, maps, Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Meta,
+    RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue,
+};
+
+use super::options::MapSizes;
+
+/// Kind of a map as the kernel reports it (a copy of the few `MapType`s we use, so the
+/// layout is comparable and printable).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    Hash,
+    LruHash,
+    Array,
+    PerCpuArray,
+    /// Any other type, by the kernel's number (only ever seen on a foreign pin).
+    Other(u32),
+}
+
+impl MapKind {
+    pub fn from_aya(map_type: MapType) -> Self {
+        match map_type {
+            MapType::Hash => Self::Hash,
+            MapType::LruHash => Self::LruHash,
+            MapType::Array => Self::Array,
+            MapType::PerCpuArray => Self::PerCpuArray,
+            other => Self::Other(other as u32),
+        }
+    }
+}
+
+impl fmt::Display for MapKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Hash => f.write_str("hash"),
+            Self::LruHash => f.write_str("lru_hash"),
+            Self::Array => f.write_str("array"),
+            Self::PerCpuArray => f.write_str("percpu_array"),
+            Self::Other(n) => write!(f, "map_type({n})"),
+        }
+    }
+}
+
+/// Everything about a map that must match for a pin to be reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapLayout {
+    pub kind: MapKind,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+impl fmt::Display for MapLayout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} key={}B value={}B max_entries={}",
+            self.kind, self.key_size, self.value_size, self.max_entries
+        )
+    }
+}
+
+impl MapLayout {
+    /// Reads the layout of an existing map from the kernel.
+    pub fn of(info: &aya::maps::MapInfo) -> Result<Self, aya::maps::MapError> {
+        Ok(Self {
+            kind: MapKind::from_aya(info.map_type()?),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+        })
+    }
+}
+
+const fn layout<K, V>(kind: MapKind, max_entries: u32) -> MapLayout {
+    MapLayout {
+        kind,
+        key_size: size_of::<K>() as u32,
+        value_size: size_of::<V>() as u32,
+        max_entries,
+    }
+}
+
+/// The layout the map called `name` must have, or `None` for a name that is not ours.
+pub fn wanted(name: &str, sizes: &MapSizes) -> Option<MapLayout> {
+    use MapKind::*;
+    let l = match name {
+        maps::SERVICES4 => layout::<Svc4Key, SvcValue>(Hash, sizes.services),
+        maps::SERVICES6 => layout::<Svc6Key, SvcValue>(Hash, sizes.services),
+        maps::BACKENDS4 => layout::<u32, Backend4>(Hash, sizes.backends),
+        maps::BACKENDS6 => layout::<u32, Backend6>(Hash, sizes.backends),
+        maps::REVNAT4 => layout::<u32, RevNat4>(Hash, sizes.revnat),
+        maps::REVNAT6 => layout::<u32, RevNat6>(Hash, sizes.revnat),
+        maps::CT4_TCP => layout::<CtKey4, CtEntry>(LruHash, sizes.ct_tcp),
+        maps::CT4_ANY => layout::<CtKey4, CtEntry>(LruHash, sizes.ct_any),
+        maps::CT6_TCP => layout::<CtKey6, CtEntry>(LruHash, sizes.ct_tcp),
+        maps::CT6_ANY => layout::<CtKey6, CtEntry>(LruHash, sizes.ct_any),
+        maps::COUNTERS => layout::<u32, Counter>(PerCpuArray, COUNTERS_LEN),
+        maps::META => layout::<u32, Meta>(Array, 1),
+        _ => return None,
+    };
+    Some(l)
+}
+
+/// Whether `max_entries` of this map comes from `MapSizes` (and is set at load time).
+pub fn sized_by_options(name: &str, sizes: &MapSizes) -> Option<u32> {
+    match name {
+        maps::COUNTERS | maps::META => None,
+        _ => wanted(name, sizes).map(|l| l.max_entries),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_map_has_a_layout_and_sizes_apply() {
+        let sizes = MapSizes {
+            services: 7,
+            backends: 8,
+            revnat: 9,
+            ct_tcp: 10,
+            ct_any: 11,
+        };
+        for name in maps::ALL {
+            assert!(wanted(name, &sizes).is_some(), "{name} has no layout");
+        }
+        assert_eq!(
+            wanted(maps::SERVICES6, &sizes).map(|l| l.max_entries),
+            Some(7)
+        );
+        assert_eq!(
+            wanted(maps::CT6_ANY, &sizes).map(|l| l.kind),
+            Some(MapKind::LruHash)
+        );
+        assert_eq!(sized_by_options(maps::META, &sizes), None);
+        assert_eq!(sized_by_options(maps::REVNAT4, &sizes), Some(9));
+        assert_eq!(wanted("SLB_OTHER", &sizes), None);
+    }
+}

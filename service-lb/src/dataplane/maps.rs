@@ -1,0 +1,264 @@
+//! Typed access to the service, backend and reverse-NAT maps of both families, behind the
+//! `MapStore` trait so the writer runs unchanged on the kernel maps (`BpfMaps`) and on an
+//! in-memory fake (`FakeMaps`).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use service_lb_common::{maps, Backend4, Backend6, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    pub fn of(addr: &IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Self::V4,
+            IpAddr::V6(_) => Self::V6,
+        }
+    }
+
+    pub fn services_map(self) -> &'static str {
+        match self {
+            Self::V4 => maps::SERVICES4,
+            Self::V6 => maps::SERVICES6,
+        }
+    }
+
+    pub fn backends_map(self) -> &'static str {
+        match self {
+            Self::V4 => maps::BACKENDS4,
+            Self::V6 => maps::BACKENDS6,
+        }
+    }
+
+    pub fn revnat_map(self) -> &'static str {
+        match self {
+            Self::V4 => maps::REVNAT4,
+            Self::V6 => maps::REVNAT6,
+        }
+    }
+}
+
+/// A key of either services map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SvcKey {
+    V4(Svc4Key),
+    V6(Svc6Key),
+}
+
+impl SvcKey {
+    /// Key of `slot` of the frontend (addr, port, proto, scope); `port` in host order.
+    pub fn new(addr: IpAddr, port: u16, proto: u8, scope: u8, slot: u16) -> Self {
+        match addr {
+            IpAddr::V4(a) => Self::V4(Svc4Key::new(a.octets(), port.to_be(), proto, scope, slot)),
+            IpAddr::V6(a) => Self::V6(Svc6Key::new(a.octets(), port.to_be(), proto, scope, slot)),
+        }
+    }
+
+    pub fn family(&self) -> Family {
+        match self {
+            Self::V4(_) => Family::V4,
+            Self::V6(_) => Family::V6,
+        }
+    }
+
+    pub fn addr(&self) -> IpAddr {
+        match self {
+            Self::V4(k) => Ipv4Addr::from(k.addr).into(),
+            Self::V6(k) => Ipv6Addr::from(k.addr).into(),
+        }
+    }
+
+    /// Port in host order.
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::V4(k) => u16::from_be(k.port_be),
+            Self::V6(k) => u16::from_be(k.port_be),
+        }
+    }
+
+    pub fn proto(&self) -> u8 {
+        match self {
+            Self::V4(k) => k.proto,
+            Self::V6(k) => k.proto,
+        }
+    }
+
+    pub fn scope(&self) -> u8 {
+        match self {
+            Self::V4(k) => k.scope,
+            Self::V6(k) => k.scope,
+        }
+    }
+
+    pub fn slot(&self) -> u16 {
+        match self {
+            Self::V4(k) => k.slot,
+            Self::V6(k) => k.slot,
+        }
+    }
+
+    /// The same frontend's key for another slot.
+    pub fn with_slot(&self, slot: u16) -> Self {
+        match *self {
+            Self::V4(k) => Self::V4(Svc4Key { slot, ..k }),
+            Self::V6(k) => Self::V6(Svc6Key { slot, ..k }),
+        }
+    }
+}
+
+/// A value of either backends map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendValue {
+    V4(Backend4),
+    V6(Backend6),
+}
+
+impl BackendValue {
+    /// `port` in host order.
+    pub fn new(addr: IpAddr, port: u16, proto: u8, state: u8, flags: u8) -> Self {
+        match addr {
+            IpAddr::V4(a) => Self::V4(Backend4::new(a.octets(), port.to_be(), proto, state, flags)),
+            IpAddr::V6(a) => Self::V6(Backend6::new(a.octets(), port.to_be(), proto, state, flags)),
+        }
+    }
+
+    pub fn family(&self) -> Family {
+        match self {
+            Self::V4(_) => Family::V4,
+            Self::V6(_) => Family::V6,
+        }
+    }
+
+    pub fn addr(&self) -> IpAddr {
+        match self {
+            Self::V4(b) => Ipv4Addr::from(b.addr).into(),
+            Self::V6(b) => Ipv6Addr::from(b.addr).into(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::V4(b) => u16::from_be(b.port_be),
+            Self::V6(b) => u16::from_be(b.port_be),
+        }
+    }
+
+    pub fn proto(&self) -> u8 {
+        match self {
+            Self::V4(b) => b.proto,
+            Self::V6(b) => b.proto,
+        }
+    }
+
+    pub fn state(&self) -> u8 {
+        match self {
+            Self::V4(b) => b.state,
+            Self::V6(b) => b.state,
+        }
+    }
+
+    pub fn flags(&self) -> u8 {
+        match self {
+            Self::V4(b) => b.flags,
+            Self::V6(b) => b.flags,
+        }
+    }
+}
+
+/// A value of either reverse-NAT map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RevNatValue {
+    V4(RevNat4),
+    V6(RevNat6),
+}
+
+impl RevNatValue {
+    pub fn new(addr: IpAddr, port: u16) -> Self {
+        match addr {
+            IpAddr::V4(a) => Self::V4(RevNat4::new(a.octets(), port.to_be())),
+            IpAddr::V6(a) => Self::V6(RevNat6::new(a.octets(), port.to_be())),
+        }
+    }
+
+    pub fn family(&self) -> Family {
+        match self {
+            Self::V4(_) => Family::V4,
+            Self::V6(_) => Family::V6,
+        }
+    }
+
+    pub fn addr(&self) -> IpAddr {
+        match self {
+            Self::V4(r) => Ipv4Addr::from(r.addr).into(),
+            Self::V6(r) => Ipv6Addr::from(r.addr).into(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::V4(r) => u16::from_be(r.port_be),
+            Self::V6(r) => u16::from_be(r.port_be),
+        }
+    }
+}
+
+/// Which operation of a store failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreOp {
+    Put,
+    Delete,
+    Get,
+    List,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An insert found the map full (E2BIG, ENOSPC or ENOMEM from the kernel).
+    #[error("map {map} is full")]
+    Full { map: &'static str },
+    #[error("map {map}: {op:?} failed: {source}")]
+    Failed {
+        map: &'static str,
+        op: StoreOp,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+/// Low-level access to the service, backend and reverse-NAT maps, and the conntrack
+/// purge. Deleting a missing entry succeeds; getting one returns `None`.
+pub trait MapStore {
+    fn put_service(&mut self, key: &SvcKey, value: &SvcValue) -> Result<(), StoreError>;
+    fn delete_service(&mut self, key: &SvcKey) -> Result<(), StoreError>;
+    fn get_service(&self, key: &SvcKey) -> Result<Option<SvcValue>, StoreError>;
+    fn list_services(&self, family: Family) -> Result<Vec<(SvcKey, SvcValue)>, StoreError>;
+
+    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), StoreError>;
+    fn delete_backend(&mut self, family: Family, id: u32) -> Result<(), StoreError>;
+    fn get_backend(&self, family: Family, id: u32) -> Result<Option<BackendValue>, StoreError>;
+    fn list_backends(&self, family: Family) -> Result<Vec<(u32, BackendValue)>, StoreError>;
+
+    fn put_revnat(&mut self, service_id: u32, value: &RevNatValue) -> Result<(), StoreError>;
+    fn delete_revnat(&mut self, family: Family, service_id: u32) -> Result<(), StoreError>;
+    fn get_revnat(
+        &self,
+        family: Family,
+        service_id: u32,
+    ) -> Result<Option<RevNatValue>, StoreError>;
+    fn list_revnat(&self, family: Family) -> Result<Vec<(u32, RevNatValue)>, StoreError>;
+
+    /// Deletes every conntrack entry (both directions, TCP and non-TCP maps) of `family`
+    /// that names `backend_id`; returns how many were deleted.
+    fn delete_conntrack_of_backend(
+        &mut self,
+        family: Family,
+        backend_id: u32,
+    ) -> Result<usize, StoreError>;
+}

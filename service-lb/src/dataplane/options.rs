@@ -1,0 +1,65 @@
+//! What the data plane is loaded with: where it is pinned, how big its maps are, and the
+//! configuration patched into the programs.
+
+use std::path::PathBuf;
+
+use service_lb_common::{maps, DataplaneConfig};
+
+/// Default bpffs folder that holds every pin of the data plane.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/service-lb";
+
+/// Capacity of each sized map (the same size for the IPv4 and IPv6 variant).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Master + slot entries of all frontends.
+    pub services: u32,
+    pub backends: u32,
+    pub revnat: u32,
+    /// TCP conntrack (two entries per flow).
+    pub ct_tcp: u32,
+    /// Non-TCP conntrack (two entries per flow).
+    pub ct_any: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            services: maps::DEFAULT_SERVICES_MAX,
+            backends: maps::DEFAULT_BACKENDS_MAX,
+            revnat: maps::DEFAULT_REVNAT_MAX,
+            ct_tcp: maps::DEFAULT_CT_TCP_MAX,
+            ct_any: maps::DEFAULT_CT_ANY_MAX,
+        }
+    }
+}
+
+/// What happens when a pinned map's layout differs from the one this binary wants.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PinMismatch {
+    /// Refuse to load (the default): nothing is touched.
+    #[default]
+    Refuse,
+    /// Unpin the mismatching map and create a new one. Its content (conntrack included)
+    /// is lost: established connections through the data plane break.
+    Recreate,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataplaneOptions {
+    /// bpffs folder for `maps/` and `links/`.
+    pub bpffs: PathBuf,
+    pub sizes: MapSizes,
+    pub config: DataplaneConfig,
+    pub on_pin_mismatch: PinMismatch,
+}
+
+impl Default for DataplaneOptions {
+    fn default() -> Self {
+        Self {
+            bpffs: PathBuf::from(DEFAULT_BPFFS),
+            sizes: MapSizes::default(),
+            config: DataplaneConfig::default(),
+            on_pin_mismatch: PinMismatch::default(),
+        }
+    }
+}

@@ -1,0 +1,629 @@
+//! Writes frontends into a `MapStore` in the order that keeps every reader consistent
+//! (design.md): backends first, then the reverse-NAT entry and the slots, then the master
+//! count last; on shrink the master count first, then the extra slots, then the backends
+//! no frontend uses any more. A failed insert (full map) rolls back what the call wrote.
+//!
+//! Ids: service ids (one per frontend key) and backend ids (one per backend address,
+//! port and protocol, shared by frontends) are recovered from the maps when the writer
+//! opens, reused for the same frontend/backend, and new ones are handed out in increasing
+//! order after the highest id seen (so a freed id is not reused soon: conntrack entries
+//! may still name it). Ids are never 0 and are unique across both families.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
+
+use service_lb_common::{
+    proto::{IPPROTO_TCP, IPPROTO_UDP},
+    service::BACKEND_FLAG_LOCAL,
+    SvcValue,
+};
+use tracing::{debug, error, warn};
+
+use super::maps::{BackendValue, Family, MapStore, RevNatValue, StoreError, SvcKey};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L4Proto {
+    Tcp,
+    Udp,
+}
+
+impl L4Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => IPPROTO_TCP,
+            Self::Udp => IPPROTO_UDP,
+        }
+    }
+
+    pub fn from_number(proto: u8) -> Option<Self> {
+        match proto {
+            IPPROTO_TCP => Some(Self::Tcp),
+            IPPROTO_UDP => Some(Self::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for L4Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+/// A frontend: what clients connect to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FrontendKey {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: L4Proto,
+    /// `service::SCOPE_EXTERNAL` or `SCOPE_INTERNAL`.
+    pub scope: u8,
+}
+
+impl FrontendKey {
+    pub fn family(&self) -> Family {
+        Family::of(&self.addr)
+    }
+
+    fn svc_key(&self, slot: u16) -> SvcKey {
+        SvcKey::new(self.addr, self.port, self.proto.number(), self.scope, slot)
+    }
+
+    fn from_svc_key(key: &SvcKey) -> Option<Self> {
+        Some(Self {
+            addr: key.addr(),
+            port: key.port(),
+            proto: L4Proto::from_number(key.proto())?,
+            scope: key.scope(),
+        })
+    }
+}
+
+impl fmt::Display for FrontendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{} scope {}",
+            SocketAddr::new(self.addr, self.port),
+            self.proto,
+            self.scope
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub addr: SocketAddr,
+    /// `service::BACKEND_STATE_*`.
+    pub state: u8,
+    /// Runs on this node.
+    pub local: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendSpec {
+    pub key: FrontendKey,
+    /// In slot order; an empty list programs a frontend with no endpoint (count 0).
+    pub backends: Vec<BackendSpec>,
+    /// `service::SVC_FLAG_*`.
+    pub flags: u16,
+    pub affinity_timeout_s: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendIds {
+    pub service_id: u32,
+    /// In slot order.
+    pub backend_ids: Vec<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("frontend {frontend}: backend {backend} is of the other address family")]
+    FamilyMismatch {
+        frontend: FrontendKey,
+        backend: SocketAddr,
+    },
+    #[error("frontend {frontend}: {count} backends, at most {max} fit in the slots")]
+    TooManyBackends {
+        frontend: FrontendKey,
+        count: usize,
+        max: usize,
+    },
+    #[error("frontend {frontend}: map {map} is full; the frontend's previous entries are kept")]
+    MapFull {
+        frontend: FrontendKey,
+        map: &'static str,
+    },
+    #[error("no free {what} id left")]
+    IdsExhausted { what: &'static str },
+    #[error("frontend {frontend}: {source}")]
+    Store {
+        frontend: FrontendKey,
+        #[source]
+        source: StoreError,
+    },
+    #[error("recovering ids from the maps: {0}")]
+    Recover(#[source] StoreError),
+    #[error("purging conntrack of backend {backend_id}: {source}")]
+    Purge {
+        backend_id: u32,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// A backend is the same backend (same id) when address, port and protocol are equal.
+type BackendIdentity = (SocketAddr, L4Proto);
+
+/// One write the current call made, and how to take it back.
+enum Undo {
+    Backend {
+        family: Family,
+        id: u32,
+        previous: Option<BackendValue>,
+    },
+    RevNat {
+        family: Family,
+        id: u32,
+        previous: Option<RevNatValue>,
+    },
+    Service {
+        key: SvcKey,
+        previous: Option<SvcValue>,
+    },
+}
+
+/// Monotonic id allocator: `next` after the highest id seen, skipping ids in use and 0.
+#[derive(Clone, Debug)]
+struct Ids {
+    next: u32,
+    in_use: BTreeSet<u32>,
+}
+
+impl Ids {
+    fn recovered(in_use: BTreeSet<u32>) -> Self {
+        let next = in_use.last().map_or(1, |max| max.wrapping_add(1).max(1));
+        Self { next, in_use }
+    }
+
+    fn allocate(&mut self, what: &'static str) -> Result<u32, WriteError> {
+        if self.in_use.len() >= u32::MAX as usize - 1 {
+            return Err(WriteError::IdsExhausted { what });
+        }
+        loop {
+            let id = self.next;
+            self.next = self.next.wrapping_add(1).max(1);
+            if self.in_use.insert(id) {
+                return Ok(id);
+            }
+        }
+    }
+
+    fn release(&mut self, id: u32) {
+        self.in_use.remove(&id);
+    }
+}
+
+pub struct ServiceWriter<M: MapStore> {
+    store: M,
+    services: BTreeMap<FrontendKey, u32>,
+    backends: BTreeMap<BackendIdentity, u32>,
+    service_ids: Ids,
+    backend_ids: Ids,
+    released: Vec<u32>,
+}
+
+impl<M: MapStore> ServiceWriter<M> {
+    /// Wraps `store`, recovering the ids of every frontend and backend it already holds.
+    pub fn open(store: M) -> Result<Self, WriteError> {
+        let mut services = BTreeMap::new();
+        let mut backends = BTreeMap::new();
+        let mut service_in_use = BTreeSet::new();
+        let mut backend_in_use = BTreeSet::new();
+        for family in Family::ALL {
+            for (key, value) in store.list_services(family).map_err(WriteError::Recover)? {
+                service_in_use.insert(value.service_id);
+                if key.slot() == 0 {
+                    match FrontendKey::from_svc_key(&key) {
+                        Some(frontend) => {
+                            services.insert(frontend, value.service_id);
+                        }
+                        None => warn!(
+                            proto = key.proto(),
+                            "ignoring a frontend of an unknown protocol"
+                        ),
+                    }
+                } else {
+                    backend_in_use.insert(value.backend_id);
+                }
+            }
+            for (id, _) in store.list_revnat(family).map_err(WriteError::Recover)? {
+                service_in_use.insert(id);
+            }
+            for (id, value) in store.list_backends(family).map_err(WriteError::Recover)? {
+                backend_in_use.insert(id);
+                let Some(proto) = L4Proto::from_number(value.proto()) else {
+                    continue;
+                };
+                let identity = (SocketAddr::new(value.addr(), value.port()), proto);
+                if let Some(previous) = backends.insert(identity, id) {
+                    warn!(backend = %identity.0, previous, id, "two backend ids for one backend; using the later");
+                }
+            }
+        }
+        service_in_use.remove(&0);
+        backend_in_use.remove(&0);
+        debug!(
+            frontends = services.len(),
+            backends = backends.len(),
+            "recovered ids from the maps"
+        );
+        Ok(Self {
+            store,
+            services,
+            backends,
+            service_ids: Ids::recovered(service_in_use),
+            backend_ids: Ids::recovered(backend_in_use),
+            released: Vec::new(),
+        })
+    }
+
+    pub fn store(&self) -> &M {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut M {
+        &mut self.store
+    }
+
+    pub fn into_store(self) -> M {
+        self.store
+    }
+
+    /// The service id of a frontend this writer knows (programmed or recovered).
+    pub fn service_id(&self, key: &FrontendKey) -> Option<u32> {
+        self.services.get(key).copied()
+    }
+
+    /// Backend ids deleted from the maps since the last call (their conntrack entries
+    /// can be purged with `purge_conntrack`).
+    pub fn take_released_backends(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.released)
+    }
+
+    /// Creates or updates a frontend. On error nothing of the frontend's previous state
+    /// is lost: what this call wrote is rolled back.
+    pub fn upsert(&mut self, spec: &FrontendSpec) -> Result<FrontendIds, WriteError> {
+        let key = spec.key;
+        let family = key.family();
+        if let Some(b) = spec
+            .backends
+            .iter()
+            .find(|b| Family::of(&b.addr.ip()) != family)
+        {
+            return Err(WriteError::FamilyMismatch {
+                frontend: key,
+                backend: b.addr,
+            });
+        }
+        let max = usize::from(u16::MAX);
+        if spec.backends.len() > max {
+            return Err(WriteError::TooManyBackends {
+                frontend: key,
+                count: spec.backends.len(),
+                max,
+            });
+        }
+        let store_err = |source| WriteError::Store {
+            frontend: key,
+            source,
+        };
+
+        let old_master = self.store.get_service(&key.svc_key(0)).map_err(store_err)?;
+        let old_slots = self.read_slots(&key, old_master.map_or(0, |m| m.count))?;
+
+        let mut undo = Vec::new();
+        let mut new_service_id = None;
+        let mut new_backend_ids = Vec::new();
+        let result = self.write_frontend(
+            spec,
+            old_master,
+            &mut undo,
+            &mut new_service_id,
+            &mut new_backend_ids,
+        );
+        let ids = match result {
+            Ok(ids) => ids,
+            Err(e) => {
+                self.roll_back(&key, undo);
+                if let Some(id) = new_service_id {
+                    self.services.remove(&key);
+                    self.service_ids.release(id);
+                }
+                for (identity, id) in new_backend_ids {
+                    self.backends.remove(&identity);
+                    self.backend_ids.release(id);
+                }
+                return Err(e);
+            }
+        };
+
+        // Shrink: the master already has the new count; drop the extra slots, then the
+        // backends no frontend names any more.
+        let new_count = spec.backends.len();
+        for slot in (new_count + 1)..=old_slots.len() {
+            self.store
+                .delete_service(&key.svc_key(slot as u16))
+                .map_err(store_err)?;
+        }
+        let dropped: BTreeSet<u32> = old_slots
+            .iter()
+            .copied()
+            .filter(|id| *id != 0 && !ids.backend_ids.contains(id))
+            .collect();
+        self.delete_unused_backends(&key, family, dropped)?;
+        Ok(ids)
+    }
+
+    /// Removes a frontend: master first, then its slots, its reverse-NAT entry and the
+    /// backends no other frontend uses. Removing an unknown frontend does nothing.
+    pub fn remove(&mut self, key: &FrontendKey) -> Result<(), WriteError> {
+        let store_err = |source| WriteError::Store {
+            frontend: *key,
+            source,
+        };
+        let Some(master) = self.store.get_service(&key.svc_key(0)).map_err(store_err)? else {
+            if let Some(id) = self.services.remove(key) {
+                self.service_ids.release(id);
+            }
+            return Ok(());
+        };
+        let slots = self.read_slots(key, master.count)?;
+        self.store
+            .delete_service(&key.svc_key(0))
+            .map_err(store_err)?;
+        for slot in 1..=slots.len() {
+            self.store
+                .delete_service(&key.svc_key(slot as u16))
+                .map_err(store_err)?;
+        }
+        self.store
+            .delete_revnat(key.family(), master.service_id)
+            .map_err(store_err)?;
+        self.services.remove(key);
+        self.service_ids.release(master.service_id);
+        let dropped: BTreeSet<u32> = slots.into_iter().filter(|id| *id != 0).collect();
+        self.delete_unused_backends(key, key.family(), dropped)
+    }
+
+    /// Deletes every conntrack entry (both families) naming `backend_id`.
+    pub fn purge_conntrack(&mut self, backend_id: u32) -> Result<usize, WriteError> {
+        let mut removed = 0;
+        for family in Family::ALL {
+            removed += self
+                .store
+                .delete_conntrack_of_backend(family, backend_id)
+                .map_err(|source| WriteError::Purge { backend_id, source })?;
+        }
+        Ok(removed)
+    }
+
+    /// Backend ids of slots `1..=count` as stored (0 for a missing slot).
+    fn read_slots(&self, key: &FrontendKey, count: u32) -> Result<Vec<u32>, WriteError> {
+        let count = u16::try_from(count).unwrap_or(u16::MAX);
+        (1..=count)
+            .map(|slot| {
+                self.store
+                    .get_service(&key.svc_key(slot))
+                    .map(|v| v.map_or(0, |v| v.backend_id))
+                    .map_err(|source| WriteError::Store {
+                        frontend: *key,
+                        source,
+                    })
+            })
+            .collect()
+    }
+
+    /// Backends, reverse NAT, slots, master: each written only when it differs from what
+    /// the store holds, each write recorded in `undo`.
+    fn write_frontend(
+        &mut self,
+        spec: &FrontendSpec,
+        old_master: Option<SvcValue>,
+        undo: &mut Vec<Undo>,
+        new_service_id: &mut Option<u32>,
+        new_backend_ids: &mut Vec<(BackendIdentity, u32)>,
+    ) -> Result<FrontendIds, WriteError> {
+        let key = spec.key;
+        let family = key.family();
+        let service_id = match old_master
+            .map(|m| m.service_id)
+            .or_else(|| self.services.get(&key).copied())
+        {
+            Some(id) => id,
+            None => {
+                let id = self.service_ids.allocate("service")?;
+                *new_service_id = Some(id);
+                id
+            }
+        };
+        self.services.insert(key, service_id);
+
+        let mut backend_ids = Vec::with_capacity(spec.backends.len());
+        for b in &spec.backends {
+            let identity = (b.addr, key.proto);
+            let id = match self.backends.get(&identity) {
+                Some(id) => *id,
+                None => {
+                    let id = self.backend_ids.allocate("backend")?;
+                    self.backends.insert(identity, id);
+                    new_backend_ids.push((identity, id));
+                    id
+                }
+            };
+            let flags = if b.local { BACKEND_FLAG_LOCAL } else { 0 };
+            let value = BackendValue::new(
+                b.addr.ip(),
+                b.addr.port(),
+                key.proto.number(),
+                b.state,
+                flags,
+            );
+            let previous = self
+                .store
+                .get_backend(family, id)
+                .map_err(|s| full_or_store(key, s))?;
+            if previous != Some(value) {
+                self.store
+                    .put_backend(id, &value)
+                    .map_err(|s| full_or_store(key, s))?;
+                undo.push(Undo::Backend {
+                    family,
+                    id,
+                    previous,
+                });
+            }
+            backend_ids.push(id);
+        }
+
+        let revnat = RevNatValue::new(key.addr, key.port);
+        let previous = self
+            .store
+            .get_revnat(family, service_id)
+            .map_err(|s| full_or_store(key, s))?;
+        if previous != Some(revnat) {
+            self.store
+                .put_revnat(service_id, &revnat)
+                .map_err(|s| full_or_store(key, s))?;
+            undo.push(Undo::RevNat {
+                family,
+                id: service_id,
+                previous,
+            });
+        }
+
+        for (index, id) in backend_ids.iter().enumerate() {
+            let slot_key = key.svc_key(index as u16 + 1);
+            self.put_if_changed(key, slot_key, SvcValue::slot(*id, service_id), undo)?;
+        }
+
+        let master = SvcValue::master(
+            backend_ids.len() as u32,
+            service_id,
+            spec.flags,
+            spec.affinity_timeout_s,
+        );
+        self.put_if_changed(key, key.svc_key(0), master, undo)?;
+        Ok(FrontendIds {
+            service_id,
+            backend_ids,
+        })
+    }
+
+    fn put_if_changed(
+        &mut self,
+        frontend: FrontendKey,
+        key: SvcKey,
+        value: SvcValue,
+        undo: &mut Vec<Undo>,
+    ) -> Result<(), WriteError> {
+        let previous = self
+            .store
+            .get_service(&key)
+            .map_err(|s| full_or_store(frontend, s))?;
+        if previous != Some(value) {
+            self.store
+                .put_service(&key, &value)
+                .map_err(|s| full_or_store(frontend, s))?;
+            undo.push(Undo::Service { key, previous });
+        }
+        Ok(())
+    }
+
+    /// Takes back `undo` in reverse order. A failure here is logged: the original error
+    /// is what the caller needs to see.
+    fn roll_back(&mut self, frontend: &FrontendKey, undo: Vec<Undo>) {
+        for step in undo.into_iter().rev() {
+            let result = match step {
+                Undo::Service {
+                    key,
+                    previous: Some(v),
+                } => self.store.put_service(&key, &v),
+                Undo::Service {
+                    key,
+                    previous: None,
+                } => self.store.delete_service(&key),
+                Undo::RevNat {
+                    id,
+                    previous: Some(v),
+                    ..
+                } => self.store.put_revnat(id, &v),
+                Undo::RevNat {
+                    family,
+                    id,
+                    previous: None,
+                } => self.store.delete_revnat(family, id),
+                Undo::Backend {
+                    id,
+                    previous: Some(v),
+                    ..
+                } => self.store.put_backend(id, &v),
+                Undo::Backend {
+                    family,
+                    id,
+                    previous: None,
+                } => self.store.delete_backend(family, id),
+            };
+            if let Err(e) = result {
+                error!(%frontend, error = %e, "rolling back a failed frontend write");
+            }
+        }
+    }
+
+    /// Deletes the backends of `candidates` that no slot of any frontend of `family`
+    /// names any more (counted from what the maps hold).
+    fn delete_unused_backends(
+        &mut self,
+        frontend: &FrontendKey,
+        family: Family,
+        candidates: BTreeSet<u32>,
+    ) -> Result<(), WriteError> {
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let store_err = |source| WriteError::Store {
+            frontend: *frontend,
+            source,
+        };
+        let still_used: BTreeSet<u32> = self
+            .store
+            .list_services(family)
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|(k, _)| k.slot() != 0)
+            .map(|(_, v)| v.backend_id)
+            .collect();
+        for id in candidates.difference(&still_used) {
+            self.store.delete_backend(family, *id).map_err(store_err)?;
+            self.backends.retain(|_, v| v != id);
+            self.backend_ids.release(*id);
+            self.released.push(*id);
+        }
+        Ok(())
+    }
+}
+
+fn full_or_store(frontend: FrontendKey, source: StoreError) -> WriteError {
+    match source {
+        StoreError::Full { map } => WriteError::MapFull { frontend, map },
+        source => WriteError::Store { frontend, source },
+    }
+}
