@@ -1,0 +1,450 @@
+//! The real eBPF object, loaded for BPF_PROG_TEST_RUN (no pinning, nothing attached), and
+//! typed access to its maps through the common crate's types.
+
+use std::net::IpAddr;
+
+use anyhow::{anyhow, bail, ensure, Context as _};
+use aya::{
+    maps::{HashMap, Map, MapData, PerCpuArray},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+    Ebpf, EbpfLoader, Pod,
+};
+use service_lb::dataplane::object;
+use service_lb_common::{
+    config::CONFIG_GLOBAL,
+    counters::counter_index,
+    maps,
+    service::{SCOPE_EXTERNAL, SVC_FLAG_CLUSTER_IP},
+    Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, DataplaneConfig, Hook, Reason, RevNat4,
+    RevNat6, Svc4Key, Svc6Key, SvcValue,
+};
+
+/// Map sizes for tests: small, so many objects can be loaded at once.
+const TEST_MAP_SIZES: [(&str, u32); 10] = [
+    (maps::SERVICES4, 1024),
+    (maps::SERVICES6, 1024),
+    (maps::BACKENDS4, 1024),
+    (maps::BACKENDS6, 1024),
+    (maps::REVNAT4, 1024),
+    (maps::REVNAT6, 1024),
+    (maps::CT4_TCP, 16_384),
+    (maps::CT4_ANY, 16_384),
+    (maps::CT6_TCP, 16_384),
+    (maps::CT6_ANY, 16_384),
+];
+
+/// Room for what a program may add to a packet (it adds nothing today).
+const DATA_OUT_SLACK: usize = 256;
+
+/// The verdict of one run and the packet as the program left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutput {
+    pub verdict: i32,
+    pub data: Vec<u8>,
+}
+
+/// A backend of a frontend: id in the backends map, address and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendRef {
+    pub id: u32,
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+/// A frontend and its backends, written like the daemon writes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frontend {
+    pub vip: IpAddr,
+    pub port: u16,
+    pub proto: u8,
+    pub scope: u8,
+    pub service_id: u32,
+    pub flags: u16,
+    pub backends: Vec<BackendRef>,
+}
+
+impl Frontend {
+    pub fn new(vip: &str, port: u16, proto: u8, service_id: u32) -> Self {
+        let vip = vip
+            .parse()
+            .unwrap_or_else(|e| panic!("bad vip {vip:?}: {e}"));
+        Self {
+            vip,
+            port,
+            proto,
+            scope: SCOPE_EXTERNAL,
+            service_id,
+            flags: SVC_FLAG_CLUSTER_IP,
+            backends: Vec::new(),
+        }
+    }
+
+    /// Adds a backend `addr:port` with id `id`.
+    pub fn backend(mut self, id: u32, addr: &str, port: u16) -> Self {
+        let addr = addr
+            .parse()
+            .unwrap_or_else(|e| panic!("bad backend {addr:?}: {e}"));
+        self.backends.push(BackendRef { id, addr, port });
+        self
+    }
+}
+
+/// One conntrack entry, from whichever of the four maps it is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtRecord {
+    V4 {
+        map: &'static str,
+        key: CtKey4,
+        entry: CtEntry,
+    },
+    V6 {
+        map: &'static str,
+        key: CtKey6,
+        entry: CtEntry,
+    },
+}
+
+impl CtRecord {
+    pub fn entry(&self) -> &CtEntry {
+        match self {
+            CtRecord::V4 { entry, .. } | CtRecord::V6 { entry, .. } => entry,
+        }
+    }
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+}
+
+impl Dataplane {
+    /// Loads the object with the default configuration.
+    pub fn load() -> anyhow::Result<Self> {
+        Self::load_with(DataplaneConfig::DEFAULT)
+    }
+
+    /// Loads the object with `config` patched into `SLB_CONFIG`, and loads (verifies)
+    /// all four programs.
+    pub fn load_with(config: DataplaneConfig) -> anyhow::Result<Self> {
+        ensure!(!object::is_stub(), object::STUB_HINT);
+        let mut loader = EbpfLoader::new();
+        for (name, size) in TEST_MAP_SIZES {
+            loader.map_max_entries(name, size);
+        }
+        loader.override_global(CONFIG_GLOBAL, &config, true);
+        let mut ebpf = loader
+            .load(object::bytes())
+            .context("loading the eBPF object")?;
+        for hook in Hook::ALL {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(hook.name())
+                .with_context(|| format!("program {} missing from the object", hook.name()))?
+                .try_into()?;
+            program
+                .load()
+                .with_context(|| format!("verifying program {}", hook.name()))?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    fn program(&self, hook: Hook) -> anyhow::Result<&SchedClassifier> {
+        let program = self
+            .ebpf
+            .program(hook.name())
+            .with_context(|| format!("program {}", hook.name()))?;
+        Ok(program.try_into()?)
+    }
+
+    /// Runs the program of `hook` once on `packet`.
+    pub fn run(&self, hook: Hook, packet: &[u8]) -> anyhow::Result<RunOutput> {
+        let mut out = vec![0u8; packet.len() + DATA_OUT_SLACK];
+        let result = self
+            .program(hook)?
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {}", hook.name()))?;
+        out.truncate(usize::try_from(result.data_size_out)?);
+        Ok(RunOutput {
+            verdict: result.return_value as i32,
+            data: out,
+        })
+    }
+
+    /// Runs the program of `hook` `repeat` times on `packet` in the kernel; returns the
+    /// kernel's average time per run.
+    pub fn run_repeated(
+        &self,
+        hook: Hook,
+        packet: &[u8],
+        repeat: u32,
+    ) -> anyhow::Result<std::time::Duration> {
+        let result = self
+            .program(hook)?
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                repeat,
+                ..Default::default()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {} x{repeat}", hook.name()))?;
+        Ok(result.duration)
+    }
+
+    fn map(&self, name: &str) -> anyhow::Result<&Map> {
+        self.ebpf
+            .map(name)
+            .with_context(|| format!("map {name} missing from the object"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut Map> {
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing from the object"))
+    }
+
+    /// Whether the map `name` is an LRU hash (what conntrack must use).
+    pub fn is_lru_hash(&self, name: &str) -> anyhow::Result<bool> {
+        Ok(matches!(self.map(name)?, Map::LruHashMap(_)))
+    }
+
+    fn insert<K: Pod, V: Pod>(&mut self, name: &str, key: K, value: V) -> anyhow::Result<()> {
+        let mut map: HashMap<&mut MapData, K, V> = HashMap::try_from(self.map_mut(name)?)?;
+        map.insert(key, value, 0)
+            .with_context(|| format!("insert into {name}"))
+    }
+
+    fn remove<K: Pod, V: Pod>(&mut self, name: &str, key: &K) -> anyhow::Result<()> {
+        let mut map: HashMap<&mut MapData, K, V> = HashMap::try_from(self.map_mut(name)?)?;
+        map.remove(key)
+            .with_context(|| format!("remove from {name}"))
+    }
+
+    fn entries<K: Pod, V: Pod>(&self, name: &str) -> anyhow::Result<Vec<(K, V)>> {
+        let map: HashMap<&MapData, K, V> = HashMap::try_from(self.map(name)?)?;
+        map.iter()
+            .map(|kv| kv.with_context(|| format!("iterating {name}")))
+            .collect()
+    }
+
+    /// Writes a frontend in the daemon's safe order: backends, slots, revnat, then the
+    /// master entry (with its count) last.
+    pub fn install_frontend(&mut self, frontend: &Frontend) -> anyhow::Result<()> {
+        for backend in &frontend.backends {
+            self.install_backend(backend, frontend.proto)?;
+        }
+        for (i, backend) in frontend.backends.iter().enumerate() {
+            let slot = u16::try_from(i + 1)?;
+            self.insert_service(
+                frontend,
+                slot,
+                SvcValue::slot(backend.id, frontend.service_id),
+            )?;
+        }
+        self.install_revnat(frontend)?;
+        let count = u32::try_from(frontend.backends.len())?;
+        self.insert_service(
+            frontend,
+            0,
+            SvcValue::master(count, frontend.service_id, frontend.flags, 0),
+        )
+    }
+
+    /// Writes only the master entry of `frontend` (e.g. to point it at fewer slots).
+    pub fn set_master(&mut self, frontend: &Frontend, count: u32) -> anyhow::Result<()> {
+        self.insert_service(
+            frontend,
+            0,
+            SvcValue::master(count, frontend.service_id, frontend.flags, 0),
+        )
+    }
+
+    fn insert_service(&mut self, f: &Frontend, slot: u16, value: SvcValue) -> anyhow::Result<()> {
+        let port_be = f.port.to_be();
+        match f.vip {
+            IpAddr::V4(vip) => self.insert(
+                maps::SERVICES4,
+                Svc4Key::new(vip.octets(), port_be, f.proto, f.scope, slot),
+                value,
+            ),
+            IpAddr::V6(vip) => self.insert(
+                maps::SERVICES6,
+                Svc6Key::new(vip.octets(), port_be, f.proto, f.scope, slot),
+                value,
+            ),
+        }
+    }
+
+    pub fn install_backend(&mut self, b: &BackendRef, proto: u8) -> anyhow::Result<()> {
+        let port_be = b.port.to_be();
+        match b.addr {
+            IpAddr::V4(a) => self.insert(
+                maps::BACKENDS4,
+                b.id,
+                Backend4::new(a.octets(), port_be, proto, 0, 0),
+            ),
+            IpAddr::V6(a) => self.insert(
+                maps::BACKENDS6,
+                b.id,
+                Backend6::new(a.octets(), port_be, proto, 0, 0),
+            ),
+        }
+    }
+
+    pub fn remove_backend(&mut self, b: &BackendRef) -> anyhow::Result<()> {
+        match b.addr {
+            IpAddr::V4(_) => self.remove::<u32, Backend4>(maps::BACKENDS4, &b.id),
+            IpAddr::V6(_) => self.remove::<u32, Backend6>(maps::BACKENDS6, &b.id),
+        }
+    }
+
+    pub fn install_revnat(&mut self, f: &Frontend) -> anyhow::Result<()> {
+        let port_be = f.port.to_be();
+        match f.vip {
+            IpAddr::V4(vip) => self.insert(
+                maps::REVNAT4,
+                f.service_id,
+                RevNat4::new(vip.octets(), port_be),
+            ),
+            IpAddr::V6(vip) => self.insert(
+                maps::REVNAT6,
+                f.service_id,
+                RevNat6::new(vip.octets(), port_be),
+            ),
+        }
+    }
+
+    pub fn remove_revnat(&mut self, f: &Frontend) -> anyhow::Result<()> {
+        match f.vip {
+            IpAddr::V4(_) => self.remove::<u32, RevNat4>(maps::REVNAT4, &f.service_id),
+            IpAddr::V6(_) => self.remove::<u32, RevNat6>(maps::REVNAT6, &f.service_id),
+        }
+    }
+
+    /// Writes a conntrack entry directly (e.g. an already expired one).
+    pub fn insert_ct(&mut self, record: CtRecord) -> anyhow::Result<()> {
+        match record {
+            CtRecord::V4 { map, key, entry } => self.insert(map, key, entry),
+            CtRecord::V6 { map, key, entry } => self.insert(map, key, entry),
+        }
+    }
+
+    /// Every entry of the four conntrack maps.
+    pub fn conntrack(&self) -> anyhow::Result<Vec<CtRecord>> {
+        let mut all = Vec::new();
+        for map in [maps::CT4_TCP, maps::CT4_ANY] {
+            all.extend(
+                self.entries::<CtKey4, CtEntry>(map)?
+                    .into_iter()
+                    .map(|(key, entry)| CtRecord::V4 { map, key, entry }),
+            );
+        }
+        for map in [maps::CT6_TCP, maps::CT6_ANY] {
+            all.extend(
+                self.entries::<CtKey6, CtEntry>(map)?
+                    .into_iter()
+                    .map(|(key, entry)| CtRecord::V6 { map, key, entry }),
+            );
+        }
+        Ok(all)
+    }
+
+    /// The (hook, reason) counters that are not zero, summed over CPUs.
+    pub fn counters(&self) -> anyhow::Result<Vec<(Hook, Reason, Counter)>> {
+        let array: PerCpuArray<&MapData, Counter> =
+            PerCpuArray::try_from(self.map(maps::COUNTERS)?)?;
+        let mut moved = Vec::new();
+        for hook in Hook::ALL {
+            for reason in Reason::ALL {
+                let per_cpu = array
+                    .get(&counter_index(hook, reason), 0)
+                    .with_context(|| format!("counter {}/{}", hook.name(), reason.name()))?;
+                let total = per_cpu.iter().fold(Counter::default(), |acc, c| Counter {
+                    packets: acc.packets + c.packets,
+                    bytes: acc.bytes + c.bytes,
+                });
+                if total != Counter::default() {
+                    moved.push((hook, reason, total));
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Fails unless the counters moved since `before` by exactly one packet of `len`
+    /// bytes, under (`hook`, `reason`), and nowhere else.
+    pub fn expect_counted(
+        &self,
+        before: &[(Hook, Reason, Counter)],
+        hook: Hook,
+        reason: Reason,
+        len: usize,
+    ) -> anyhow::Result<()> {
+        let after = self.counters()?;
+        let get = |set: &[(Hook, Reason, Counter)], h: Hook, r: Reason| {
+            set.iter()
+                .find(|(sh, sr, _)| *sh == h && *sr == r)
+                .map(|(_, _, c)| *c)
+                .unwrap_or_default()
+        };
+        for h in Hook::ALL {
+            for r in Reason::ALL {
+                let (b, a) = (get(before, h, r), get(&after, h, r));
+                let want = if (h, r) == (hook, reason) {
+                    Counter {
+                        packets: b.packets + 1,
+                        bytes: b.bytes + len as u64,
+                    }
+                } else {
+                    b
+                };
+                if a != want {
+                    bail!(
+                        "counter {}/{}: {a:?}, expected {want:?} (packet counted under {}/{})",
+                        h.name(),
+                        r.name(),
+                        hook.name(),
+                        reason.name()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The conntrack map a flow of `proto` lives in, for the family of `addr`.
+pub fn ct_map_for(addr: IpAddr, proto: u8) -> &'static str {
+    let tcp = proto == service_lb_common::proto::IPPROTO_TCP;
+    match (addr, tcp) {
+        (IpAddr::V4(_), true) => maps::CT4_TCP,
+        (IpAddr::V4(_), false) => maps::CT4_ANY,
+        (IpAddr::V6(_), true) => maps::CT6_TCP,
+        (IpAddr::V6(_), false) => maps::CT6_ANY,
+    }
+}
+
+/// The conntrack record keyed by (src, dst, proto, dir), with `entry`.
+pub fn ct_record(
+    src: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+    proto: u8,
+    dir: u8,
+    entry: CtEntry,
+) -> anyhow::Result<CtRecord> {
+    let map = ct_map_for(src.ip(), proto);
+    let (sport, dport) = (src.port().to_be(), dst.port().to_be());
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => Ok(CtRecord::V4 {
+            map,
+            key: CtKey4::new(s.octets(), d.octets(), sport, dport, proto, dir),
+            entry,
+        }),
+        (IpAddr::V6(s), IpAddr::V6(d)) => Ok(CtRecord::V6 {
+            map,
+            key: CtKey6::new(s.octets(), d.octets(), sport, dport, proto, dir),
+            entry,
+        }),
+        _ => Err(anyhow!("mixed families {src} -> {dst}")),
+    }
+}

@@ -1,0 +1,920 @@
+//! BPF_PROG_TEST_RUN fixtures for the four tc programs: for each case the verdict, the
+//! whole output packet (built independently, own checksums), the one counter that moved
+//! and the conntrack entries. Needs root (BPF); skipped without it unless CI=true.
+
+use std::net::SocketAddr;
+
+use anyhow::{bail, ensure, Context as _};
+use rstest::rstest;
+use service_lb_common::{
+    conntrack::{
+        CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_BACKEND_GONE, CT_FLAG_CLOSING, CT_FLAG_NORTH_SOUTH,
+        CT_FLAG_SEEN_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_NEW,
+    },
+    maps,
+    proto::{IPPROTO_TCP, IPPROTO_UDP, VERDICT_DROP, VERDICT_PASS},
+    service::{SCOPE_INTERNAL, SVC_FLAG_TWO_SCOPES},
+    CtEntry, DataplaneConfig, Hook, Reason,
+};
+use service_lb_tests::{
+    packet::{
+        builder::{arp, broken},
+        clock::boot_ns,
+        ct_record, CtRecord, Dataplane, Frontend, Ipv6Ext, PacketSpec, RunOutput, L4,
+    },
+    privileges::require_root,
+};
+
+/// Distinct lifetimes, so each check tells which one the program applied.
+const CONFIG: DataplaneConfig = DataplaneConfig {
+    ct_tcp_syn_s: 31,
+    ct_tcp_established_s: 3_601,
+    ct_tcp_closing_s: 7,
+    ct_other_s: 45,
+};
+
+const SERVICE_ID: u32 = 7;
+
+#[derive(Clone, Copy, Debug)]
+enum Fam {
+    V4,
+    V6,
+}
+
+impl Fam {
+    fn client(self) -> SocketAddr {
+        match self {
+            Fam::V4 => "198.18.1.2:40000",
+            Fam::V6 => "[fd00:18:0:1::2]:40000",
+        }
+        .parse()
+        .expect("client address")
+    }
+
+    fn vip(self) -> &'static str {
+        match self {
+            Fam::V4 => "198.19.0.10",
+            Fam::V6 => "fd00:19::a",
+        }
+    }
+
+    fn vip_socket(self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.vip().parse().expect("vip"), port)
+    }
+
+    /// Backend number `i` (pod address on node 2).
+    fn backend_addr(self, i: u32) -> String {
+        match self {
+            Fam::V4 => format!("198.18.2.{}", 10 + i),
+            Fam::V6 => format!("fd00:18:0:2::{:x}", 10 + i),
+        }
+    }
+
+    /// A frontend on port 80 with `n` backends (ids 100.., port 8080).
+    fn frontend(self, proto: u8, n: u32) -> Frontend {
+        (0..n).fold(Frontend::new(self.vip(), 80, proto, SERVICE_ID), |f, i| {
+            f.backend(100 + i, &self.backend_addr(i), 8080)
+        })
+    }
+}
+
+fn proto_of(l4: L4) -> u8 {
+    match l4 {
+        L4::Tcp(_) => IPPROTO_TCP,
+        _ => IPPROTO_UDP,
+    }
+}
+
+fn load(test: &str) -> anyhow::Result<Option<Dataplane>> {
+    if !require_root(test) {
+        return Ok(None);
+    }
+    Ok(Some(Dataplane::load_with(CONFIG)?))
+}
+
+/// Runs `packet` through `hook` and checks the verdict and that exactly the counter
+/// (hook, reason) moved by this packet.
+fn run_counted(
+    dp: &Dataplane,
+    hook: Hook,
+    packet: &[u8],
+    verdict: i32,
+    reason: Reason,
+) -> anyhow::Result<RunOutput> {
+    let before = dp.counters()?;
+    let out = dp.run(hook, packet)?;
+    ensure!(
+        out.verdict == verdict,
+        "{}: verdict {}, expected {verdict} ({})",
+        hook.name(),
+        out.verdict,
+        reason.name()
+    );
+    dp.expect_counted(&before, hook, reason, packet.len())?;
+    Ok(out)
+}
+
+/// Fails unless `actual` equals `expected` byte for byte (with a readable diff).
+fn same_bytes(actual: &[u8], expected: &[u8]) -> anyhow::Result<()> {
+    if actual == expected {
+        return Ok(());
+    }
+    let first = actual
+        .iter()
+        .zip(expected)
+        .position(|(a, e)| a != e)
+        .unwrap_or(actual.len().min(expected.len()));
+    bail!("output differs at byte {first} (len {} vs {})\n  actual:   {actual:02x?}\n  expected: {expected:02x?}", actual.len(), expected.len())
+}
+
+/// An expected conntrack entry: the record (expiry ignored) and its lifetime in seconds.
+struct ExpectCt {
+    record: CtRecord,
+    lifetime_s: u32,
+}
+
+fn entry(backend_id: u32, flags: u16, state: u8) -> CtEntry {
+    CtEntry {
+        expires_ns: 0,
+        backend_id,
+        service_id: SERVICE_ID,
+        flags,
+        state,
+        _pad: [0; 5],
+    }
+}
+
+/// The two entries of a flow client -> vip translated to backend.
+fn flow_entries(
+    client: SocketAddr,
+    vip: SocketAddr,
+    backend: SocketAddr,
+    proto: u8,
+    e: CtEntry,
+    lifetime_s: u32,
+) -> anyhow::Result<Vec<ExpectCt>> {
+    Ok(vec![
+        ExpectCt {
+            record: ct_record(client, vip, proto, CT_DIR_SERVICE, e)?,
+            lifetime_s,
+        },
+        ExpectCt {
+            record: ct_record(backend, client, proto, CT_DIR_REPLY, e)?,
+            lifetime_s,
+        },
+    ])
+}
+
+/// Fails unless the conntrack maps hold exactly `expected`, each expiry being
+/// `lifetime_s` after a moment between `t0` and `t1`.
+fn expect_conntrack(dp: &Dataplane, expected: &[ExpectCt], t0: u64, t1: u64) -> anyhow::Result<()> {
+    let windows: Vec<_> = expected.iter().map(|e| (e, t0, t1)).collect();
+    expect_conntrack_windows(dp, &windows)
+}
+
+/// Like `expect_conntrack`, with a time window per entry.
+fn expect_conntrack_windows(
+    dp: &Dataplane,
+    expected: &[(&ExpectCt, u64, u64)],
+) -> anyhow::Result<()> {
+    let actual = dp.conntrack()?;
+    ensure!(
+        actual.len() == expected.len(),
+        "conntrack has {} entries, expected {}: {actual:#?}",
+        actual.len(),
+        expected.len()
+    );
+    let strip = |r: &CtRecord| match *r {
+        CtRecord::V4 { map, key, entry } => CtRecord::V4 {
+            map,
+            key,
+            entry: CtEntry {
+                expires_ns: 0,
+                ..entry
+            },
+        },
+        CtRecord::V6 { map, key, entry } => CtRecord::V6 {
+            map,
+            key,
+            entry: CtEntry {
+                expires_ns: 0,
+                ..entry
+            },
+        },
+    };
+    for (want, t0, t1) in expected {
+        let found = actual
+            .iter()
+            .find(|a| strip(a) == strip(&want.record))
+            .with_context(|| {
+                format!(
+                    "missing conntrack entry {:?}\nhave: {actual:#?}",
+                    want.record
+                )
+            })?;
+        let life = u64::from(want.lifetime_s) * 1_000_000_000;
+        let expires = found.entry().expires_ns;
+        ensure!(
+            (t0 + life..=t1 + life).contains(&expires),
+            "entry {:?}: expires {expires}, expected {life} ns after [{t0}, {t1}]",
+            want.record
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// New flows: DNAT to the only backend, both conntrack entries, dnat_new_flow.
+
+#[rstest]
+#[case::v4_tcp_syn(Fam::V4, PacketSpec::new(Fam::V4.client(), Fam::V4.vip_socket(80), L4::SYN))]
+#[case::v4_udp(Fam::V4, PacketSpec::new(Fam::V4.client(), Fam::V4.vip_socket(80), L4::Udp))]
+#[case::v4_udp_zero_checksum_stays_zero(Fam::V4, PacketSpec::new(Fam::V4.client(), Fam::V4.vip_socket(80), L4::UdpNoChecksum))]
+#[case::v4_tcp_with_ip_options(Fam::V4, PacketSpec::new(Fam::V4.client(), Fam::V4.vip_socket(80), L4::SYN).with_ipv4_options(&[0x94, 0x04, 0, 0, 1, 1, 1, 0]))]
+#[case::v6_tcp_syn(Fam::V6, PacketSpec::new(Fam::V6.client(), Fam::V6.vip_socket(80), L4::SYN))]
+#[case::v6_udp(Fam::V6, PacketSpec::new(Fam::V6.client(), Fam::V6.vip_socket(80), L4::Udp))]
+#[case::v6_tcp_with_ext_headers(Fam::V6, PacketSpec::new(Fam::V6.client(), Fam::V6.vip_socket(80), L4::SYN).with_ipv6_ext(&[Ipv6Ext::HopByHop, Ipv6Ext::DestOpts, Ipv6Ext::Routing]))]
+#[case::v6_udp_with_ext_headers(Fam::V6, PacketSpec::new(Fam::V6.client(), Fam::V6.vip_socket(80), L4::Udp).with_ipv6_ext(&[Ipv6Ext::HopByHop, Ipv6Ext::DestOpts, Ipv6Ext::Routing, Ipv6Ext::DestOpts]))]
+fn new_flow_is_dnated(
+    #[case] fam: Fam,
+    #[case] input: PacketSpec,
+    #[values(Hook::FromPod, Hook::FromNet)] hook: Hook,
+) -> anyhow::Result<()> {
+    let Some(mut dp) = load("new_flow_is_dnated")? else {
+        return Ok(());
+    };
+    let proto = proto_of(input.l4);
+    let frontend = fam.frontend(proto, 1);
+    dp.install_frontend(&frontend)?;
+    let backend = SocketAddr::new(frontend.backends[0].addr, 8080);
+
+    let packet = input.build()?;
+    let t0 = boot_ns()?;
+    let out = run_counted(&dp, hook, &packet, VERDICT_PASS, Reason::DnatNewFlow)?;
+    let t1 = boot_ns()?;
+    same_bytes(&out.data, &input.clone().with_dst(backend).build()?)?;
+
+    let flags = if hook == Hook::FromNet {
+        CT_FLAG_NORTH_SOUTH
+    } else {
+        0
+    };
+    let lifetime = if proto == IPPROTO_TCP {
+        CONFIG.ct_tcp_syn_s
+    } else {
+        CONFIG.ct_other_s
+    };
+    let expected = flow_entries(
+        input.src,
+        input.dst,
+        backend,
+        proto,
+        entry(100, flags, CT_STATE_NEW),
+        lifetime,
+    )?;
+    expect_conntrack(&dp, &expected, t0, t1)
+}
+
+// ---------------------------------------------------------------------------------------
+// Replies: source rewritten back to the frontend, both entries learn SEEN_REPLY.
+
+#[rstest]
+#[case::v4_tcp(Fam::V4, L4::SYN, L4::SYN_ACK)]
+#[case::v4_udp(Fam::V4, L4::Udp, L4::Udp)]
+#[case::v4_udp_zero_checksum(Fam::V4, L4::UdpNoChecksum, L4::UdpNoChecksum)]
+#[case::v6_tcp(Fam::V6, L4::SYN, L4::SYN_ACK)]
+#[case::v6_udp(Fam::V6, L4::Udp, L4::Udp)]
+fn reply_is_reverse_nated(
+    #[case] fam: Fam,
+    #[case] request: L4,
+    #[case] response: L4,
+    #[values(Hook::ToPod, Hook::ToNet)] hook: Hook,
+) -> anyhow::Result<()> {
+    let Some(mut dp) = load("reply_is_reverse_nated")? else {
+        return Ok(());
+    };
+    let proto = proto_of(request);
+    let frontend = fam.frontend(proto, 1);
+    dp.install_frontend(&frontend)?;
+    let backend = SocketAddr::new(frontend.backends[0].addr, 8080);
+    let vip = fam.vip_socket(80);
+
+    let first = PacketSpec::new(fam.client(), vip, request);
+    run_counted(
+        &dp,
+        Hook::FromPod,
+        &first.build()?,
+        VERDICT_PASS,
+        Reason::DnatNewFlow,
+    )?;
+
+    let reply = PacketSpec::new(backend, fam.client(), response);
+    let t0 = boot_ns()?;
+    let out = run_counted(
+        &dp,
+        hook,
+        &reply.build()?,
+        VERDICT_PASS,
+        Reason::RevNatReply,
+    )?;
+    let t1 = boot_ns()?;
+    same_bytes(&out.data, &reply.clone().with_src(vip).build()?)?;
+
+    let lifetime = if proto == IPPROTO_TCP {
+        CONFIG.ct_tcp_established_s
+    } else {
+        CONFIG.ct_other_s
+    };
+    let established = entry(100, CT_FLAG_SEEN_REPLY, CT_STATE_ESTABLISHED);
+    expect_conntrack(
+        &dp,
+        &flow_entries(fam.client(), vip, backend, proto, established, lifetime)?,
+        t0,
+        t1,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Not ours: passed untouched, counted, no conntrack.
+
+fn v4_to_vip(l4: L4) -> PacketSpec {
+    PacketSpec::new(Fam::V4.client(), Fam::V4.vip_socket(80), l4)
+}
+
+fn v6_to_vip(l4: L4) -> PacketSpec {
+    PacketSpec::new(Fam::V6.client(), Fam::V6.vip_socket(80), l4)
+}
+
+fn bytes(spec: PacketSpec) -> Vec<u8> {
+    spec.build().expect("test packet builds")
+}
+
+#[rstest]
+#[case::v4_not_a_frontend(bytes(v4_to_vip(L4::SYN).with_dst(Fam::V4.vip_socket(81))), Reason::PassNotService)]
+#[case::v6_not_a_frontend(bytes(v6_to_vip(L4::Udp).with_dst(Fam::V6.vip_socket(81))), Reason::PassNotService)]
+#[case::v4_icmp(bytes(v4_to_vip(L4::IcmpEcho)), Reason::PassOtherProto)]
+#[case::v6_icmp(bytes(v6_to_vip(L4::IcmpEcho)), Reason::PassOtherProto)]
+#[case::arp(arp(), Reason::PassNotIp)]
+#[case::v4_fragment(bytes(v4_to_vip(L4::Udp).with_ipv4_more_fragments()), Reason::PassFragment)]
+#[case::v6_fragment(bytes(v6_to_vip(L4::Udp).with_ipv6_ext(&[Ipv6Ext::Fragment])), Reason::PassFragment)]
+#[case::v6_fragment_after_ext(bytes(v6_to_vip(L4::SYN).with_ipv6_ext(&[Ipv6Ext::HopByHop, Ipv6Ext::Fragment])), Reason::PassFragment)]
+#[case::v6_too_many_ext_headers(bytes(v6_to_vip(L4::SYN).with_ipv6_ext(&[Ipv6Ext::HopByHop, Ipv6Ext::DestOpts, Ipv6Ext::Routing, Ipv6Ext::DestOpts, Ipv6Ext::DestOpts])), Reason::PassOtherProto)]
+fn passes_untouched(
+    #[case] packet: Vec<u8>,
+    #[case] reason: Reason,
+    #[values(Hook::FromPod, Hook::ToPod, Hook::FromNet, Hook::ToNet)] hook: Hook,
+) -> anyhow::Result<()> {
+    let Some(mut dp) = load("passes_untouched")? else {
+        return Ok(());
+    };
+    for fam in [Fam::V4, Fam::V6] {
+        dp.install_frontend(&fam.frontend(IPPROTO_TCP, 1))?;
+        dp.install_frontend(&Frontend {
+            service_id: SERVICE_ID + 1,
+            ..fam.frontend(IPPROTO_UDP, 1)
+        })?;
+    }
+    let out = run_counted(&dp, hook, &packet, VERDICT_PASS, reason)?;
+    same_bytes(&out.data, &packet)?;
+    expect_conntrack(&dp, &[], 0, 0)
+}
+
+// ---------------------------------------------------------------------------------------
+// Malformed: dropped and counted, never translated.
+
+fn v4_syn() -> Vec<u8> {
+    bytes(v4_to_vip(L4::SYN))
+}
+
+fn v6_syn() -> Vec<u8> {
+    bytes(v6_to_vip(L4::SYN))
+}
+
+// A frame whose IPv4/IPv6 header itself is cut short cannot be fed to BPF_PROG_TEST_RUN:
+// the kernel refuses it (EINVAL) before the program runs, so the program's check for it
+// (a failed header load -> drop_malformed) is only reachable on a live interface.
+// `v4_header_longer_than_packet` is the nearest case the kernel accepts: an IHL that
+// claims more header than the frame holds.
+#[rstest]
+#[case::v4_header_longer_than_packet(broken::truncated(&broken::ipv4_ihl(&v4_syn(), 15), 14 + 58))]
+#[case::v4_ihl_below_5(broken::ipv4_ihl(&v4_syn(), 4))]
+#[case::v4_total_len_beyond_packet(broken::ipv4_total_len(&v4_syn(), 1500))]
+#[case::v4_total_len_below_header(broken::ipv4_total_len(&v4_syn(), 16))]
+#[case::v4_bad_version(broken::ip_version(&v4_syn(), 6))]
+#[case::v4_truncated_tcp(broken::ip_payload_cut(&v4_syn(), 12))]
+#[case::v4_truncated_udp(broken::ip_payload_cut(&bytes(v4_to_vip(L4::Udp)), 5))]
+#[case::v4_tcp_cut_by_frame(broken::truncated(&v4_syn(), 14 + 20 + 10))]
+#[case::v6_bad_version(broken::ip_version(&v6_syn(), 4))]
+#[case::v6_truncated_tcp(broken::ip_payload_cut(&v6_syn(), 10))]
+#[case::v6_truncated_udp(broken::ip_payload_cut(&bytes(v6_to_vip(L4::Udp)), 7))]
+#[case::v6_payload_len_beyond_packet(broken::truncated(&v6_syn(), 14 + 40 + 20))]
+fn malformed_is_dropped(
+    #[case] packet: Vec<u8>,
+    #[values(Hook::FromPod, Hook::ToPod, Hook::FromNet, Hook::ToNet)] hook: Hook,
+) -> anyhow::Result<()> {
+    let Some(mut dp) = load("malformed_is_dropped")? else {
+        return Ok(());
+    };
+    dp.install_frontend(&Fam::V4.frontend(IPPROTO_TCP, 1))?;
+    dp.install_frontend(&Fam::V6.frontend(IPPROTO_TCP, 1))?;
+    run_counted(&dp, hook, &packet, VERDICT_DROP, Reason::DropMalformed)?;
+    expect_conntrack(&dp, &[], 0, 0)
+}
+
+// ---------------------------------------------------------------------------------------
+// Frontend edge cases.
+
+#[rstest]
+#[case::v4(Fam::V4)]
+#[case::v6(Fam::V6)]
+fn frontend_without_backends_drops(#[case] fam: Fam) -> anyhow::Result<()> {
+    let Some(mut dp) = load("frontend_without_backends_drops")? else {
+        return Ok(());
+    };
+    dp.install_frontend(&fam.frontend(IPPROTO_TCP, 0))?;
+    let packet = PacketSpec::new(fam.client(), fam.vip_socket(80), L4::SYN).build()?;
+    run_counted(
+        &dp,
+        Hook::FromPod,
+        &packet,
+        VERDICT_DROP,
+        Reason::DropNoBackend,
+    )?;
+    expect_conntrack(&dp, &[], 0, 0)
+}
+
+#[test]
+fn master_naming_a_missing_slot_drops() -> anyhow::Result<()> {
+    let Some(mut dp) = load("master_naming_a_missing_slot_drops")? else {
+        return Ok(());
+    };
+    let frontend = Fam::V4.frontend(IPPROTO_TCP, 1);
+    dp.install_frontend(&frontend)?;
+    // Count 2 with only slot 1 written: half the choices hit the hole.
+    dp.set_master(&frontend, 2)?;
+    let (mut translated, mut dropped) = (0, 0);
+    for sport in 20_000..20_064u16 {
+        let packet = PacketSpec::new(Fam::V4.client(), Fam::V4.vip_socket(80), L4::SYN)
+            .with_sport(sport)
+            .build()?;
+        let before = dp.counters()?;
+        let out = dp.run(Hook::FromPod, &packet)?;
+        if out.verdict == VERDICT_DROP {
+            dp.expect_counted(
+                &before,
+                Hook::FromPod,
+                Reason::DropSlotMissing,
+                packet.len(),
+            )?;
+            dropped += 1;
+        } else {
+            dp.expect_counted(&before, Hook::FromPod, Reason::DnatNewFlow, packet.len())?;
+            translated += 1;
+        }
+    }
+    ensure!(
+        dropped > 0 && translated > 0,
+        "64 flows: {translated} translated, {dropped} dropped"
+    );
+    Ok(())
+}
+
+#[test]
+fn two_scopes_send_pods_to_the_internal_backends() -> anyhow::Result<()> {
+    let Some(mut dp) = load("two_scopes_send_pods_to_the_internal_backends")? else {
+        return Ok(());
+    };
+    let external = Frontend {
+        flags: SVC_FLAG_TWO_SCOPES,
+        ..Fam::V4.frontend(IPPROTO_TCP, 1)
+    };
+    let internal = Frontend {
+        scope: SCOPE_INTERNAL,
+        backends: vec![],
+        ..external.clone()
+    }
+    .backend(200, "198.18.3.20", 9090);
+    dp.install_frontend(&internal)?;
+    dp.install_frontend(&external)?;
+    let input = PacketSpec::new(Fam::V4.client(), Fam::V4.vip_socket(80), L4::SYN);
+    let out = run_counted(
+        &dp,
+        Hook::FromPod,
+        &input.build()?,
+        VERDICT_PASS,
+        Reason::DnatNewFlow,
+    )?;
+    same_bytes(
+        &out.data,
+        &input
+            .clone()
+            .with_dst("198.18.3.20:9090".parse()?)
+            .build()?,
+    )?;
+    let from_outside = input.with_sport(40001);
+    let out = run_counted(
+        &dp,
+        Hook::FromNet,
+        &from_outside.build()?,
+        VERDICT_PASS,
+        Reason::DnatNewFlow,
+    )?;
+    same_bytes(
+        &out.data,
+        &from_outside.with_dst("198.18.2.10:8080".parse()?).build()?,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Established flows.
+
+#[rstest]
+#[case::v4(Fam::V4)]
+#[case::v6(Fam::V6)]
+fn established_flow_keeps_its_backend_when_the_set_changes(#[case] fam: Fam) -> anyhow::Result<()> {
+    let Some(mut dp) = load("established_flow_keeps_its_backend")? else {
+        return Ok(());
+    };
+    let old = fam.frontend(IPPROTO_TCP, 1);
+    dp.install_frontend(&old)?;
+    let syn = PacketSpec::new(fam.client(), fam.vip_socket(80), L4::SYN);
+    run_counted(
+        &dp,
+        Hook::FromPod,
+        &syn.build()?,
+        VERDICT_PASS,
+        Reason::DnatNewFlow,
+    )?;
+
+    // The frontend now lists two other backends; backend 100 still exists (terminating).
+    let new = Frontend {
+        backends: vec![],
+        ..old.clone()
+    }
+    .backend(101, &fam.backend_addr(1), 8080)
+    .backend(102, &fam.backend_addr(2), 8080);
+    dp.install_frontend(&new)?;
+
+    let ack = syn.clone().with_l4(L4::ACK);
+    let out = run_counted(
+        &dp,
+        Hook::FromPod,
+        &ack.build()?,
+        VERDICT_PASS,
+        Reason::DnatEstablished,
+    )?;
+    same_bytes(
+        &out.data,
+        &ack.clone()
+            .with_dst(SocketAddr::new(old.backends[0].addr, 8080))
+            .build()?,
+    )?;
+
+    // A new flow goes to one of the new backends.
+    let other = syn.with_sport(40001);
+    let out = run_counted(
+        &dp,
+        Hook::FromPod,
+        &other.build()?,
+        VERDICT_PASS,
+        Reason::DnatNewFlow,
+    )?;
+    let candidates: Vec<Vec<u8>> = new
+        .backends
+        .iter()
+        .map(|b| {
+            other
+                .clone()
+                .with_dst(SocketAddr::new(b.addr, 8080))
+                .build()
+        })
+        .collect::<Result<_, _>>()?;
+    ensure!(
+        candidates.contains(&out.data),
+        "new flow not sent to a new backend: {:02x?}",
+        out.data
+    );
+    Ok(())
+}
+
+#[rstest]
+#[case::v4(Fam::V4)]
+#[case::v6(Fam::V6)]
+fn tcp_flow_to_a_removed_backend_keeps_dropping(#[case] fam: Fam) -> anyhow::Result<()> {
+    let Some(mut dp) = load("tcp_flow_to_a_removed_backend_keeps_dropping")? else {
+        return Ok(());
+    };
+    let old = fam.frontend(IPPROTO_TCP, 1);
+    dp.install_frontend(&old)?;
+    let syn = PacketSpec::new(fam.client(), fam.vip_socket(80), L4::SYN);
+    let s0 = boot_ns()?;
+    run_counted(
+        &dp,
+        Hook::FromPod,
+        &syn.build()?,
+        VERDICT_PASS,
+        Reason::DnatNewFlow,
+    )?;
+    let s1 = boot_ns()?;
+
+    let replacement = Frontend {
+        backends: vec![],
+        ..old.clone()
+    }
+    .backend(101, &fam.backend_addr(1), 8080);
+    dp.install_frontend(&replacement)?;
+    dp.remove_backend(&old.backends[0])?;
+
+    let ack = syn.with_l4(L4::ACK).build()?;
+    let t0 = boot_ns()?;
+    run_counted(
+        &dp,
+        Hook::FromPod,
+        &ack,
+        VERDICT_DROP,
+        Reason::DropBackendGone,
+    )?;
+    let t1 = boot_ns()?;
+    // Still dropped, even though the frontend has a live backend again.
+    run_counted(
+        &dp,
+        Hook::FromPod,
+        &ack,
+        VERDICT_DROP,
+        Reason::DropBackendGone,
+    )?;
+
+    // The forward entry is marked and kept for the closing lifetime; the reply entry is
+    // as the SYN left it.
+    let backend = SocketAddr::new(old.backends[0].addr, 8080);
+    let vip = fam.vip_socket(80);
+    let forward = ExpectCt {
+        record: ct_record(
+            fam.client(),
+            vip,
+            IPPROTO_TCP,
+            CT_DIR_SERVICE,
+            entry(100, CT_FLAG_BACKEND_GONE, CT_STATE_NEW),
+        )?,
+        lifetime_s: CONFIG.ct_tcp_closing_s,
+    };
+    let reply = ExpectCt {
+        record: ct_record(
+            backend,
+            fam.client(),
+            IPPROTO_TCP,
+            CT_DIR_REPLY,
+            entry(100, 0, CT_STATE_NEW),
+        )?,
+        lifetime_s: CONFIG.ct_tcp_syn_s,
+    };
+    expect_conntrack_windows(&dp, &[(&forward, t0, t1), (&reply, s0, s1)])
+}
+
+#[rstest]
+#[case::v4(Fam::V4)]
+#[case::v6(Fam::V6)]
+fn udp_flow_to_a_removed_backend_reselects(#[case] fam: Fam) -> anyhow::Result<()> {
+    let Some(mut dp) = load("udp_flow_to_a_removed_backend_reselects")? else {
+        return Ok(());
+    };
+    let old = fam.frontend(IPPROTO_UDP, 1);
+    dp.install_frontend(&old)?;
+    let datagram = PacketSpec::new(fam.client(), fam.vip_socket(80), L4::Udp);
+    run_counted(
+        &dp,
+        Hook::FromPod,
+        &datagram.build()?,
+        VERDICT_PASS,
+        Reason::DnatNewFlow,
+    )?;
+
+    let replacement = Frontend {
+        backends: vec![],
+        ..old.clone()
+    }
+    .backend(101, &fam.backend_addr(1), 8080);
+    dp.install_frontend(&replacement)?;
+    dp.remove_backend(&old.backends[0])?;
+
+    run_counted(
+        &dp,
+        Hook::FromPod,
+        &datagram.build()?,
+        VERDICT_DROP,
+        Reason::DropBackendGone,
+    )?;
+    let forward_left = dp.conntrack()?.iter().any(|r| {
+        matches!(r, CtRecord::V4 { key, .. } if key.dir == CT_DIR_SERVICE)
+            || matches!(r, CtRecord::V6 { key, .. } if key.dir == CT_DIR_SERVICE)
+    });
+    ensure!(
+        !forward_left,
+        "the forward entry of the dead UDP flow is still there"
+    );
+
+    let new_backend = SocketAddr::new(replacement.backends[0].addr, 8080);
+    let out = run_counted(
+        &dp,
+        Hook::FromPod,
+        &datagram.build()?,
+        VERDICT_PASS,
+        Reason::DnatNewFlow,
+    )?;
+    same_bytes(&out.data, &datagram.clone().with_dst(new_backend).build()?)
+}
+
+#[rstest]
+#[case::v4(Fam::V4)]
+#[case::v6(Fam::V6)]
+fn expired_entry_is_not_reused(#[case] fam: Fam) -> anyhow::Result<()> {
+    let Some(mut dp) = load("expired_entry_is_not_reused")? else {
+        return Ok(());
+    };
+    let frontend = fam.frontend(IPPROTO_TCP, 1);
+    dp.install_frontend(&frontend)?;
+    // A stale flow to backend 999 (still in the backends map), expired long ago.
+    let stale = fam
+        .frontend(IPPROTO_TCP, 0)
+        .backend(999, &fam.backend_addr(9), 9999);
+    dp.install_backend(&stale.backends[0], IPPROTO_TCP)?;
+    let vip = fam.vip_socket(80);
+    let old = CtEntry {
+        expires_ns: 1,
+        ..entry(999, CT_FLAG_SEEN_REPLY, CT_STATE_ESTABLISHED)
+    };
+    dp.insert_ct(ct_record(
+        fam.client(),
+        vip,
+        IPPROTO_TCP,
+        CT_DIR_SERVICE,
+        old,
+    )?)?;
+
+    let syn = PacketSpec::new(fam.client(), vip, L4::SYN);
+    let t0 = boot_ns()?;
+    let out = run_counted(
+        &dp,
+        Hook::FromPod,
+        &syn.build()?,
+        VERDICT_PASS,
+        Reason::DnatNewFlow,
+    )?;
+    let t1 = boot_ns()?;
+    let backend = SocketAddr::new(frontend.backends[0].addr, 8080);
+    same_bytes(&out.data, &syn.clone().with_dst(backend).build()?)?;
+    let expected = flow_entries(
+        fam.client(),
+        vip,
+        backend,
+        IPPROTO_TCP,
+        entry(100, 0, CT_STATE_NEW),
+        CONFIG.ct_tcp_syn_s,
+    )?;
+    expect_conntrack(&dp, &expected, t0, t1)
+}
+
+#[rstest]
+#[case::v4(Fam::V4)]
+#[case::v6(Fam::V6)]
+fn tcp_fin_moves_the_flow_to_the_closing_lifetime(#[case] fam: Fam) -> anyhow::Result<()> {
+    let Some(mut dp) = load("tcp_fin_moves_the_flow_to_the_closing_lifetime")? else {
+        return Ok(());
+    };
+    let frontend = fam.frontend(IPPROTO_TCP, 1);
+    dp.install_frontend(&frontend)?;
+    let backend = SocketAddr::new(frontend.backends[0].addr, 8080);
+    let vip = fam.vip_socket(80);
+    let syn = PacketSpec::new(fam.client(), vip, L4::SYN);
+    run_counted(
+        &dp,
+        Hook::FromPod,
+        &syn.build()?,
+        VERDICT_PASS,
+        Reason::DnatNewFlow,
+    )?;
+    let syn_ack = PacketSpec::new(backend, fam.client(), L4::SYN_ACK);
+    run_counted(
+        &dp,
+        Hook::ToPod,
+        &syn_ack.build()?,
+        VERDICT_PASS,
+        Reason::RevNatReply,
+    )?;
+
+    let fin = syn.with_l4(L4::FIN_ACK);
+    let t0 = boot_ns()?;
+    let out = run_counted(
+        &dp,
+        Hook::FromPod,
+        &fin.build()?,
+        VERDICT_PASS,
+        Reason::DnatEstablished,
+    )?;
+    let t1 = boot_ns()?;
+    same_bytes(&out.data, &fin.clone().with_dst(backend).build()?)?;
+    let closing = entry(100, CT_FLAG_SEEN_REPLY | CT_FLAG_CLOSING, CT_STATE_CLOSING);
+    expect_conntrack(
+        &dp,
+        &flow_entries(
+            fam.client(),
+            vip,
+            backend,
+            IPPROTO_TCP,
+            closing,
+            CONFIG.ct_tcp_closing_s,
+        )?,
+        t0,
+        t1,
+    )
+}
+
+#[rstest]
+#[case::v4(Fam::V4)]
+#[case::v6(Fam::V6)]
+fn reply_without_revnat_entry_drops(#[case] fam: Fam) -> anyhow::Result<()> {
+    let Some(mut dp) = load("reply_without_revnat_entry_drops")? else {
+        return Ok(());
+    };
+    let frontend = fam.frontend(IPPROTO_UDP, 1);
+    dp.install_frontend(&frontend)?;
+    let request = PacketSpec::new(fam.client(), fam.vip_socket(80), L4::Udp);
+    run_counted(
+        &dp,
+        Hook::FromPod,
+        &request.build()?,
+        VERDICT_PASS,
+        Reason::DnatNewFlow,
+    )?;
+    dp.remove_revnat(&frontend)?;
+    let reply = PacketSpec::new(
+        SocketAddr::new(frontend.backends[0].addr, 8080),
+        fam.client(),
+        L4::Udp,
+    );
+    run_counted(
+        &dp,
+        Hook::ToPod,
+        &reply.build()?,
+        VERDICT_DROP,
+        Reason::DropRevNatMissing,
+    )?;
+    Ok(())
+}
+
+#[test]
+fn conntrack_maps_are_lru() -> anyhow::Result<()> {
+    let Some(dp) = load("conntrack_maps_are_lru")? else {
+        return Ok(());
+    };
+    for map in [maps::CT4_TCP, maps::CT4_ANY, maps::CT6_TCP, maps::CT6_ANY] {
+        ensure!(dp.is_lru_hash(map)?, "{map} is not an LRU hash map");
+    }
+    for map in [maps::SERVICES4, maps::BACKENDS4, maps::REVNAT6] {
+        ensure!(
+            !dp.is_lru_hash(map)?,
+            "{map} must not be LRU (entries would vanish)"
+        );
+    }
+    Ok(())
+}
+
+/// 3000 new flows over 3 backends: every flow goes to one of them and each gets a fair
+/// share (a wide band: 1000 expected, 700..=1300 accepted).
+#[test]
+fn random_choice_spreads_over_all_backends() -> anyhow::Result<()> {
+    let Some(mut dp) = load("random_choice_spreads_over_all_backends")? else {
+        return Ok(());
+    };
+    let frontend = Fam::V4.frontend(IPPROTO_UDP, 3);
+    dp.install_frontend(&frontend)?;
+    let mut hits = [0u32; 3];
+    for i in 0..3000u16 {
+        let input = PacketSpec::new(Fam::V4.client(), Fam::V4.vip_socket(80), L4::Udp)
+            .with_sport(10_000 + i);
+        let out = dp.run(Hook::FromPod, &input.build()?)?;
+        ensure!(
+            out.verdict == VERDICT_PASS,
+            "flow {i}: verdict {}",
+            out.verdict
+        );
+        let chosen = frontend
+            .backends
+            .iter()
+            .position(|b| {
+                input
+                    .clone()
+                    .with_dst(SocketAddr::new(b.addr, 8080))
+                    .build()
+                    .ok()
+                    == Some(out.data.clone())
+            })
+            .with_context(|| format!("flow {i} not sent to any backend of the frontend"))?;
+        hits[chosen] += 1;
+    }
+    ensure!(
+        hits.iter().all(|h| (700..=1300).contains(h)),
+        "uneven spread: {hits:?}"
+    );
+    Ok(())
+}
