@@ -9,7 +9,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{bail, Context as _, Result};
 
 use crate::shell;
 
@@ -37,7 +37,13 @@ fn nightly_rust_src() -> Result<()> {
     let toolchains = shell::output(Command::new("rustup").args(["toolchain", "list"]))?;
     if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
         say("installing the nightly toolchain (needed to build the eBPF programs)");
-        shell::run(Command::new("rustup").args(["toolchain", "install", NIGHTLY, "--profile", "minimal"]))?;
+        shell::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+        ]))?;
     }
     let installed = shell::output(Command::new("rustup").args([
         "component",
@@ -50,7 +56,13 @@ fn nightly_rust_src() -> Result<()> {
         say("nightly rust-src: already installed");
     } else {
         say("nightly rust-src: installing");
-        shell::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+        shell::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            NIGHTLY,
+        ]))?;
     }
     Ok(())
 }
@@ -68,24 +80,34 @@ fn bpf_linker() -> Result<()> {
     let linker = cargo_home()?.join("bin").join("bpf-linker");
     if let Ok(version) = shell::output(Command::new(&linker).arg("--version")) {
         if version.contains(BPF_LINKER_VERSION) {
-            say(&format!("bpf-linker {BPF_LINKER_VERSION}: already installed"));
+            say(&format!(
+                "bpf-linker {BPF_LINKER_VERSION}: already installed"
+            ));
             return Ok(());
         }
     }
-    say(&format!("bpf-linker {BPF_LINKER_VERSION}: building against the nightly's libLLVM (about a minute)"));
-    let sysroot = shell::output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))?;
+    say(&format!(
+        "bpf-linker {BPF_LINKER_VERSION}: building against the nightly's libLLVM (about a minute)"
+    ));
+    let sysroot =
+        shell::output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))?;
     let nightly_lib = Path::new(sysroot.trim()).join("lib");
     let llvm_so = fs::read_dir(&nightly_lib)
         .with_context(|| format!("reading {}", nightly_lib.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so.")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        })
         .min()
         .with_context(|| format!("no libLLVM.so.* in {}", nightly_lib.display()))?;
     let llvm_major = llvm_major(&llvm_so)?;
     let prefix = cargo_home()?.join("llvm-for-bpf-linker");
     let lib = prefix.join("lib");
     fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
-    let so_name = llvm_so.file_name().context("libLLVM path has no file name")?;
+    let so_name = llvm_so
+        .file_name()
+        .context("libLLVM path has no file name")?;
     for link in [lib.join("libLLVM.so"), lib.join(so_name)] {
         let _ = fs::remove_file(&link);
         symlink(&llvm_so, &link).with_context(|| format!("linking {}", link.display()))?;
@@ -93,14 +115,28 @@ fn bpf_linker() -> Result<()> {
     shell::run(
         Command::new("cargo")
             .env("LLVM_PREFIX", &prefix)
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"])
-            .args(["--no-default-features", "--features", &format!("llvm-{llvm_major}")]),
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--force",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm_major}"),
+            ]),
     )
 }
 
 /// "libLLVM.so.22.1-rust-1.97.0-nightly" -> "22".
 fn llvm_major(so: &Path) -> Result<String> {
-    let name = so.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = so
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let major: String = name
         .trim_start_matches("libLLVM.so.")
         .chars()
@@ -115,14 +151,19 @@ fn llvm_major(so: &Path) -> Result<String> {
 fn debian_packages() -> Result<()> {
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
-        .filter(|(_, cmd)| !shell::succeeds(Command::new("sh").args(["-c", &format!("command -v {cmd}")])))
+        .filter(|(_, cmd)| {
+            !shell::succeeds(Command::new("sh").args(["-c", &format!("command -v {cmd}")]))
+        })
         .map(|(pkg, _)| *pkg)
         .collect();
     if missing.is_empty() {
         say("Debian packages: all present");
         return Ok(());
     }
-    say(&format!("Debian packages: installing {}", missing.join(" ")));
+    say(&format!(
+        "Debian packages: installing {}",
+        missing.join(" ")
+    ));
     shell::run(Command::new("apt-get").args(["update", "-qq"]))?;
     shell::run(
         Command::new("apt-get")

@@ -2,7 +2,7 @@
 
 use std::process::{Command, Stdio};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{bail, Context as _, Result};
 
 /// `cargo` of the toolchain that runs xtask.
 pub fn cargo() -> Command {
@@ -12,7 +12,9 @@ pub fn cargo() -> Command {
 /// Runs `cmd`, inheriting stdio; fails on a non-zero exit.
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {}", describe(cmd));
-    let status = cmd.status().with_context(|| format!("failed to start {}", describe(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {}", describe(cmd)))?;
     if !status.success() {
         bail!("{} failed with {status}", describe(cmd));
     }
@@ -21,12 +23,17 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` quietly and returns whether it exited 0 (false if it could not start).
 pub fn succeeds(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Runs `cmd` and returns its stdout (fails on a non-zero exit).
 pub fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("failed to start {}", describe(cmd)))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("failed to start {}", describe(cmd)))?;
     if !out.status.success() {
         bail!(
             "{} failed with {}: {}",

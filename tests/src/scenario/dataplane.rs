@@ -1,0 +1,120 @@
+//! Driving service-lb on a test node: load + attach inside the node's namespace, program
+//! frontends through the pinned maps, read the counters back.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result};
+use service_lb::dataplane::{
+    Attachment, BackendSpec, BpfMaps, Dataplane, DataplaneOptions, FrontendKey, FrontendSpec,
+    L4Proto, MapSizes, ServiceWriter,
+};
+use service_lb_common::service::{BACKEND_STATE_ACTIVE, SCOPE_EXTERNAL, SVC_FLAG_CLUSTER_IP};
+
+use crate::netns::run_in;
+use crate::topology::{Node, POD_VETH_GLOB, UNDERLAY_DEV};
+
+/// Map sizes for a test node: small, so a test loads quickly and uses little memory.
+pub fn test_map_sizes() -> MapSizes {
+    MapSizes {
+        services: 1024,
+        backends: 1024,
+        revnat: 256,
+        ct_tcp: 16_384,
+        ct_any: 16_384,
+    }
+}
+
+/// Loads the data plane with its maps pinned in the node's bpffs folder and attaches it
+/// to the node's pod veths and underlay device, from a thread inside the node's
+/// namespace. The links are pinned, so they outlive the loader.
+pub fn install(node: &Node) -> Result<Vec<Attachment>> {
+    let options = DataplaneOptions {
+        bpffs: node.bpffs.path().to_path_buf(),
+        sizes: test_map_sizes(),
+        ..DataplaneOptions::default()
+    };
+    run_in(&node.ns, || {
+        let mut dataplane = Dataplane::open(&options).context("loading service-lb")?;
+        dataplane
+            .attach(&[POD_VETH_GLOB.to_owned()], &[UNDERLAY_DEV.to_owned()])
+            .context("attaching service-lb")
+    })
+    .with_context(|| format!("installing service-lb on node {}", node.name))
+}
+
+/// One backend of a frontend, and the node it runs on.
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub node: u8,
+}
+
+/// A ClusterIP frontend and its endpoints.
+#[derive(Clone, Debug)]
+pub struct ClusterIp {
+    pub vip: SocketAddr,
+    pub proto: L4Proto,
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl ClusterIp {
+    pub fn key(&self) -> FrontendKey {
+        FrontendKey {
+            addr: self.vip.ip(),
+            port: self.vip.port(),
+            proto: self.proto,
+            scope: SCOPE_EXTERNAL,
+        }
+    }
+
+    /// The frontend as programmed on `node` (the local flag differs per node).
+    fn spec_for(&self, node: u8) -> FrontendSpec {
+        let backends = self
+            .endpoints
+            .iter()
+            .map(|e| BackendSpec {
+                addr: e.addr,
+                state: BACKEND_STATE_ACTIVE,
+                local: e.node == node,
+            })
+            .collect();
+        FrontendSpec {
+            key: self.key(),
+            backends,
+            flags: SVC_FLAG_CLUSTER_IP,
+            affinity_timeout_s: 0,
+        }
+    }
+}
+
+/// Creates or updates `services` in the node's pinned maps. Like the daemon, it then
+/// purges the conntrack entries of backends no frontend uses any more (a reused client
+/// port must not land on a deleted backend). Returns how many entries were purged.
+pub fn program(node: &Node, services: &[ClusterIp]) -> Result<usize> {
+    let maps = BpfMaps::open_pinned(node.bpffs.path())
+        .with_context(|| format!("opening the pinned maps of node {}", node.name))?;
+    let mut writer = ServiceWriter::open(maps).context("reading the programmed services")?;
+    for service in services {
+        writer
+            .upsert(&service.spec_for(node.index))
+            .with_context(|| format!("programming {} on node {}", service.key(), node.name))?;
+    }
+    let mut purged = 0;
+    for backend_id in writer.take_released_backends() {
+        purged += writer.purge_conntrack(backend_id).with_context(|| {
+            format!(
+                "purging conntrack of backend {backend_id} on node {}",
+                node.name
+            )
+        })?;
+    }
+    Ok(purged)
+}
+
+/// Every counter of the node's data path, summed over CPUs.
+pub fn counters(node: &Node) -> Result<Vec<service_lb::dataplane::CounterTotal>> {
+    let maps = BpfMaps::open_pinned(node.bpffs.path())
+        .with_context(|| format!("opening the pinned maps of node {}", node.name))?;
+    maps.counters()
+        .with_context(|| format!("reading the counters of node {}", node.name))
+}
