@@ -51,14 +51,44 @@ pub struct CtKey6 {
 }
 
 impl CtKey4 {
-    pub const fn new(saddr: [u8; 4], daddr: [u8; 4], sport_be: u16, dport_be: u16, proto: u8, dir: u8) -> Self {
-        Self { saddr, daddr, sport_be, dport_be, proto, dir, _pad: [0; 2] }
+    pub const fn new(
+        saddr: [u8; 4],
+        daddr: [u8; 4],
+        sport_be: u16,
+        dport_be: u16,
+        proto: u8,
+        dir: u8,
+    ) -> Self {
+        Self {
+            saddr,
+            daddr,
+            sport_be,
+            dport_be,
+            proto,
+            dir,
+            _pad: [0; 2],
+        }
     }
 }
 
 impl CtKey6 {
-    pub const fn new(saddr: [u8; 16], daddr: [u8; 16], sport_be: u16, dport_be: u16, proto: u8, dir: u8) -> Self {
-        Self { saddr, daddr, sport_be, dport_be, proto, dir, _pad: [0; 2] }
+    pub const fn new(
+        saddr: [u8; 16],
+        daddr: [u8; 16],
+        sport_be: u16,
+        dport_be: u16,
+        proto: u8,
+        dir: u8,
+    ) -> Self {
+        Self {
+            saddr,
+            daddr,
+            sport_be,
+            dport_be,
+            proto,
+            dir,
+            _pad: [0; 2],
+        }
     }
 }
 

@@ -45,13 +45,27 @@ pub struct Svc6Key {
 
 impl Svc4Key {
     pub const fn new(addr: [u8; 4], port_be: u16, proto: u8, scope: u8, slot: u16) -> Self {
-        Self { addr, port_be, proto, scope, slot, _pad: [0; 2] }
+        Self {
+            addr,
+            port_be,
+            proto,
+            scope,
+            slot,
+            _pad: [0; 2],
+        }
     }
 }
 
 impl Svc6Key {
     pub const fn new(addr: [u8; 16], port_be: u16, proto: u8, scope: u8, slot: u16) -> Self {
-        Self { addr, port_be, proto, scope, slot, _pad: [0; 2] }
+        Self {
+            addr,
+            port_be,
+            proto,
+            scope,
+            slot,
+            _pad: [0; 2],
+        }
     }
 }
 
@@ -75,10 +89,26 @@ pub struct SvcValue {
 
 impl SvcValue {
     pub const fn master(count: u32, service_id: u32, flags: u16, affinity_timeout_s: u32) -> Self {
-        Self { backend_id: 0, count, service_id, flags, _pad0: 0, affinity_timeout_s, _pad1: 0 }
+        Self {
+            backend_id: 0,
+            count,
+            service_id,
+            flags,
+            _pad0: 0,
+            affinity_timeout_s,
+            _pad1: 0,
+        }
     }
     pub const fn slot(backend_id: u32, service_id: u32) -> Self {
-        Self { backend_id, count: 0, service_id, flags: 0, _pad0: 0, affinity_timeout_s: 0, _pad1: 0 }
+        Self {
+            backend_id,
+            count: 0,
+            service_id,
+            flags: 0,
+            _pad0: 0,
+            affinity_timeout_s: 0,
+            _pad1: 0,
+        }
     }
 }
 
@@ -118,13 +148,29 @@ pub struct Backend6 {
 
 impl Backend4 {
     pub const fn new(addr: [u8; 4], port_be: u16, proto: u8, state: u8, flags: u8) -> Self {
-        Self { addr, port_be, proto, state, zone: 0, flags, _pad: [0; 2] }
+        Self {
+            addr,
+            port_be,
+            proto,
+            state,
+            zone: 0,
+            flags,
+            _pad: [0; 2],
+        }
     }
 }
 
 impl Backend6 {
     pub const fn new(addr: [u8; 16], port_be: u16, proto: u8, state: u8, flags: u8) -> Self {
-        Self { addr, port_be, proto, state, zone: 0, flags, _pad: [0; 2] }
+        Self {
+            addr,
+            port_be,
+            proto,
+            state,
+            zone: 0,
+            flags,
+            _pad: [0; 2],
+        }
     }
 }
 
@@ -148,13 +194,21 @@ pub struct RevNat6 {
 
 impl RevNat4 {
     pub const fn new(addr: [u8; 4], port_be: u16) -> Self {
-        Self { addr, port_be, _pad: 0 }
+        Self {
+            addr,
+            port_be,
+            _pad: 0,
+        }
     }
 }
 
 impl RevNat6 {
     pub const fn new(addr: [u8; 16], port_be: u16) -> Self {
-        Self { addr, port_be, _pad: 0 }
+        Self {
+            addr,
+            port_be,
+            _pad: 0,
+        }
     }
 }
 
