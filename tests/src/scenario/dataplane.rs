@@ -118,3 +118,13 @@ pub fn counters(node: &Node) -> Result<Vec<service_lb::dataplane::CounterTotal>>
     maps.counters()
         .with_context(|| format!("reading the counters of node {}", node.name))
 }
+
+/// `service-lb inspect services` of a node, rendered as the CLI renders it: the data
+/// path's own view, read back from the pinned maps.
+pub fn inspect_services(node: &Node) -> Result<String> {
+    let maps = BpfMaps::open_pinned(node.bpffs.path())
+        .with_context(|| format!("opening the pinned maps of node {}", node.name))?;
+    let rows = service_lb::cli::inspect::services::rows(&maps)
+        .with_context(|| format!("reading the services maps of node {}", node.name))?;
+    service_lb::cli::output::render(&rows, service_lb::cli::output::Format::Table)
+}

@@ -128,6 +128,20 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// Reports `service-lb inspect services` of the first node, indented under the step.
+    fn show_inspect(&mut self, when: &str) -> Result<()> {
+        let node = self.cluster.node(1)?;
+        let table = dataplane::inspect_services(node)?;
+        let indented: Vec<String> = table.lines().map(|l| format!("             {l}")).collect();
+        (self.report)(Step::Seen(format!(
+            "`service-lb inspect services --bpffs {}` on node {}{when} (read back from its pinned maps):\n{}",
+            node.bpffs.path().display(),
+            node.name,
+            indented.join("\n")
+        )));
+        Ok(())
+    }
+
     fn run(mut self) -> Result<Outcome> {
         let backends: Vec<&Pod> = BACKENDS
             .iter()
@@ -165,6 +179,8 @@ impl Run<'_> {
             )));
         }
 
+        self.show_inspect("")?;
+
         let mut families = Vec::new();
         let mut held = BTreeMap::new();
         for family in IpFamily::ALL {
@@ -184,6 +200,8 @@ impl Run<'_> {
              then purged its conntrack entries as the daemon does ({})",
             purged.join(", ")
         )));
+
+        self.show_inspect(" after the removal")?;
 
         for outcome in &mut families {
             let connections = held.get_mut(&outcome.family).context("held connections")?;
