@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use crate::telemetry::{self, LogFormat};
 
+pub mod attach;
 pub mod cleanup;
 pub mod inspect;
 pub mod output;
@@ -28,6 +29,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Load the programs (maps pinned), attach them to this namespace's interfaces, exit.
+    Attach(attach::AttachArgs),
     /// Show the data plane's own view, read from the pinned maps (no daemon needed).
     Inspect(inspect::InspectArgs),
     /// Detach every program and remove every pin of the data plane.
@@ -76,6 +79,7 @@ pub fn main() -> ExitCode {
     };
     telemetry::init(cli.log_format, cli.verbose);
     let result = match &cli.command {
+        Command::Attach(args) => attach::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Cleanup(args) => cleanup::run(args),
     };

@@ -31,3 +31,14 @@ pub fn render<R: TableRow>(rows: &[R], format: Format) -> anyhow::Result<String>
         }
     }
 }
+
+/// Writes `text` and a newline to stdout. A closed pipe (`inspect ... | head`) ends the
+/// output quietly instead of panicking like `println!`; other write errors are returned.
+pub fn print(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}

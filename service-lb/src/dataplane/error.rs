@@ -25,7 +25,7 @@ pub enum DataplaneError {
 
     #[error(
         "pinned map {map} at {path} has layout [{pinned}] but this binary wants [{wanted}]; \
-         refusing to reuse it (run `service-lb cleanup` or load with recreate-maps, which \
+         refusing to reuse it (run `service-lb cleanup` or pass --recreate-mismatched-maps, which \
          loses conntrack and breaks established connections)"
     )]
     PinLayoutMismatch {

@@ -62,6 +62,6 @@ pub fn run(args: &InspectArgs) -> Result<(), Failure> {
             super::output::render(&counters::rows(&maps.counters()?, all), args.output)?
         }
     };
-    println!("{text}");
+    super::output::print(&text)?;
     Ok(())
 }

@@ -1,0 +1,138 @@
+//! `service-lb attach`: load the programs with their maps pinned, attach them to the
+//! interfaces of this network namespace, and exit. The data plane keeps serving (links and
+//! maps are pinned); the daemon, or anything writing the pinned maps, programs services.
+//! The data-plane flags here are the ones `run` takes too.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use service_lb_common::DataplaneConfig;
+
+use super::Failure;
+use crate::dataplane::{Dataplane, DataplaneOptions, MapSizes, PinMismatch, DEFAULT_BPFFS};
+
+/// Where the data plane is pinned and how big its maps are.
+#[derive(Clone, Debug, Args)]
+pub struct DataplaneArgs {
+    /// bpffs folder that holds every pinned map and link.
+    #[arg(long, env = "SERVICE_LB_BPFFS", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// Entries of each services map (master + one slot per backend, summed over frontends).
+    #[arg(long, env = "SERVICE_LB_MAP_SERVICES_MAX", default_value_t = MapSizes::default().services)]
+    pub map_services_max: u32,
+    /// Entries of each backends map.
+    #[arg(long, env = "SERVICE_LB_MAP_BACKENDS_MAX", default_value_t = MapSizes::default().backends)]
+    pub map_backends_max: u32,
+    /// Entries of each reverse-NAT map (one per frontend).
+    #[arg(long, env = "SERVICE_LB_MAP_REVNAT_MAX", default_value_t = MapSizes::default().revnat)]
+    pub map_revnat_max: u32,
+    /// Entries of each TCP conntrack map (two per connection).
+    #[arg(long, env = "SERVICE_LB_MAP_CT_TCP_MAX", default_value_t = MapSizes::default().ct_tcp)]
+    pub map_ct_tcp_max: u32,
+    /// Entries of each UDP/other conntrack map (two per flow).
+    #[arg(long, env = "SERVICE_LB_MAP_CT_ANY_MAX", default_value_t = MapSizes::default().ct_any)]
+    pub map_ct_any_max: u32,
+    /// Replace pinned maps whose layout or size differs (their content, conntrack
+    /// included, is lost) instead of refusing to start.
+    #[arg(long, env = "SERVICE_LB_RECREATE_MISMATCHED_MAPS")]
+    pub recreate_mismatched_maps: bool,
+}
+
+impl DataplaneArgs {
+    pub fn options(&self) -> DataplaneOptions {
+        DataplaneOptions {
+            bpffs: self.bpffs.clone(),
+            sizes: MapSizes {
+                services: self.map_services_max,
+                backends: self.map_backends_max,
+                revnat: self.map_revnat_max,
+                ct_tcp: self.map_ct_tcp_max,
+                ct_any: self.map_ct_any_max,
+            },
+            config: DataplaneConfig::DEFAULT,
+            on_pin_mismatch: if self.recreate_mismatched_maps {
+                PinMismatch::Recreate
+            } else {
+                PinMismatch::Refuse
+            },
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    pub dataplane: DataplaneArgs,
+    /// Globs of host-side pod interfaces (from_pod on ingress, to_pod on egress).
+    #[arg(
+        long,
+        env = "SERVICE_LB_POD_INTERFACES",
+        value_delimiter = ',',
+        default_value = "veth*,lxc*,cali*"
+    )]
+    pub pod_interfaces: Vec<String>,
+    /// Globs of external devices (from_net on ingress, to_net on egress).
+    #[arg(long, env = "SERVICE_LB_EXTERNAL_INTERFACES", value_delimiter = ',')]
+    pub external_interfaces: Vec<String>,
+}
+
+pub fn run(args: &AttachArgs) -> Result<(), Failure> {
+    let mut dataplane = Dataplane::open(&args.dataplane.options())?;
+    for map in dataplane.recreated_maps() {
+        tracing::warn!(
+            ?map,
+            "recreated a pinned map whose layout differed; its entries are lost"
+        );
+    }
+    let attached = dataplane.attach(&args.pod_interfaces, &args.external_interfaces)?;
+    for a in &attached {
+        println!(
+            "{} {} on {} (ifindex {}), pinned at {}",
+            if a.replaced { "replaced" } else { "attached" },
+            a.hook.name(),
+            a.ifname,
+            a.ifindex,
+            a.pinned_at.display()
+        );
+    }
+    println!(
+        "{} attachment(s); maps pinned under {}",
+        attached.len(),
+        args.dataplane.bpffs.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Probe {
+        #[command(flatten)]
+        attach: AttachArgs,
+    }
+
+    #[test]
+    fn map_size_flags_reach_the_options() {
+        let p = Probe::try_parse_from([
+            "probe",
+            "--map-services-max=1000",
+            "--map-ct-tcp-max=2000",
+            "--bpffs=/sys/fs/bpf/x",
+            "--pod-interfaces=slbp*,veth*",
+            "--external-interfaces=eth0",
+        ])
+        .expect("flags parse");
+        let opts = p.attach.dataplane.options();
+        assert_eq!(opts.sizes.services, 1000);
+        assert_eq!(opts.sizes.ct_tcp, 2000);
+        assert_eq!(opts.sizes.backends, MapSizes::default().backends);
+        assert_eq!(opts.bpffs, PathBuf::from("/sys/fs/bpf/x"));
+        assert_eq!(opts.on_pin_mismatch, PinMismatch::Refuse);
+        assert_eq!(p.attach.pod_interfaces, ["slbp*", "veth*"]);
+        assert_eq!(p.attach.external_interfaces, ["eth0"]);
+    }
+}
