@@ -10,6 +10,7 @@ pub mod attach;
 pub mod cleanup;
 pub mod inspect;
 pub mod output;
+pub mod run;
 
 /// Exit code of a usage or configuration error (sysexits EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
@@ -29,6 +30,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The daemon: watch the cluster (API or a manifests folder) and keep the maps in sync.
+    Run(run::RunArgs),
     /// Load the programs (maps pinned), attach them to this namespace's interfaces, exit.
     Attach(attach::AttachArgs),
     /// Show the data plane's own view, read from the pinned maps (no daemon needed).
@@ -79,6 +82,7 @@ pub fn main() -> ExitCode {
     };
     telemetry::init(cli.log_format, cli.verbose);
     let result = match &cli.command {
+        Command::Run(args) => run::run(args),
         Command::Attach(args) => attach::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Cleanup(args) => cleanup::run(args),

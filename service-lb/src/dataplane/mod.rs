@@ -18,6 +18,7 @@ pub mod maps;
 pub mod object;
 pub mod options;
 pub mod pin;
+pub mod sync;
 pub mod writer;
 
 #[cfg(test)]

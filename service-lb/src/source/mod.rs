@@ -1,0 +1,50 @@
+//! Where cluster state comes from: the Kubernetes API (`kube`) or a folder of manifests
+//! (`manifests`). Both speak the same stream: [`SourceEvent`]s on a channel, with kube's
+//! watcher semantics per kind:
+//!
+//! - a (re)list is `Init`, then one `InitApply` per object, then `InitDone` (objects not in
+//!   the new list are gone); a relist after a dropped watch or a 410 Gone looks the same;
+//! - afterwards `Apply` (created or changed) and `Delete`.
+//!
+//! A source never sends `Delete` for objects it merely has not seen yet: until a kind's first
+//! `InitDone` nothing of that kind may be removed from the data plane.
+
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::runtime::watcher;
+
+pub mod kube_api;
+pub mod manifests;
+
+/// Label that hands a Service or EndpointSlice to another proxy (kube-proxy skips it).
+pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+/// Label kube-proxy skips: headless Services' EndpointSlices.
+pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+/// Label that joins an EndpointSlice to its Service.
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+
+/// One thing a source saw.
+#[derive(Debug)]
+pub enum SourceEvent {
+    Service(watcher::Event<Service>),
+    EndpointSlice(watcher::Event<EndpointSlice>),
+    /// This node only (the one named by `--node-name`).
+    Node(Box<watcher::Event<Node>>),
+    /// Input that could not be used at all (a file that does not parse, an object of a
+    /// known kind that does not deserialize). The source keeps the last good objects of that
+    /// origin; the daemon logs a warning and counts it under `reason`.
+    Rejected(Rejection),
+}
+
+/// Why some input was left out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// Where it came from: `file.yaml:12` or `EndpointSlice default/web-abc`.
+    pub origin: String,
+    /// Short stable label for the metric (`parse_error`, `invalid_object`, ...).
+    pub reason: &'static str,
+    /// Human-readable detail for the log.
+    pub detail: String,
+}
