@@ -28,7 +28,7 @@ pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// One thing a source saw.
 #[derive(Debug)]
 pub enum SourceEvent {
-    Service(watcher::Event<Service>),
+    Service(Box<watcher::Event<Service>>),
     EndpointSlice(watcher::Event<EndpointSlice>),
     /// This node only (the one named by `--node-name`).
     Node(Box<watcher::Event<Node>>),

@@ -9,7 +9,7 @@ use k8s_openapi::api::{
 /// One object of a kind service-lb uses.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
-    Service(Service),
+    Service(Box<Service>),
     EndpointSlice(EndpointSlice),
     Node(Box<Node>),
 }
