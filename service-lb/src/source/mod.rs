@@ -29,7 +29,7 @@ pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 #[derive(Debug)]
 pub enum SourceEvent {
     Service(Box<watcher::Event<Service>>),
-    EndpointSlice(watcher::Event<EndpointSlice>),
+    EndpointSlice(Box<watcher::Event<EndpointSlice>>),
     /// This node only (the one named by `--node-name`).
     Node(Box<watcher::Event<Node>>),
     /// Input that could not be used at all (a file that does not parse, an object of a

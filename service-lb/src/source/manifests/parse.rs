@@ -10,7 +10,7 @@ use k8s_openapi::api::{
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Service(Box<Service>),
-    EndpointSlice(EndpointSlice),
+    EndpointSlice(Box<EndpointSlice>),
     Node(Box<Node>),
 }
 
