@@ -2,6 +2,7 @@
 //! object: `Dataplane::open` pins every map), plus the read-only dumps `inspect` needs.
 
 use std::{
+    collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
@@ -260,14 +261,15 @@ fn list<K: aya::Pod, V: aya::Pod>(
     Ok(out)
 }
 
+/// Deletes, in one pass over `map`, the entries naming one of `backend_ids`.
 fn purge<K: aya::Pod>(
     map: &mut Hash<K, CtEntry>,
     name: &'static str,
-    backend_id: u32,
+    backend_ids: &BTreeSet<u32>,
 ) -> Result<usize, StoreError> {
     let doomed: Vec<K> = list(map, name)?
         .into_iter()
-        .filter(|(_, e)| e.backend_id == backend_id)
+        .filter(|(_, e)| backend_ids.contains(&e.backend_id))
         .map(|(k, _)| k)
         .collect();
     for k in &doomed {
@@ -383,19 +385,19 @@ impl MapStore for BpfMaps {
         })
     }
 
-    fn delete_conntrack_of_backend(
+    fn delete_conntrack_of_backends(
         &mut self,
         family: Family,
-        backend_id: u32,
+        backend_ids: &BTreeSet<u32>,
     ) -> Result<usize, StoreError> {
         Ok(match family {
             Family::V4 => {
-                purge(&mut self.ct4_tcp, maps::CT4_TCP, backend_id)?
-                    + purge(&mut self.ct4_any, maps::CT4_ANY, backend_id)?
+                purge(&mut self.ct4_tcp, maps::CT4_TCP, backend_ids)?
+                    + purge(&mut self.ct4_any, maps::CT4_ANY, backend_ids)?
             }
             Family::V6 => {
-                purge(&mut self.ct6_tcp, maps::CT6_TCP, backend_id)?
-                    + purge(&mut self.ct6_any, maps::CT6_ANY, backend_id)?
+                purge(&mut self.ct6_tcp, maps::CT6_TCP, backend_ids)?
+                    + purge(&mut self.ct6_any, maps::CT6_ANY, backend_ids)?
             }
         })
     }

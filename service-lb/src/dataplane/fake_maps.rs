@@ -1,7 +1,10 @@
 //! `MapStore` in memory: BTreeMaps, optional capacities (to simulate a full map) and a log
 //! of every write, so tests can assert the write order.
 
-use std::collections::BTreeMap;
+use std::{
+    cell::Cell,
+    collections::{BTreeMap, BTreeSet},
+};
 
 use service_lb_common::{CtEntry, SvcValue};
 
@@ -25,6 +28,7 @@ pub enum Op {
         count: u32,
     },
     DeleteMaster,
+    /// Conntrack entries of `backend_id` were deleted (one op per backend per purge).
     DeleteConntrack {
         backend_id: u32,
     },
@@ -44,6 +48,10 @@ pub struct FakeMaps {
     pub services_max: Option<usize>,
     pub backends_max: Option<usize>,
     pub revnat_max: Option<usize>,
+    /// Passes made over the conntrack maps (one per family per purge call).
+    pub conntrack_passes: usize,
+    /// Calls of the `list_*` methods (whole-map reads).
+    pub list_calls: Cell<usize>,
 }
 
 impl FakeMaps {
@@ -64,15 +72,16 @@ impl FakeMaps {
     }
 }
 
-fn would_overflow(len: usize, exists: bool, max: Option<usize>) -> bool {
-    !exists && max.is_some_and(|max| len >= max)
+/// Counts the entries (`len`) only when a capacity is set: unbounded fakes stay O(log n).
+fn would_overflow(len: impl FnOnce() -> usize, exists: bool, max: Option<usize>) -> bool {
+    !exists && max.is_some_and(|max| len() >= max)
 }
 
 impl MapStore for FakeMaps {
     fn put_service(&mut self, key: &SvcKey, value: &SvcValue) -> Result<(), StoreError> {
         let family = key.family();
         if would_overflow(
-            self.services_len(family),
+            || self.services_len(family),
             self.services.contains_key(key),
             self.services_max,
         ) {
@@ -105,6 +114,7 @@ impl MapStore for FakeMaps {
     }
 
     fn list_services(&self, family: Family) -> Result<Vec<(SvcKey, SvcValue)>, StoreError> {
+        self.list_calls.set(self.list_calls.get() + 1);
         Ok(self
             .services
             .iter()
@@ -115,7 +125,7 @@ impl MapStore for FakeMaps {
 
     fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), StoreError> {
         let family = value.family();
-        let len = self.backends.keys().filter(|(f, _)| *f == family).count();
+        let len = || self.backends.keys().filter(|(f, _)| *f == family).count();
         if would_overflow(
             len,
             self.backends.contains_key(&(family, id)),
@@ -141,6 +151,7 @@ impl MapStore for FakeMaps {
     }
 
     fn list_backends(&self, family: Family) -> Result<Vec<(u32, BackendValue)>, StoreError> {
+        self.list_calls.set(self.list_calls.get() + 1);
         Ok(self
             .backends
             .iter()
@@ -151,7 +162,7 @@ impl MapStore for FakeMaps {
 
     fn put_revnat(&mut self, service_id: u32, value: &RevNatValue) -> Result<(), StoreError> {
         let family = value.family();
-        let len = self.revnat.keys().filter(|(f, _)| *f == family).count();
+        let len = || self.revnat.keys().filter(|(f, _)| *f == family).count();
         if would_overflow(
             len,
             self.revnat.contains_key(&(family, service_id)),
@@ -181,6 +192,7 @@ impl MapStore for FakeMaps {
     }
 
     fn list_revnat(&self, family: Family) -> Result<Vec<(u32, RevNatValue)>, StoreError> {
+        self.list_calls.set(self.list_calls.get() + 1);
         Ok(self
             .revnat
             .iter()
@@ -189,18 +201,24 @@ impl MapStore for FakeMaps {
             .collect())
     }
 
-    fn delete_conntrack_of_backend(
+    fn delete_conntrack_of_backends(
         &mut self,
         family: Family,
-        backend_id: u32,
+        backend_ids: &BTreeSet<u32>,
     ) -> Result<usize, StoreError> {
-        let before = self.conntrack.len();
-        self.conntrack
-            .retain(|(f, _), e| !(*f == family && e.backend_id == backend_id));
-        let removed = before - self.conntrack.len();
-        if removed > 0 {
-            self.ops.push(Op::DeleteConntrack { backend_id });
-        }
-        Ok(removed)
+        self.conntrack_passes += 1;
+        let mut removed: BTreeMap<u32, usize> = BTreeMap::new();
+        self.conntrack.retain(|(f, _), e| {
+            let doomed = *f == family && backend_ids.contains(&e.backend_id);
+            if doomed {
+                *removed.entry(e.backend_id).or_default() += 1;
+            }
+            !doomed
+        });
+        self.ops
+            .extend(removed.keys().map(|backend_id| Op::DeleteConntrack {
+                backend_id: *backend_id,
+            }));
+        Ok(removed.values().sum())
     }
 }

@@ -2,7 +2,10 @@
 //! `MapStore` trait so the writer runs unchanged on the kernel maps (`BpfMaps`) and on an
 //! in-memory fake (`FakeMaps`).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use service_lb_common::{maps, Backend4, Backend6, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue};
 
@@ -255,10 +258,20 @@ pub trait MapStore {
     fn list_revnat(&self, family: Family) -> Result<Vec<(u32, RevNatValue)>, StoreError>;
 
     /// Deletes every conntrack entry (both directions, TCP and non-TCP maps) of `family`
-    /// that names `backend_id`; returns how many were deleted.
+    /// that names one of `backend_ids`, in one pass over each map; returns how many were
+    /// deleted.
+    fn delete_conntrack_of_backends(
+        &mut self,
+        family: Family,
+        backend_ids: &BTreeSet<u32>,
+    ) -> Result<usize, StoreError>;
+
+    /// `delete_conntrack_of_backends` for one backend.
     fn delete_conntrack_of_backend(
         &mut self,
         family: Family,
         backend_id: u32,
-    ) -> Result<usize, StoreError>;
+    ) -> Result<usize, StoreError> {
+        self.delete_conntrack_of_backends(family, &BTreeSet::from([backend_id]))
+    }
 }

@@ -1,11 +1,27 @@
 //! Desired state -> maps: diff against what the maps hold, apply in the safe order, one
 //! Service at a time so that one failing Service never blocks the others.
-//! (helper "model" implements this)
+//!
+//! Per Service: its `DesiredFrontend`s become `FrontendSpec`s; the frontends it no longer
+//! wants are removed, the others upserted (the writer writes only entries that differ).
+//! The Syncer remembers which frontends each Service owns and the spec last applied, so an
+//! `apply` of an unchanged Service costs nothing (not even a read), and a failure
+//! (full map, kernel error) puts every frontend the Service touched back to its previous
+//! spec. After the batch, the conntrack entries of every backend that left the maps are
+//! purged in one pass.
+//!
+//! A frontend belongs to one Service: a Service that wants a frontend another Service owns
+//! fails (reported) until the owner lets it go.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::{MapStore, ServiceWriter};
-use crate::model::{ServiceDesired, ServiceName};
+use service_lb_common::service::{
+    BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    SVC_FLAG_CLUSTER_IP,
+};
+use tracing::{debug, error, warn};
+
+use super::{BackendSpec, FrontendKey, FrontendSpec, L4Proto, MapStore, ServiceWriter, WriteError};
+use crate::model::{DesiredFrontend, Protocol, Scope, ServiceDesired, ServiceName};
 
 /// What one `apply`/`full_sync` did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -19,32 +35,340 @@ pub struct SyncReport {
     pub conntrack_purged: usize,
     /// Services left at their last good state, with the error (full map, kernel error).
     pub failed: Vec<(ServiceName, String)>,
+    /// Errors that belong to no Service (conntrack purge, stale frontends, orphan backends).
+    pub errors: Vec<String>,
+}
+
+/// The map entry a desired frontend becomes.
+pub fn frontend_spec(frontend: &DesiredFrontend) -> FrontendSpec {
+    FrontendSpec {
+        key: FrontendKey {
+            addr: frontend.addr,
+            port: frontend.port,
+            proto: match frontend.protocol {
+                Protocol::Tcp => L4Proto::Tcp,
+                Protocol::Udp => L4Proto::Udp,
+            },
+            scope: match frontend.scope {
+                Scope::External => SCOPE_EXTERNAL,
+                Scope::Internal => SCOPE_INTERNAL,
+            },
+        },
+        backends: frontend
+            .backends
+            .iter()
+            .map(|b| BackendSpec {
+                addr: b.addr,
+                state: if b.terminating {
+                    BACKEND_STATE_TERMINATING
+                } else {
+                    BACKEND_STATE_ACTIVE
+                },
+                local: b.local,
+            })
+            .collect(),
+        flags: SVC_FLAG_CLUSTER_IP,
+        affinity_timeout_s: frontend.affinity_timeout_s,
+    }
+}
+
+/// A Service's frontends by key.
+type Specs = BTreeMap<FrontendKey, FrontendSpec>;
+
+/// Whether the Syncer may trust what it remembers (`apply`) or must let the writer compare
+/// every frontend with the maps (`full_sync`, which repairs drift).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Incremental,
+    Full,
+}
+
+/// One step a Service's apply took, and what to do with it on failure.
+struct Touched {
+    key: FrontendKey,
+    restore: Restore,
+}
+
+enum Restore {
+    /// Write this spec again.
+    Spec(FrontendSpec),
+    /// The frontend did not exist: remove it.
+    Remove,
+    /// What the maps held could not be read back (drift): leave it as the writer left it
+    /// (the writer already undoes its own failed call).
+    Keep,
 }
 
 /// Keeps the maps equal to the desired state.
 pub struct Syncer<M: MapStore> {
     writer: ServiceWriter<M>,
+    /// The frontends of each Service, as last applied.
+    owned: BTreeMap<ServiceName, Specs>,
+    owners: HashMap<FrontendKey, ServiceName>,
 }
 
 impl<M: MapStore> Syncer<M> {
     pub fn new(writer: ServiceWriter<M>) -> Self {
-        Self { writer }
+        Self {
+            writer,
+            owned: BTreeMap::new(),
+            owners: HashMap::new(),
+        }
     }
 
     /// Applies the desired state of the given Services (an empty `frontends` removes
     /// that Service's frontends).
-    pub fn apply(&mut self, _desired: &[ServiceDesired]) -> SyncReport {
-        SyncReport::default()
+    pub fn apply(&mut self, desired: &[ServiceDesired]) -> SyncReport {
+        let mut report = SyncReport::default();
+        let batch: Vec<(ServiceName, Specs)> = desired
+            .iter()
+            .map(|d| (d.name.clone(), specs_of(d)))
+            .collect();
+        self.apply_batch(batch, Mode::Incremental, &mut report);
+        self.purge_released(&mut report);
+        report
     }
 
     /// `desired` is EVERY Service: also removes any frontend in the maps that none of them
     /// wants (after a restart, the maps are the truth until this first full sync). Only
     /// call once every source has synced.
-    pub fn full_sync(&mut self, _desired: &[ServiceDesired]) -> SyncReport {
-        SyncReport::default()
+    ///
+    /// Frontends still wanted keep their ids and are not rewritten when the maps already
+    /// hold them; every frontend is compared with the maps, which repairs drift.
+    pub fn full_sync(&mut self, desired: &[ServiceDesired]) -> SyncReport {
+        let mut report = SyncReport::default();
+        let mut batch: BTreeMap<ServiceName, Specs> = desired
+            .iter()
+            .map(|d| (d.name.clone(), specs_of(d)))
+            .collect();
+        // Services this Syncer programmed that are no longer desired at all.
+        for name in self.owned.keys() {
+            batch.entry(name.clone()).or_default();
+        }
+        let wanted: BTreeSet<FrontendKey> =
+            batch.values().flat_map(|s| s.keys()).copied().collect();
+        // Frontends in the maps that no Service owns or wants (left by a previous run).
+        let stale: Vec<FrontendKey> = self
+            .writer
+            .frontends()
+            .filter(|k| !wanted.contains(k) && !self.owners.contains_key(k))
+            .copied()
+            .collect();
+        for key in stale {
+            match self.writer.remove(&key) {
+                Ok(()) => {
+                    debug!(frontend = %key, "removed a frontend no Service wants");
+                    report.frontends_removed += 1;
+                }
+                Err(e) => report
+                    .errors
+                    .push(format!("removing stale frontend {key}: {e}")),
+            }
+        }
+        self.apply_batch(batch.into_iter().collect(), Mode::Full, &mut report);
+        if let Err(e) = self.writer.delete_unreferenced_backends() {
+            report
+                .errors
+                .push(format!("deleting unreferenced backends: {e}"));
+        }
+        self.purge_released(&mut report);
+        report
     }
 
     pub fn writer(&self) -> &ServiceWriter<M> {
         &self.writer
     }
+
+    pub fn writer_mut(&mut self) -> &mut ServiceWriter<M> {
+        &mut self.writer
+    }
+
+    /// The Service a frontend was programmed for (by this Syncer).
+    pub fn owner(&self, key: &FrontendKey) -> Option<&ServiceName> {
+        self.owners.get(key)
+    }
+
+    /// Applies each Service of `batch`. A Service that wants a frontend another Service of
+    /// the batch gives up waits until that one is done.
+    fn apply_batch(
+        &mut self,
+        batch: Vec<(ServiceName, Specs)>,
+        mode: Mode,
+        report: &mut SyncReport,
+    ) {
+        let mut pending = batch;
+        loop {
+            let releasing: BTreeSet<ServiceName> = pending.iter().map(|(n, _)| n.clone()).collect();
+            let (ready, waiting): (Vec<_>, Vec<_>) =
+                pending.into_iter().partition(|(name, specs)| {
+                    !specs.keys().any(|k| {
+                        self.owners
+                            .get(k)
+                            .is_some_and(|owner| owner != name && releasing.contains(owner))
+                    })
+                });
+            let progress = !ready.is_empty();
+            for (name, specs) in ready {
+                self.apply_service(name, specs, mode, report);
+            }
+            if waiting.is_empty() {
+                return;
+            }
+            if !progress {
+                // A cycle of Services swapping frontends: apply in order; the conflicts are
+                // reported and resolved by the next sync.
+                for (name, specs) in waiting {
+                    self.apply_service(name, specs, mode, report);
+                }
+                return;
+            }
+            pending = waiting;
+        }
+    }
+
+    fn apply_service(
+        &mut self,
+        name: ServiceName,
+        wanted: Specs,
+        mode: Mode,
+        report: &mut SyncReport,
+    ) {
+        let previous = self.owned.get(&name);
+        if mode == Mode::Incremental && previous.map_or(wanted.is_empty(), |p| *p == wanted) {
+            report.unchanged += 1;
+            return;
+        }
+        let previous = previous.cloned().unwrap_or_default();
+        if let Some((key, owner)) = wanted.keys().find_map(|k| {
+            self.owners
+                .get(k)
+                .filter(|owner| **owner != name)
+                .map(|owner| (k, owner))
+        }) {
+            let message = format!("frontend {key} is already programmed for Service {owner}");
+            warn!(service = %name, "{message}");
+            report.failed.push((name, message));
+            return;
+        }
+
+        let writes_before = self.writer.map_writes();
+        let mut touched = Vec::new();
+        let mut upserted = 0;
+        let mut removed = 0;
+        let result = self.write_service(
+            &previous,
+            &wanted,
+            mode,
+            &mut touched,
+            &mut upserted,
+            &mut removed,
+        );
+        if let Err(e) = result {
+            error!(service = %name, error = %e, "service left at its last good state");
+            self.roll_back(&name, touched);
+            report.failed.push((name, e.to_string()));
+            return;
+        }
+
+        for key in previous.keys().filter(|k| !wanted.contains_key(*k)) {
+            self.owners.remove(key);
+        }
+        for key in wanted.keys() {
+            self.owners.insert(*key, name.clone());
+        }
+        report.frontends_upserted += upserted;
+        report.frontends_removed += removed;
+        if self.writer.map_writes() != writes_before {
+            report.changed.insert(name.clone());
+        } else {
+            report.unchanged += 1;
+        }
+        if wanted.is_empty() {
+            self.owned.remove(&name);
+        } else {
+            self.owned.insert(name, wanted);
+        }
+    }
+
+    /// Removes what the Service no longer wants, then upserts what it wants; each step is
+    /// recorded in `touched` before it is taken.
+    fn write_service(
+        &mut self,
+        previous: &Specs,
+        wanted: &Specs,
+        mode: Mode,
+        touched: &mut Vec<Touched>,
+        upserted: &mut usize,
+        removed: &mut usize,
+    ) -> Result<(), WriteError> {
+        for (key, spec) in previous.iter().filter(|(k, _)| !wanted.contains_key(*k)) {
+            touched.push(Touched {
+                key: *key,
+                restore: Restore::Spec(spec.clone()),
+            });
+            self.writer.remove(key)?;
+            *removed += 1;
+        }
+        for (key, spec) in wanted {
+            let restore = match previous.get(key) {
+                Some(before) if mode == Mode::Incremental && before == spec => continue,
+                Some(before) => Restore::Spec(before.clone()),
+                // Not programmed by this Syncer: what the maps hold (after a restart).
+                None => match self.writer.read_frontend(key) {
+                    Ok(Some(before)) => Restore::Spec(before),
+                    Ok(None) => Restore::Remove,
+                    Err(e) => {
+                        warn!(frontend = %key, error = %e, "cannot read what the maps hold; overwriting it");
+                        Restore::Keep
+                    }
+                },
+            };
+            touched.push(Touched { key: *key, restore });
+            let writes_before = self.writer.map_writes();
+            self.writer.upsert(spec)?;
+            if self.writer.map_writes() != writes_before {
+                *upserted += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts every touched frontend back as it was, newest first.
+    fn roll_back(&mut self, name: &ServiceName, touched: Vec<Touched>) {
+        for step in touched.into_iter().rev() {
+            let result = match &step.restore {
+                Restore::Spec(spec) => self.writer.upsert(spec).map(|_| ()),
+                Restore::Remove => self.writer.remove(&step.key),
+                Restore::Keep => Ok(()),
+            };
+            if let Err(e) = result {
+                error!(service = %name, frontend = %step.key, error = %e, "restoring a frontend failed");
+            }
+        }
+    }
+
+    /// Purges, in one pass, the conntrack entries of the backends that left the maps.
+    fn purge_released(&mut self, report: &mut SyncReport) {
+        let released: BTreeSet<u32> = self.writer.take_released_backends().into_iter().collect();
+        match self.writer.purge_conntrack_many(&released) {
+            Ok(n) => report.conntrack_purged += n,
+            Err(e) => {
+                error!(error = %e, "purging conntrack of removed backends");
+                report.errors.push(e.to_string());
+            }
+        }
+    }
 }
+
+fn specs_of(desired: &ServiceDesired) -> Specs {
+    desired
+        .frontends
+        .iter()
+        .map(frontend_spec)
+        .map(|spec| (spec.key, spec))
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "sync_tests.rs"]
+mod tests;

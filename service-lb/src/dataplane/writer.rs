@@ -8,9 +8,13 @@
 //! opens, reused for the same frontend/backend, and new ones are handed out in increasing
 //! order after the highest id seen (so a freed id is not reused soon: conntrack entries
 //! may still name it). Ids are never 0 and are unique across both families.
+//!
+//! Cost: the writer keeps, in memory, how many slots name each backend (recovered at open),
+//! so a write reads and writes only the entries of the frontend it changes (never a whole
+//! map), and an entry that already holds the wanted value is not written again.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     net::{IpAddr, SocketAddr},
 };
@@ -158,6 +162,18 @@ pub enum WriteError {
         #[source]
         source: StoreError,
     },
+    #[error("purging conntrack of {backends} backends: {source}")]
+    PurgeMany {
+        backends: usize,
+        #[source]
+        source: StoreError,
+    },
+    #[error("reading frontend {frontend}: backend {backend_id} of slot {slot} is missing")]
+    MissingBackend {
+        frontend: FrontendKey,
+        slot: u16,
+        backend_id: u32,
+    },
 }
 
 /// A backend is the same backend (same id) when address, port and protocol are equal.
@@ -216,9 +232,15 @@ pub struct ServiceWriter<M: MapStore> {
     store: M,
     services: BTreeMap<FrontendKey, u32>,
     backends: BTreeMap<BackendIdentity, u32>,
+    /// The reverse of `backends` (every id of a known protocol, duplicates included).
+    backend_identity: HashMap<u32, BackendIdentity>,
+    /// How many slot entries of the maps name each backend id.
+    backend_refs: HashMap<u32, u32>,
     service_ids: Ids,
     backend_ids: Ids,
     released: Vec<u32>,
+    /// Puts and deletes made on the store (rollbacks included).
+    writes: u64,
 }
 
 impl<M: MapStore> ServiceWriter<M> {
@@ -226,6 +248,8 @@ impl<M: MapStore> ServiceWriter<M> {
     pub fn open(store: M) -> Result<Self, WriteError> {
         let mut services = BTreeMap::new();
         let mut backends = BTreeMap::new();
+        let mut backend_identity = HashMap::new();
+        let mut backend_refs: HashMap<u32, u32> = HashMap::new();
         let mut service_in_use = BTreeSet::new();
         let mut backend_in_use = BTreeSet::new();
         for family in Family::ALL {
@@ -243,6 +267,7 @@ impl<M: MapStore> ServiceWriter<M> {
                     }
                 } else {
                     backend_in_use.insert(value.backend_id);
+                    *backend_refs.entry(value.backend_id).or_default() += 1;
                 }
             }
             for (id, _) in store.list_revnat(family).map_err(WriteError::Recover)? {
@@ -254,6 +279,7 @@ impl<M: MapStore> ServiceWriter<M> {
                     continue;
                 };
                 let identity = (SocketAddr::new(value.addr(), value.port()), proto);
+                backend_identity.insert(id, identity);
                 if let Some(previous) = backends.insert(identity, id) {
                     warn!(backend = %identity.0, previous, id, "two backend ids for one backend; using the later");
                 }
@@ -270,9 +296,12 @@ impl<M: MapStore> ServiceWriter<M> {
             store,
             services,
             backends,
+            backend_identity,
+            backend_refs,
             service_ids: Ids::recovered(service_in_use),
             backend_ids: Ids::recovered(backend_in_use),
             released: Vec::new(),
+            writes: 0,
         })
     }
 
@@ -291,6 +320,59 @@ impl<M: MapStore> ServiceWriter<M> {
     /// The service id of a frontend this writer knows (programmed or recovered).
     pub fn service_id(&self, key: &FrontendKey) -> Option<u32> {
         self.services.get(key).copied()
+    }
+
+    /// Every frontend this writer knows (programmed or recovered), in key order.
+    pub fn frontends(&self) -> impl Iterator<Item = &FrontendKey> + '_ {
+        self.services.keys()
+    }
+
+    /// Puts and deletes made on the store since `open` (rollbacks included): a caller can
+    /// tell whether a call changed anything.
+    pub fn map_writes(&self) -> u64 {
+        self.writes
+    }
+
+    /// What the maps hold for `key` (reads only), as the spec that would write it; `None`
+    /// when the frontend has no master entry.
+    pub fn read_frontend(&self, key: &FrontendKey) -> Result<Option<FrontendSpec>, WriteError> {
+        let store_err = |source| WriteError::Store {
+            frontend: *key,
+            source,
+        };
+        let Some(master) = self.store.get_service(&key.svc_key(0)).map_err(store_err)? else {
+            return Ok(None);
+        };
+        let mut backends = Vec::new();
+        for (index, backend_id) in self.read_slots(key, master.count)?.into_iter().enumerate() {
+            let slot = index as u16 + 1;
+            let missing = WriteError::MissingBackend {
+                frontend: *key,
+                slot,
+                backend_id,
+            };
+            if backend_id == 0 {
+                return Err(missing);
+            }
+            let Some(value) = self
+                .store
+                .get_backend(key.family(), backend_id)
+                .map_err(store_err)?
+            else {
+                return Err(missing);
+            };
+            backends.push(BackendSpec {
+                addr: SocketAddr::new(value.addr(), value.port()),
+                state: value.state(),
+                local: value.flags() & BACKEND_FLAG_LOCAL != 0,
+            });
+        }
+        Ok(Some(FrontendSpec {
+            key: *key,
+            backends,
+            flags: master.flags,
+            affinity_timeout_s: master.affinity_timeout_s,
+        }))
     }
 
     /// Backend ids deleted from the maps since the last call (their conntrack entries
@@ -350,25 +432,32 @@ impl<M: MapStore> ServiceWriter<M> {
                 }
                 for (identity, id) in new_backend_ids {
                     self.backends.remove(&identity);
+                    self.backend_identity.remove(&id);
                     self.backend_ids.release(id);
                 }
                 return Err(e);
             }
         };
 
+        // Every slot 1..=new count now names the new backend.
+        let mut dropped = BTreeSet::new();
+        for (index, id) in ids.backend_ids.iter().enumerate() {
+            let old = old_slots.get(index).copied().unwrap_or(0);
+            if old != *id {
+                self.add_ref(*id);
+                self.drop_ref(old, &mut dropped);
+            }
+        }
         // Shrink: the master already has the new count; drop the extra slots, then the
         // backends no frontend names any more.
         let new_count = spec.backends.len();
         for slot in (new_count + 1)..=old_slots.len() {
+            self.writes += 1;
             self.store
                 .delete_service(&key.svc_key(slot as u16))
                 .map_err(store_err)?;
+            self.drop_ref(old_slots[slot - 1], &mut dropped);
         }
-        let dropped: BTreeSet<u32> = old_slots
-            .iter()
-            .copied()
-            .filter(|id| *id != 0 && !ids.backend_ids.contains(id))
-            .collect();
         self.delete_unused_backends(&key, family, dropped)?;
         Ok(ids)
     }
@@ -387,20 +476,24 @@ impl<M: MapStore> ServiceWriter<M> {
             return Ok(());
         };
         let slots = self.read_slots(key, master.count)?;
+        self.writes += 1;
         self.store
             .delete_service(&key.svc_key(0))
             .map_err(store_err)?;
-        for slot in 1..=slots.len() {
+        let mut dropped = BTreeSet::new();
+        for (index, id) in slots.into_iter().enumerate() {
+            self.writes += 1;
             self.store
-                .delete_service(&key.svc_key(slot as u16))
+                .delete_service(&key.svc_key(index as u16 + 1))
                 .map_err(store_err)?;
+            self.drop_ref(id, &mut dropped);
         }
+        self.writes += 1;
         self.store
             .delete_revnat(key.family(), master.service_id)
             .map_err(store_err)?;
         self.services.remove(key);
         self.service_ids.release(master.service_id);
-        let dropped: BTreeSet<u32> = slots.into_iter().filter(|id| *id != 0).collect();
         self.delete_unused_backends(key, key.family(), dropped)
     }
 
@@ -414,6 +507,57 @@ impl<M: MapStore> ServiceWriter<M> {
                 .map_err(|source| WriteError::Purge { backend_id, source })?;
         }
         Ok(removed)
+    }
+
+    /// Deletes every conntrack entry (both families) naming any of `backend_ids`, in ONE
+    /// pass over each conntrack map; nothing is read when the set is empty.
+    pub fn purge_conntrack_many(
+        &mut self,
+        backend_ids: &BTreeSet<u32>,
+    ) -> Result<usize, WriteError> {
+        if backend_ids.is_empty() {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        for family in Family::ALL {
+            removed += self
+                .store
+                .delete_conntrack_of_backends(family, backend_ids)
+                .map_err(|source| WriteError::PurgeMany {
+                    backends: backend_ids.len(),
+                    source,
+                })?;
+        }
+        Ok(removed)
+    }
+
+    /// Deletes the backends that no slot names (left by a crash between writes, or by
+    /// another writer); they are reported by `take_released_backends` like any other.
+    pub fn delete_unreferenced_backends(&mut self) -> Result<usize, WriteError> {
+        let mut orphans: Vec<(u32, BackendIdentity)> = self
+            .backend_identity
+            .iter()
+            .filter(|(id, _)| self.backend_refs.get(id).copied().unwrap_or(0) == 0)
+            .map(|(id, identity)| (*id, *identity))
+            .collect();
+        orphans.sort();
+        for (id, identity) in &orphans {
+            let family = Family::of(&identity.0.ip());
+            self.writes += 1;
+            self.store
+                .delete_backend(family, *id)
+                .map_err(|source| WriteError::Store {
+                    frontend: FrontendKey {
+                        addr: identity.0.ip(),
+                        port: identity.0.port(),
+                        proto: identity.1,
+                        scope: 0,
+                    },
+                    source,
+                })?;
+            self.forget_backend(*id);
+        }
+        Ok(orphans.len())
     }
 
     /// Backend ids of slots `1..=count` as stored (0 for a missing slot).
@@ -465,6 +609,7 @@ impl<M: MapStore> ServiceWriter<M> {
                 None => {
                     let id = self.backend_ids.allocate("backend")?;
                     self.backends.insert(identity, id);
+                    self.backend_identity.insert(id, identity);
                     new_backend_ids.push((identity, id));
                     id
                 }
@@ -482,6 +627,7 @@ impl<M: MapStore> ServiceWriter<M> {
                 .get_backend(family, id)
                 .map_err(|s| full_or_store(key, s))?;
             if previous != Some(value) {
+                self.writes += 1;
                 self.store
                     .put_backend(id, &value)
                     .map_err(|s| full_or_store(key, s))?;
@@ -500,6 +646,7 @@ impl<M: MapStore> ServiceWriter<M> {
             .get_revnat(family, service_id)
             .map_err(|s| full_or_store(key, s))?;
         if previous != Some(revnat) {
+            self.writes += 1;
             self.store
                 .put_revnat(service_id, &revnat)
                 .map_err(|s| full_or_store(key, s))?;
@@ -540,6 +687,7 @@ impl<M: MapStore> ServiceWriter<M> {
             .get_service(&key)
             .map_err(|s| full_or_store(frontend, s))?;
         if previous != Some(value) {
+            self.writes += 1;
             self.store
                 .put_service(&key, &value)
                 .map_err(|s| full_or_store(frontend, s))?;
@@ -552,6 +700,7 @@ impl<M: MapStore> ServiceWriter<M> {
     /// is what the caller needs to see.
     fn roll_back(&mut self, frontend: &FrontendKey, undo: Vec<Undo>) {
         for step in undo.into_iter().rev() {
+            self.writes += 1;
             let result = match step {
                 Undo::Service {
                     key,
@@ -588,36 +737,57 @@ impl<M: MapStore> ServiceWriter<M> {
         }
     }
 
-    /// Deletes the backends of `candidates` that no slot of any frontend of `family`
-    /// names any more (counted from what the maps hold).
+    fn add_ref(&mut self, id: u32) {
+        *self.backend_refs.entry(id).or_default() += 1;
+    }
+
+    /// One slot less names `id` (0 = an empty slot); `id` joins `unused` at zero.
+    fn drop_ref(&mut self, id: u32, unused: &mut BTreeSet<u32>) {
+        if id == 0 {
+            return;
+        }
+        let refs = self.backend_refs.entry(id).or_default();
+        *refs = refs.saturating_sub(1);
+        if *refs == 0 {
+            self.backend_refs.remove(&id);
+            unused.insert(id);
+        }
+    }
+
+    /// Deletes the backends of `candidates` that no slot names any more (from the
+    /// in-memory reference counts: no map is listed).
     fn delete_unused_backends(
         &mut self,
         frontend: &FrontendKey,
         family: Family,
         candidates: BTreeSet<u32>,
     ) -> Result<(), WriteError> {
-        if candidates.is_empty() {
-            return Ok(());
-        }
-        let store_err = |source| WriteError::Store {
-            frontend: *frontend,
-            source,
-        };
-        let still_used: BTreeSet<u32> = self
-            .store
-            .list_services(family)
-            .map_err(store_err)?
-            .into_iter()
-            .filter(|(k, _)| k.slot() != 0)
-            .map(|(_, v)| v.backend_id)
-            .collect();
-        for id in candidates.difference(&still_used) {
-            self.store.delete_backend(family, *id).map_err(store_err)?;
-            self.backends.retain(|_, v| v != id);
-            self.backend_ids.release(*id);
-            self.released.push(*id);
+        for id in candidates {
+            if self.backend_refs.get(&id).copied().unwrap_or(0) != 0 {
+                continue;
+            }
+            self.writes += 1;
+            self.store
+                .delete_backend(family, id)
+                .map_err(|source| WriteError::Store {
+                    frontend: *frontend,
+                    source,
+                })?;
+            self.forget_backend(id);
         }
         Ok(())
+    }
+
+    /// A backend deleted from the maps: its id is released and reported.
+    fn forget_backend(&mut self, id: u32) {
+        if let Some(identity) = self.backend_identity.remove(&id) {
+            if self.backends.get(&identity) == Some(&id) {
+                self.backends.remove(&identity);
+            }
+        }
+        self.backend_refs.remove(&id);
+        self.backend_ids.release(id);
+        self.released.push(id);
     }
 }
 

@@ -481,3 +481,113 @@ fn purge_conntrack_deletes_only_entries_of_that_backend() {
         vec![(Family::V4, 3)]
     );
 }
+
+#[test]
+fn writes_never_list_a_whole_map_and_refcounts_survive_a_reopen() {
+    let mut w = ServiceWriter::open(FakeMaps::new()).unwrap();
+    let a = frontend("198.19.0.10", 80);
+    let b = frontend("198.19.0.20", 80);
+    w.upsert(&spec(a, &["198.18.1.2:80", "198.18.1.3:80"]))
+        .unwrap();
+    let ids_b = w
+        .upsert(&spec(b, &["198.18.1.3:80", "198.18.1.4:80"]))
+        .unwrap();
+    let shared = ids_b.backend_ids[0];
+
+    // A restart: the counts are rebuilt from the maps at open (the only listing).
+    let mut w = ServiceWriter::open(w.into_store()).unwrap();
+    w.store().list_calls.set(0);
+    w.upsert(&spec(a, &["198.18.1.2:80"])).unwrap();
+    assert!(w.take_released_backends().is_empty(), "b still uses .3");
+    assert!(w.store().get_backend(Family::V4, shared).unwrap().is_some());
+    w.remove(&b).unwrap();
+    assert_eq!(
+        w.take_released_backends(),
+        vec![shared, ids_b.backend_ids[1]]
+    );
+    w.remove(&a).unwrap();
+    assert_eq!(w.take_released_backends().len(), 1);
+    assert!(w.store().backends.is_empty());
+    assert_eq!(w.store().list_calls.get(), 0, "no whole-map read per write");
+}
+
+#[test]
+fn an_unchanged_frontend_costs_no_write() {
+    let mut w = ServiceWriter::open(FakeMaps::new()).unwrap();
+    let key = frontend("198.19.0.10", 80);
+    let s = spec(key, &["198.18.1.2:80", "198.18.1.3:80"]);
+    w.upsert(&s).unwrap();
+    let writes = w.map_writes();
+    w.store_mut().take_ops();
+    w.upsert(&s).unwrap();
+    assert_eq!(w.map_writes(), writes);
+    assert!(w.store_mut().take_ops().is_empty());
+}
+
+#[test]
+fn read_frontend_returns_what_upsert_wrote() {
+    let mut w = ServiceWriter::open(FakeMaps::new()).unwrap();
+    let key = frontend("fd00:19::a", 443);
+    let mut s = spec(key, &["[fd00:18:0:1::2]:8443", "[fd00:18:0:2::2]:8443"]);
+    s.backends[1].state = BACKEND_STATE_TERMINATING;
+    s.backends[0].local = true;
+    s.flags = 2;
+    s.affinity_timeout_s = 30;
+    w.upsert(&s).unwrap();
+    assert_eq!(w.read_frontend(&key).unwrap(), Some(s));
+    assert_eq!(w.read_frontend(&frontend("198.19.0.99", 80)).unwrap(), None);
+    assert_eq!(w.frontends().copied().collect::<Vec<_>>(), vec![key]);
+}
+
+#[test]
+fn purge_conntrack_many_makes_one_pass_per_family() {
+    let mut maps = FakeMaps::new();
+    let entry = |backend_id| CtEntry {
+        backend_id,
+        ..Default::default()
+    };
+    for (flow, id) in [(1, 7), (2, 8), (3, 9), (4, 7)] {
+        maps.conntrack.insert((Family::V4, flow), entry(id));
+    }
+    maps.conntrack.insert((Family::V6, 5), entry(8));
+    let mut w = ServiceWriter::open(maps).unwrap();
+    assert_eq!(w.purge_conntrack_many(&Default::default()).unwrap(), 0);
+    assert_eq!(w.store().conntrack_passes, 0, "an empty set reads nothing");
+    assert_eq!(w.purge_conntrack_many(&[7, 8].into()).unwrap(), 4);
+    assert_eq!(w.store().conntrack_passes, 2);
+    assert_eq!(
+        w.store()
+            .conntrack
+            .values()
+            .map(|e| e.backend_id)
+            .collect::<Vec<_>>(),
+        vec![9]
+    );
+    assert_eq!(
+        w.store_mut().take_ops(),
+        vec![
+            Op::DeleteConntrack { backend_id: 7 },
+            Op::DeleteConntrack { backend_id: 8 },
+            Op::DeleteConntrack { backend_id: 8 },
+        ]
+    );
+}
+
+#[test]
+fn unreferenced_backends_are_deleted_on_request() {
+    let mut w = ServiceWriter::open(FakeMaps::new()).unwrap();
+    let key = frontend("198.19.0.10", 80);
+    let ids = w.upsert(&spec(key, &["198.18.1.2:80"])).unwrap();
+    let mut maps = w.into_store();
+    // A backend no slot names (a crash between the backend write and the slot write).
+    let orphan = super::maps::BackendValue::new("198.18.1.9".parse().unwrap(), 80, 6, 0, 0);
+    maps.put_backend(99, &orphan).unwrap();
+    let mut w = ServiceWriter::open(maps).unwrap();
+    assert_eq!(w.delete_unreferenced_backends().unwrap(), 1);
+    assert_eq!(w.take_released_backends(), vec![99]);
+    assert_eq!(
+        w.store().backends.keys().copied().collect::<Vec<_>>(),
+        vec![(Family::V4, ids.backend_ids[0])]
+    );
+    assert_eq!(w.delete_unreferenced_backends().unwrap(), 0);
+}

@@ -1,21 +1,27 @@
 //! PURE: cluster objects -> desired data-plane state. No I/O, no kernel, no async.
-//! (helper "model" implements this)
 //!
 //! [`ClusterState`] takes the sources' watcher events, remembers which Services they touch
 //! (dirty), and computes per Service the frontends kube-proxy would program
 //! ([`ServiceDesired`]).
+//!
+//! - `state`: the stores, the watch contract (labels, service-name join), init/relist
+//!   handling and the dirty set;
+//! - `service`: a Service's ClusterIP frontends (IPs, ports, protocols, affinity);
+//! - `endpoints`: the backends of one frontend from the Service's EndpointSlices.
+
+mod endpoints;
+mod service;
+mod state;
+
+#[cfg(test)]
+mod tests;
+
+pub use state::{ClusterState, NodeInfo};
 
 use std::{
-    collections::BTreeSet,
     fmt,
     net::{IpAddr, SocketAddr},
 };
-
-use k8s_openapi::api::{
-    core::v1::{Node, Service},
-    discovery::v1::EndpointSlice,
-};
-use kube::runtime::watcher;
 
 /// `namespace/name` of a Service.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -92,40 +98,18 @@ pub struct ServiceDesired {
     pub last_change_trigger_time: Option<String>,
 }
 
-/// The objects the sources have reported, and what changed since the last `take_dirty`.
-#[derive(Debug, Default)]
-pub struct ClusterState {
-    _private: (),
-}
-
-impl ClusterState {
-    /// `node_name`: this node (for `local` backends and the Node object).
-    pub fn new(_node_name: Option<String>) -> Self {
-        Self::default()
-    }
-    pub fn apply_service(&mut self, _event: watcher::Event<Service>) {}
-    pub fn apply_endpoint_slice(&mut self, _event: watcher::Event<EndpointSlice>) {}
-    pub fn apply_node(&mut self, _event: watcher::Event<Node>) {}
-    /// Every kind has completed its first list (`InitDone`): deletions are now safe.
-    pub fn synced(&self) -> bool {
-        false
-    }
-    /// Services touched since the last call (created, changed, deleted, or one of their
-    /// slices changed).
-    pub fn take_dirty(&mut self) -> BTreeSet<ServiceName> {
-        BTreeSet::new()
-    }
-    /// Every Service currently known (for a full sync).
-    pub fn service_names(&self) -> Vec<ServiceName> {
-        Vec::new()
-    }
-    /// kube-proxy's semantics for one Service, computed from the current objects.
-    pub fn desired(&self, name: &ServiceName) -> ServiceDesired {
-        ServiceDesired {
-            name: name.clone(),
-            frontends: Vec::new(),
-            skipped: Vec::new(),
-            last_change_trigger_time: None,
-        }
-    }
+/// The [`Skip::reason`] labels (stable: they are metric label values).
+pub mod reason {
+    /// An address that does not parse, or of the wrong family.
+    pub const INVALID_IP: &str = "invalid_ip";
+    /// A port outside 1..=65535 (Service or EndpointSlice).
+    pub const INVALID_PORT: &str = "invalid_port";
+    /// SCTP, or a protocol service-lb does not know.
+    pub const UNSUPPORTED_PROTOCOL: &str = "unsupported_protocol";
+    /// The same port and protocol twice in one Service.
+    pub const DUPLICATE_PORT: &str = "duplicate_port";
+    /// One address:port listed by several slices with different conditions or nodes.
+    pub const DUPLICATE_ENDPOINT: &str = "duplicate_endpoint";
+    /// A sessionAffinity ClientIP timeout outside 1..=86400 s (the default is used).
+    pub const INVALID_AFFINITY_TIMEOUT: &str = "invalid_affinity_timeout";
 }

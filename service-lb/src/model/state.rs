@@ -1,0 +1,380 @@
+//! The object stores fed by watcher events, kube-proxy's watch contract, and the dirty set.
+//!
+//! - Services and EndpointSlices labelled `service.kubernetes.io/service-proxy-name`, and
+//!   EndpointSlices labelled `service.kubernetes.io/headless`, are not stored (an object
+//!   that gains such a label is treated as deleted). EndpointSlices without a
+//!   `kubernetes.io/service-name` label belong to no Service and are not stored either.
+//! - A (re)list (`Init`, `InitApply`..., `InitDone`) is buffered and replaces the kind's whole
+//!   set at `InitDone`; until then the previous objects keep serving. Objects not relisted
+//!   are removed then, and only Services whose objects differ are marked dirty.
+//! - A missing `metadata.namespace` means `default` (as `kubectl apply` does).
+//! - `synced()` needs Services and EndpointSlices to have completed a list. Nodes are not
+//!   required: a manifests folder may hold no Node, and the Node is only used for
+//!   information (addresses, zone); `local` backends come from `--node-name` alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::runtime::watcher;
+use tracing::debug;
+
+use super::{service, ServiceDesired, ServiceName};
+use crate::source::{LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME};
+
+/// Namespace of an object that names none.
+const DEFAULT_NAMESPACE: &str = "default";
+/// Label of a Node's topology zone.
+const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+
+/// `namespace/name` of an EndpointSlice.
+type SliceId = (String, String);
+
+/// A stored EndpointSlice and the Service it belongs to (from its label).
+#[derive(Clone, Debug, PartialEq)]
+struct StoredSlice {
+    service: ServiceName,
+    slice: EndpointSlice,
+}
+
+/// What this node's Node object says that service-lb may use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// `status.addresses` as (type, address), in the object's order.
+    pub addresses: Vec<(String, String)>,
+    /// `topology.kubernetes.io/zone` label.
+    pub zone: Option<String>,
+}
+
+/// One kind's list in progress (between `Init` and `InitDone`).
+#[derive(Debug)]
+struct Relist<K> {
+    objects: Vec<K>,
+}
+
+impl<K> Default for Relist<K> {
+    fn default() -> Self {
+        Self {
+            objects: Vec::new(),
+        }
+    }
+}
+
+/// The objects the sources have reported, and what changed since the last `take_dirty`.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    node_name: Option<String>,
+    services: BTreeMap<ServiceName, Service>,
+    slices: BTreeMap<SliceId, StoredSlice>,
+    /// Slice names of each Service (same namespace), sorted by name.
+    slices_by_service: BTreeMap<ServiceName, BTreeSet<String>>,
+    node: Option<Node>,
+    service_relist: Option<Relist<Service>>,
+    slice_relist: Option<Relist<EndpointSlice>>,
+    node_relist: Option<Relist<Node>>,
+    services_synced: bool,
+    slices_synced: bool,
+    nodes_synced: bool,
+    dirty: BTreeSet<ServiceName>,
+}
+
+impl ClusterState {
+    /// `node_name`: this node (for `local` backends and the Node object).
+    pub fn new(node_name: Option<String>) -> Self {
+        Self {
+            node_name,
+            ..Self::default()
+        }
+    }
+
+    pub fn apply_service(&mut self, event: watcher::Event<Service>) {
+        match event {
+            watcher::Event::Apply(svc) => self.put_service(svc),
+            watcher::Event::Delete(svc) => {
+                if let Some(name) = service_name(&svc.metadata) {
+                    self.set_service(name, None);
+                }
+            }
+            watcher::Event::Init => self.service_relist = Some(Relist::default()),
+            watcher::Event::InitApply(svc) => self
+                .service_relist
+                .get_or_insert_with(Relist::default)
+                .objects
+                .push(svc),
+            watcher::Event::InitDone => {
+                let listed = self.service_relist.take().unwrap_or_default().objects;
+                let mut new: BTreeMap<ServiceName, Service> = BTreeMap::new();
+                for svc in listed {
+                    if let Some(name) = service_name(&svc.metadata) {
+                        if wanted_service(&svc) {
+                            new.insert(name, svc);
+                        }
+                    }
+                }
+                let gone: Vec<ServiceName> = self
+                    .services
+                    .keys()
+                    .filter(|name| !new.contains_key(*name))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    self.set_service(name, None);
+                }
+                for (name, svc) in new {
+                    self.set_service(name, Some(svc));
+                }
+                self.services_synced = true;
+            }
+        }
+    }
+
+    pub fn apply_endpoint_slice(&mut self, event: watcher::Event<EndpointSlice>) {
+        match event {
+            watcher::Event::Apply(slice) => {
+                if let Some(id) = object_id(&slice.metadata) {
+                    let stored = stored_slice(slice);
+                    self.set_slice(id, stored);
+                }
+            }
+            watcher::Event::Delete(slice) => {
+                if let Some(id) = object_id(&slice.metadata) {
+                    self.set_slice(id, None);
+                }
+            }
+            watcher::Event::Init => self.slice_relist = Some(Relist::default()),
+            watcher::Event::InitApply(slice) => self
+                .slice_relist
+                .get_or_insert_with(Relist::default)
+                .objects
+                .push(slice),
+            watcher::Event::InitDone => {
+                let listed = self.slice_relist.take().unwrap_or_default().objects;
+                let mut new: BTreeMap<SliceId, StoredSlice> = BTreeMap::new();
+                for slice in listed {
+                    if let Some(id) = object_id(&slice.metadata) {
+                        if let Some(stored) = stored_slice(slice) {
+                            new.insert(id, stored);
+                        }
+                    }
+                }
+                let gone: Vec<SliceId> = self
+                    .slices
+                    .keys()
+                    .filter(|id| !new.contains_key(*id))
+                    .cloned()
+                    .collect();
+                for id in gone {
+                    self.set_slice(id, None);
+                }
+                for (id, stored) in new {
+                    self.set_slice(id, Some(stored));
+                }
+                self.slices_synced = true;
+            }
+        }
+    }
+
+    /// Keeps this node's object; other nodes are ignored.
+    pub fn apply_node(&mut self, event: watcher::Event<Node>) {
+        match event {
+            watcher::Event::Apply(node) => {
+                if self.is_this_node(&node) {
+                    self.node = Some(node);
+                }
+            }
+            watcher::Event::Delete(node) => {
+                if self.is_this_node(&node) {
+                    self.node = None;
+                }
+            }
+            watcher::Event::Init => self.node_relist = Some(Relist::default()),
+            watcher::Event::InitApply(node) => self
+                .node_relist
+                .get_or_insert_with(Relist::default)
+                .objects
+                .push(node),
+            watcher::Event::InitDone => {
+                let listed = self.node_relist.take().unwrap_or_default().objects;
+                self.node = listed.into_iter().find(|n| self.is_this_node(n));
+                self.nodes_synced = true;
+            }
+        }
+    }
+
+    /// Services and EndpointSlices have completed their first list (`InitDone`): deletions
+    /// are now safe. Nodes are not waited for (see the module documentation).
+    pub fn synced(&self) -> bool {
+        self.services_synced && self.slices_synced
+    }
+
+    /// This node's Node object has been listed at least once.
+    pub fn nodes_synced(&self) -> bool {
+        self.nodes_synced
+    }
+
+    /// Services touched since the last call (created, changed, deleted, or one of their
+    /// slices changed).
+    pub fn take_dirty(&mut self) -> BTreeSet<ServiceName> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Every Service currently known (for a full sync).
+    pub fn service_names(&self) -> Vec<ServiceName> {
+        self.services.keys().cloned().collect()
+    }
+
+    /// How many Services and EndpointSlices are stored (after the watch contract's filter).
+    pub fn object_counts(&self) -> (usize, usize) {
+        (self.services.len(), self.slices.len())
+    }
+
+    /// kube-proxy's semantics for one Service, computed from the current objects.
+    pub fn desired(&self, name: &ServiceName) -> ServiceDesired {
+        let slices: Vec<&EndpointSlice> = self
+            .slices_by_service
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|slice| {
+                self.slices
+                    .get(&(name.namespace.clone(), slice.clone()))
+                    .map(|s| &s.slice)
+            })
+            .collect();
+        service::desired(
+            name,
+            self.services.get(name),
+            &slices,
+            self.node_name.as_deref(),
+        )
+    }
+
+    /// This node's name, as given at start.
+    pub fn node_name(&self) -> Option<&str> {
+        self.node_name.as_deref()
+    }
+
+    /// What this node's Node object says, once one was seen.
+    pub fn node(&self) -> Option<NodeInfo> {
+        let node = self.node.as_ref()?;
+        Some(NodeInfo {
+            name: node.metadata.name.clone().unwrap_or_default(),
+            addresses: node
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|a| (a.type_.clone(), a.address.clone()))
+                .collect(),
+            zone: label(&node.metadata, LABEL_ZONE).map(str::to_string),
+        })
+    }
+
+    fn is_this_node(&self, node: &Node) -> bool {
+        self.node_name.is_some() && node.metadata.name == self.node_name
+    }
+
+    fn put_service(&mut self, svc: Service) {
+        let Some(name) = service_name(&svc.metadata) else {
+            debug!("ignoring a Service without a name");
+            return;
+        };
+        let svc = wanted_service(&svc).then_some(svc);
+        self.set_service(name, svc);
+    }
+
+    /// Stores (or with `None` forgets) a Service; dirty when it differs from before.
+    fn set_service(&mut self, name: ServiceName, svc: Option<Service>) {
+        let changed = match svc {
+            Some(svc) => {
+                self.services.get(&name) != Some(&svc) && {
+                    self.services.insert(name.clone(), svc);
+                    true
+                }
+            }
+            None => self.services.remove(&name).is_some(),
+        };
+        if changed {
+            self.dirty.insert(name);
+        }
+    }
+
+    /// Stores (or with `None` forgets) a slice; its Service (old and new, on a label change)
+    /// is dirty when the slice differs from before.
+    fn set_slice(&mut self, id: SliceId, stored: Option<StoredSlice>) {
+        let old = self.slices.get(&id);
+        if old == stored.as_ref() {
+            return;
+        }
+        if let Some(old) = old {
+            let service = old.service.clone();
+            if let Some(names) = self.slices_by_service.get_mut(&service) {
+                names.remove(&id.1);
+                if names.is_empty() {
+                    self.slices_by_service.remove(&service);
+                }
+            }
+            self.dirty.insert(service);
+        }
+        match stored {
+            Some(stored) => {
+                self.slices_by_service
+                    .entry(stored.service.clone())
+                    .or_default()
+                    .insert(id.1.clone());
+                self.dirty.insert(stored.service.clone());
+                self.slices.insert(id, stored);
+            }
+            None => {
+                self.slices.remove(&id);
+            }
+        }
+    }
+}
+
+fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+fn namespace(meta: &ObjectMeta) -> String {
+    meta.namespace
+        .clone()
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
+}
+
+fn object_id(meta: &ObjectMeta) -> Option<SliceId> {
+    let name = meta.name.clone().filter(|n| !n.is_empty())?;
+    Some((namespace(meta), name))
+}
+
+fn service_name(meta: &ObjectMeta) -> Option<ServiceName> {
+    let (namespace, name) = object_id(meta)?;
+    Some(ServiceName { namespace, name })
+}
+
+/// kube-proxy's watch contract for Services.
+fn wanted_service(svc: &Service) -> bool {
+    label(&svc.metadata, LABEL_SERVICE_PROXY_NAME).is_none()
+}
+
+/// kube-proxy's watch contract for EndpointSlices, and the join to a Service.
+fn stored_slice(slice: EndpointSlice) -> Option<StoredSlice> {
+    let meta = &slice.metadata;
+    if label(meta, LABEL_SERVICE_PROXY_NAME).is_some() || label(meta, LABEL_HEADLESS).is_some() {
+        return None;
+    }
+    let service = label(meta, LABEL_SERVICE_NAME).filter(|s| !s.is_empty())?;
+    let service = ServiceName {
+        namespace: namespace(meta),
+        name: service.to_string(),
+    };
+    Some(StoredSlice { service, slice })
+}
