@@ -1,10 +1,19 @@
 //! The Kubernetes API source: kube-runtime watchers for Service, EndpointSlice and this Node.
-//! (helper "sources" implements this)
+//!
+//! Each kind is one `watcher` stream with kube-proxy's selectors and the default backoff.
+//! Every watcher event is forwarded unchanged: a (re)list (first start, after a 410 Gone,
+//! after the watch could not resume) arrives as `Init`, `InitApply`*, `InitDone`, so objects
+//! deleted meanwhile disappear at `InitDone` and never before. Watch errors are logged and
+//! retried by the backoff; they never end the source.
+
+mod client;
+mod streams;
 
 use std::path::PathBuf;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
 
 use super::SourceEvent;
 
@@ -17,11 +26,23 @@ pub struct KubeSourceConfig {
 }
 
 /// Watches until `cancel` fires; reconnects with backoff on its own. Returns an error only
-/// when no client can be built at all (bad kubeconfig).
+/// when no client can be built at all (bad kubeconfig). Ends early (with `Ok`) when the
+/// receiver of `events` is gone.
 pub async fn run(
-    _config: KubeSourceConfig,
-    _events: mpsc::Sender<SourceEvent>,
-    _cancel: CancellationToken,
+    config: KubeSourceConfig,
+    events: mpsc::Sender<SourceEvent>,
+    cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    anyhow::bail!("the Kubernetes API source is not written yet")
+    let client = client::build(config.kubeconfig.as_deref()).await?;
+    info!(
+        node = config.node_name.as_deref().unwrap_or("<none>"),
+        "watching Services, EndpointSlices and this Node"
+    );
+    let all = streams::forward_all(client, config.node_name, events);
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => debug!("Kubernetes API source cancelled"),
+        () = all => debug!("Kubernetes API source: receiver gone, stopping"),
+    }
+    Ok(())
 }

@@ -1,15 +1,39 @@
 //! The manifests-folder source: every `*.yaml`, `*.yml`, `*.json` file of a folder,
 //! multi-document, watched for changes. (helper "model" writes `parse`, helper "sources"
 //! writes the watching)
+//!
+//! The folder is read once and sent as one initial list per kind (`Init`, `InitApply`*,
+//! `InitDone`). Afterwards inotify reports which files changed; after `debounce` of quiet
+//! only those files are read again and only the objects whose content changed are sent
+//! (`Apply`/`Delete`). A file that does not parse is reported (`Rejected`, `file:line`) and
+//! its last good objects stay. A folder that disappears keeps the state until it is back.
 
+mod files;
 pub mod parse;
+mod state;
+mod watch;
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    convert::Infallible,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
+use kube::runtime::watcher;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 
-use super::SourceEvent;
+use self::{
+    files::FileRead,
+    parse::Object,
+    state::{Change, FileObjects, FileUpdate, FolderState, Kind},
+    watch::{Batch, FolderWatch},
+};
+use super::{Rejection, SourceEvent};
+
+/// How often a missing folder is looked for again.
+const FOLDER_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct ManifestsConfig {
@@ -21,10 +45,254 @@ pub struct ManifestsConfig {
 }
 
 /// Reads the folder, sends the initial list of every kind, then watches until `cancel`.
+/// Ends early (with `Ok`) only when the receiver of `events` is gone.
 pub async fn run(
-    _config: ManifestsConfig,
-    _events: mpsc::Sender<SourceEvent>,
-    _cancel: CancellationToken,
+    config: ManifestsConfig,
+    events: mpsc::Sender<SourceEvent>,
+    cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    anyhow::bail!("the manifests source is not written yet")
+    let mut source = FolderSource {
+        config,
+        events,
+        state: FolderState::default(),
+        listed: false,
+    };
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => {}
+        Err(ReceiverGone) = source.run() => debug!("manifests source: receiver gone, stopping"),
+    }
+    Ok(())
+}
+
+/// The event receiver was dropped: nobody listens any more.
+struct ReceiverGone;
+
+struct FolderSource {
+    config: ManifestsConfig,
+    events: mpsc::Sender<SourceEvent>,
+    state: FolderState,
+    /// The initial lists have been sent.
+    listed: bool,
+}
+
+impl FolderSource {
+    /// Watches, (re)reads and forwards for ever; returns only when the receiver is gone.
+    async fn run(&mut self) -> Result<Infallible, ReceiverGone> {
+        loop {
+            let mut watch = self.watch_folder().await;
+            let read_all = if self.listed {
+                self.read_all().await
+            } else {
+                self.send_initial_lists().await
+            };
+            if read_all? {
+                self.follow(&mut watch).await?;
+            } else {
+                tokio::time::sleep(FOLDER_RETRY).await;
+            }
+            // The folder went away, cannot be read or its watch failed: keep the state and
+            // watch it anew.
+        }
+    }
+
+    /// Starts a watch of the folder, waiting for it to exist (a watch that started before
+    /// the folder is read cannot miss a change).
+    async fn watch_folder(&self) -> FolderWatch {
+        let dir = &self.config.dir;
+        let mut warned = false;
+        loop {
+            match FolderWatch::start(dir) {
+                Ok(watch) => {
+                    if warned {
+                        info!(dir = %dir.display(), "manifests folder is back");
+                    }
+                    return watch;
+                }
+                Err(error) if !warned => {
+                    warn!(dir = %dir.display(), %error, "cannot watch the manifests folder; keeping the last state and retrying");
+                    warned = true;
+                }
+                Err(error) => {
+                    debug!(dir = %dir.display(), %error, "manifests folder still not watchable")
+                }
+            }
+            tokio::time::sleep(FOLDER_RETRY).await;
+        }
+    }
+
+    /// Applies batches of changed files until the folder is lost.
+    async fn follow(&mut self, watch: &mut FolderWatch) -> Result<(), ReceiverGone> {
+        loop {
+            let batch = watch.next_batch(self.config.debounce).await;
+            debug!(?batch, "manifests folder changed");
+            if batch.folder_lost || !self.config.dir.is_dir() {
+                warn!(dir = %self.config.dir.display(), "manifests folder was removed or moved; keeping the last state");
+                return Ok(());
+            }
+            let Batch { files, rescan, .. } = batch;
+            if rescan {
+                if !self.read_all().await? {
+                    return Ok(());
+                }
+            } else {
+                let files: Vec<PathBuf> = files.into_iter().collect();
+                self.apply_files(&files).await?;
+            }
+        }
+    }
+
+    /// The first read: every file into the state, then one list per kind. `Ok(false)` when
+    /// the folder cannot be listed (nothing is sent then: the lists are not known yet).
+    async fn send_initial_lists(&mut self) -> Result<bool, ReceiverGone> {
+        let Some(paths) = self.list() else {
+            return Ok(false);
+        };
+        let update = self.read_files(&paths).await?;
+        log_conflicts(&update);
+        for kind in Kind::ALL {
+            let objects = self.state.effective_of_kind(kind);
+            info!(kind = ?kind, count = objects.len(), dir = %self.config.dir.display(), "manifests: initial list");
+            self.send(init_event(kind, InitStep::Init)).await?;
+            for object in objects {
+                self.send(object_event(object, ObjectStep::InitApply))
+                    .await?;
+            }
+            self.send(init_event(kind, InitStep::InitDone)).await?;
+        }
+        self.listed = true;
+        Ok(true)
+    }
+
+    /// Re-reads every file (and forgets files that are gone), sending only differences.
+    /// `Ok(false)` when the folder cannot be listed.
+    async fn read_all(&mut self) -> Result<bool, ReceiverGone> {
+        let Some(paths) = self.list() else {
+            return Ok(false);
+        };
+        let gone: Vec<PathBuf> = self
+            .state
+            .files()
+            .filter(|known| paths.binary_search_by(|p| p.as_path().cmp(known)).is_err())
+            .map(Path::to_path_buf)
+            .collect();
+        let mut all = gone;
+        all.extend(paths);
+        self.apply_files(&all).await?;
+        Ok(true)
+    }
+
+    fn list(&self) -> Option<Vec<PathBuf>> {
+        match files::list(&self.config.dir) {
+            Ok(paths) => Some(paths),
+            Err(error) => {
+                warn!(dir = %self.config.dir.display(), %error, "cannot list the manifests folder; keeping the last state");
+                None
+            }
+        }
+    }
+
+    /// Re-reads `paths` and sends what changed because of them, all files together (an
+    /// object that moved between two of them did not change).
+    async fn apply_files(&mut self, paths: &[PathBuf]) -> Result<(), ReceiverGone> {
+        let update = self.read_files(paths).await?;
+        log_conflicts(&update);
+        if !update.changes.is_empty() {
+            debug!(
+                files = paths.len(),
+                changes = update.changes.len(),
+                "manifest files changed"
+            );
+        }
+        for change in update.changes {
+            let event = match change {
+                Change::Apply(object) => object_event(object, ObjectStep::Apply),
+                Change::Delete(object) => object_event(object, ObjectStep::Delete),
+            };
+            self.send(event).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads `paths` into the state. A file that cannot be used is sent as `Rejected` and
+    /// keeps its last good objects.
+    async fn read_files(&mut self, paths: &[PathBuf]) -> Result<FileUpdate, ReceiverGone> {
+        let mut contents = Vec::with_capacity(paths.len());
+        for path in paths {
+            match files::read(path, self.config.node_name.as_deref()) {
+                FileRead::Parsed { objects, rejected } => {
+                    self.reject_all(rejected).await?;
+                    contents.push((path.clone(), objects));
+                }
+                FileRead::Missing => contents.push((path.clone(), FileObjects::new())),
+                FileRead::Rejected(rejection) => self.reject_all(vec![rejection]).await?,
+            }
+        }
+        Ok(self.state.update(contents))
+    }
+
+    async fn reject_all(&self, rejected: Vec<Rejection>) -> Result<(), ReceiverGone> {
+        for rejection in rejected {
+            debug!(origin = %rejection.origin, reason = rejection.reason, detail = %rejection.detail, "manifest input not used; the last good objects stay");
+            self.send(SourceEvent::Rejected(rejection)).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, event: SourceEvent) -> Result<(), ReceiverGone> {
+        self.events.send(event).await.map_err(|_| ReceiverGone)
+    }
+}
+
+fn log_conflicts(update: &FileUpdate) {
+    for conflict in &update.conflicts {
+        let files: Vec<String> = conflict
+            .files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect();
+        let used = files.last().cloned().unwrap_or_default();
+        warn!(object = %conflict.key, files = ?files, used = %used, "object defined in several manifest files; the last by name is used");
+    }
+}
+
+enum InitStep {
+    Init,
+    InitDone,
+}
+
+fn init_event(kind: Kind, step: InitStep) -> SourceEvent {
+    fn marker<K>(step: InitStep) -> Box<watcher::Event<K>> {
+        Box::new(match step {
+            InitStep::Init => watcher::Event::Init,
+            InitStep::InitDone => watcher::Event::InitDone,
+        })
+    }
+    match kind {
+        Kind::Service => SourceEvent::Service(marker(step)),
+        Kind::EndpointSlice => SourceEvent::EndpointSlice(marker(step)),
+        Kind::Node => SourceEvent::Node(marker(step)),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum ObjectStep {
+    InitApply,
+    Apply,
+    Delete,
+}
+
+fn object_event(object: Object, step: ObjectStep) -> SourceEvent {
+    fn wrap<K>(object: K, step: ObjectStep) -> Box<watcher::Event<K>> {
+        Box::new(match step {
+            ObjectStep::InitApply => watcher::Event::InitApply(object),
+            ObjectStep::Apply => watcher::Event::Apply(object),
+            ObjectStep::Delete => watcher::Event::Delete(object),
+        })
+    }
+    match object {
+        Object::Service(o) => SourceEvent::Service(wrap(*o, step)),
+        Object::EndpointSlice(o) => SourceEvent::EndpointSlice(wrap(*o, step)),
+        Object::Node(o) => SourceEvent::Node(wrap(*o, step)),
+    }
 }

@@ -1,0 +1,430 @@
+//! The manifests-folder source (`service_lb::source::manifests::run`) on temporary folders:
+//! initial list, create/modify/delete/rename/write-then-rename, multi-document files, bad
+//! files keeping their last good objects, unknown kinds, duplicates across files, a folder
+//! that disappears, and debouncing. No root needed.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use service_lb::source::manifests::{self, ManifestsConfig};
+use service_lb_tests::fake_apiserver::recorder::{Recorder, Seen};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+const KINDS: [&str; 3] = ["Service", "EndpointSlice", "Node"];
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Namespace of the sentinel Services that mark "everything before has arrived".
+const SENTINEL_NAMESPACE: &str = "zz-sentinel";
+
+fn service_yaml(name: &str, cluster_ip: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\n\
+         spec:\n  clusterIP: {cluster_ip}\n  clusterIPs: [{cluster_ip}]\n  ports:\n  - name: http\n    port: 80\n    protocol: TCP\n"
+    )
+}
+
+fn slice_yaml(name: &str, service: &str, address: &str) -> String {
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: default\n\
+         \x20 labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\n\
+         endpoints:\n- addresses: [{address}]\nports:\n- name: http\n  port: 8080\n  protocol: TCP\n"
+    )
+}
+
+fn node_yaml(name: &str) -> String {
+    format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n")
+}
+
+fn documents(docs: &[String]) -> String {
+    docs.iter()
+        .map(|d| format!("---\n{d}"))
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+/// A temporary manifests folder, removed on drop.
+struct Folder(PathBuf);
+
+impl Folder {
+    fn new(test: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "slb-source-manifests-{test}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+
+    fn write(&self, file: &str, text: &str) -> Result<()> {
+        std::fs::write(self.path(file), text).with_context(|| format!("writing {file}"))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        std::fs::rename(self.path(from), self.path(to)).with_context(|| format!("{from} -> {to}"))
+    }
+
+    fn remove(&self, file: &str) -> Result<()> {
+        std::fs::remove_file(self.path(file)).with_context(|| format!("removing {file}"))
+    }
+
+    fn dir(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The real source on a folder, and what it sent.
+struct Harness {
+    folder: Folder,
+    events: Recorder,
+    cancel: CancellationToken,
+    source: Option<JoinHandle<Result<()>>>,
+}
+
+impl Harness {
+    /// `seed` fills the folder before the source starts.
+    fn start(
+        test: &str,
+        debounce: Duration,
+        seed: impl FnOnce(&Folder) -> Result<()>,
+    ) -> Result<Self> {
+        let folder = Folder::new(test)?;
+        seed(&folder)?;
+        let (tx, rx) = mpsc::channel(64);
+        let cancel = CancellationToken::new();
+        let config = ManifestsConfig {
+            dir: folder.dir().to_path_buf(),
+            node_name: Some("n1".into()),
+            debounce,
+        };
+        let source = tokio::spawn(manifests::run(config, tx, cancel.clone()));
+        Ok(Self {
+            folder,
+            events: Recorder::new(rx),
+            cancel,
+            source: Some(source),
+        })
+    }
+
+    async fn synced(&mut self) -> Result<Vec<Seen>> {
+        self.events.until_listed(&KINDS, 1).await
+    }
+
+    /// Writes a sentinel Service in its own file and returns every event up to its Apply:
+    /// all that the earlier changes caused. Its namespace sorts after the tests' own, so it
+    /// comes last even when it is read in the same batch as they are.
+    async fn settle(&mut self, sentinel: &str) -> Result<Vec<String>> {
+        let text = service_yaml(sentinel, "198.19.9.9").replace(
+            "namespace: default",
+            &format!("namespace: {SENTINEL_NAMESPACE}"),
+        );
+        self.folder.write(&format!("zz-{sentinel}.yaml"), &text)?;
+        let wanted = Seen::Apply("Service", format!("{SENTINEL_NAMESPACE}/{sentinel}"));
+        let mut seen = self.events.take_until(|s| *s == wanted).await?;
+        seen.pop();
+        Ok(seen.iter().map(ToString::to_string).collect())
+    }
+
+    fn cluster_ip(&self, name: &str) -> Option<String> {
+        let service = self.events.object("Service", &format!("default/{name}"))?;
+        service["spec"]["clusterIP"].as_str().map(str::to_owned)
+    }
+
+    async fn stop(mut self) -> Result<()> {
+        self.cancel.cancel();
+        let source = self.source.take().context("already stopped")?;
+        tokio::time::timeout(Duration::from_secs(30), source)
+            .await
+            .context("the source did not stop after cancel")?
+            .context("the source task panicked")?
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn of_kind(seen: &[Seen], kind: &str) -> Vec<String> {
+    seen.iter()
+        .filter(|s| s.kind() == kind)
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn initial_list_of_every_kind_from_eligible_files_only() -> Result<()> {
+    let mut h = Harness::start("initial", DEBOUNCE, |folder| {
+        folder.write(
+            "web.yaml",
+            &documents(&[
+                service_yaml("web", "198.19.0.1"),
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ignored\n".into(),
+                slice_yaml("web-1", "web", "198.18.1.10"),
+                service_yaml("api", "198.19.0.2"),
+            ]),
+        )?;
+        folder.write(
+            "dns.json",
+            r#"{"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "dns", "namespace": "kube-system"},
+                "spec": {"clusterIP": "198.19.0.10", "ports": [{"port": 53, "protocol": "UDP"}]}}"#,
+        )?;
+        folder.write("nodes.yml", &documents(&[node_yaml("n1"), node_yaml("n2")]))?;
+        for skipped in [
+            ".hidden.yaml",
+            "web.yaml~",
+            "#web.yaml#",
+            ".web.yaml.swp",
+            "notes.txt",
+        ] {
+            folder.write(skipped, &service_yaml("skipped", "198.19.0.99"))?;
+        }
+        Ok(())
+    })?;
+    let seen = h.synced().await?;
+    assert_eq!(
+        of_kind(&seen, "Service"),
+        [
+            "Service Init",
+            "Service InitApply default/api",
+            "Service InitApply default/web",
+            "Service InitApply kube-system/dns",
+            "Service InitDone"
+        ]
+    );
+    assert_eq!(
+        of_kind(&seen, "EndpointSlice"),
+        [
+            "EndpointSlice Init",
+            "EndpointSlice InitApply default/web-1",
+            "EndpointSlice InitDone"
+        ]
+    );
+    assert_eq!(
+        of_kind(&seen, "Node"),
+        ["Node Init", "Node InitApply n1", "Node InitDone"]
+    );
+    assert!(of_kind(&seen, "Rejected").is_empty(), "{seen:?}");
+    assert_eq!(h.cluster_ip("web").as_deref(), Some("198.19.0.1"));
+    h.stop().await
+}
+
+#[tokio::test]
+async fn create_modify_delete_and_renames_send_only_differences() -> Result<()> {
+    let mut h = Harness::start("changes", DEBOUNCE, |folder| {
+        folder.write(
+            "a.yaml",
+            &documents(&[
+                service_yaml("a", "198.19.0.1"),
+                service_yaml("b", "198.19.0.2"),
+            ]),
+        )
+    })?;
+    h.synced().await?;
+
+    // Create.
+    h.folder
+        .write("new.yaml", &service_yaml("new", "198.19.0.3"))?;
+    assert_eq!(h.settle("s1").await?, ["Service Apply default/new"]);
+    // Modify one object of a multi-document file; rewriting the same content is no change.
+    h.folder.write(
+        "a.yaml",
+        &documents(&[
+            service_yaml("a", "198.19.0.1"),
+            service_yaml("b", "198.19.0.22"),
+        ]),
+    )?;
+    h.folder
+        .write("new.yaml", &service_yaml("new", "198.19.0.3"))?;
+    assert_eq!(h.settle("s2").await?, ["Service Apply default/b"]);
+    assert_eq!(h.cluster_ip("b").as_deref(), Some("198.19.0.22"));
+    // Delete.
+    h.folder.remove("new.yaml")?;
+    assert_eq!(h.settle("s3").await?, ["Service Delete default/new"]);
+    // Rename to another manifest name: the same objects, nothing to tell.
+    h.folder.rename("a.yaml", "c.yaml")?;
+    assert_eq!(h.settle("s4").await?, Vec::<String>::new());
+    // Rename to a name that is not a manifest: its objects go.
+    h.folder.rename("c.yaml", "c.yaml.bak")?;
+    assert_eq!(
+        h.settle("s5").await?,
+        ["Service Delete default/a", "Service Delete default/b"]
+    );
+    // An editor's write to a temp file, then rename over the target.
+    h.folder
+        .write("edited.yaml", &service_yaml("edited", "198.19.0.7"))?;
+    assert_eq!(h.settle("s6").await?, ["Service Apply default/edited"]);
+    h.folder
+        .write(".edited.yaml.tmp", &service_yaml("edited", "198.19.0.8"))?;
+    h.folder.rename(".edited.yaml.tmp", "edited.yaml")?;
+    assert_eq!(h.settle("s7").await?, ["Service Apply default/edited"]);
+    assert_eq!(h.cluster_ip("edited").as_deref(), Some("198.19.0.8"));
+    let ours: Vec<String> = h
+        .events
+        .names("Service")
+        .into_iter()
+        .filter(|n| !n.starts_with(SENTINEL_NAMESPACE))
+        .collect();
+    assert_eq!(ours, ["default/edited"]);
+    h.stop().await
+}
+
+#[tokio::test]
+async fn a_bad_file_is_rejected_with_its_line_and_keeps_its_last_good_objects() -> Result<()> {
+    let broken = "# comment\n\nkind: Service: [broken\n";
+    let mut h = Harness::start("bad", DEBOUNCE, |folder| {
+        folder.write(
+            "good.yaml",
+            &documents(&[
+                service_yaml("a", "198.19.0.1"),
+                service_yaml("b", "198.19.0.2"),
+            ]),
+        )?;
+        folder.write("broken.yaml", broken)
+    })?;
+    let seen = h.synced().await?;
+    let broken_at = format!("{}:3", h.folder.path("broken.yaml").display());
+    assert_eq!(
+        seen.first(),
+        Some(&Seen::Rejected(broken_at.clone(), "parse_error"))
+    );
+    assert_eq!(h.events.names("Service"), ["default/a", "default/b"]);
+
+    // The good file goes bad: rejected, and a and b stay.
+    h.folder.write("good.yaml", broken)?;
+    let good_at = format!("{}:3", h.folder.path("good.yaml").display());
+    assert_eq!(
+        h.settle("s1").await?,
+        [format!("Rejected parse_error {good_at}")]
+    );
+    assert!(h.events.object("Service", "default/a").is_some());
+    assert!(h.events.object("Service", "default/b").is_some());
+
+    // Fixed, without b: only b goes.
+    h.folder
+        .write("good.yaml", &service_yaml("a", "198.19.0.1"))?;
+    assert_eq!(h.settle("s2").await?, ["Service Delete default/b"]);
+
+    // A document of a known kind that does not deserialize rejects the whole file too.
+    h.folder.write(
+        "good.yaml",
+        &documents(&[
+            service_yaml("c", "198.19.0.3"),
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: d\nspec:\n  ports: 80\n".into(),
+        ]),
+    )?;
+    let seen = h.settle("s3").await?;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].starts_with("Rejected parse_error"), "{seen:?}");
+    assert!(h.events.object("Service", "default/c").is_none());
+    assert!(h.events.object("Service", "default/a").is_some());
+    h.stop().await
+}
+
+#[tokio::test]
+async fn the_same_object_in_two_files_the_last_by_name_wins() -> Result<()> {
+    let mut h = Harness::start("duplicates", DEBOUNCE, |folder| {
+        folder.write("10-web.yaml", &service_yaml("web", "198.19.0.1"))?;
+        folder.write("20-web.yaml", &service_yaml("web", "198.19.0.2"))
+    })?;
+    let seen = h.synced().await?;
+    assert_eq!(
+        of_kind(&seen, "Service"),
+        [
+            "Service Init",
+            "Service InitApply default/web",
+            "Service InitDone"
+        ]
+    );
+    assert_eq!(h.cluster_ip("web").as_deref(), Some("198.19.0.2"));
+    // A change to the losing file changes nothing.
+    h.folder
+        .write("10-web.yaml", &service_yaml("web", "198.19.0.3"))?;
+    assert_eq!(h.settle("s1").await?, Vec::<String>::new());
+    // The winner goes: the other file's version takes over.
+    h.folder.remove("20-web.yaml")?;
+    assert_eq!(h.settle("s2").await?, ["Service Apply default/web"]);
+    assert_eq!(h.cluster_ip("web").as_deref(), Some("198.19.0.3"));
+    h.stop().await
+}
+
+#[tokio::test]
+async fn a_removed_folder_keeps_the_state_until_it_is_back() -> Result<()> {
+    let mut h = Harness::start("folder", DEBOUNCE, |folder| {
+        folder.write(
+            "a.yaml",
+            &documents(&[
+                service_yaml("a", "198.19.0.1"),
+                service_yaml("b", "198.19.0.2"),
+            ]),
+        )
+    })?;
+    h.synced().await?;
+    std::fs::remove_dir_all(h.folder.dir())?;
+    // Give the source time to notice (not a check: any interleaving must give the same events).
+    tokio::time::sleep(DEBOUNCE * 5).await;
+    std::fs::create_dir_all(h.folder.dir())?;
+    h.folder.write("a.yaml", &service_yaml("a", "198.19.0.1"))?;
+    // a never went away, b goes now; no relist.
+    assert_eq!(h.settle("s1").await?, ["Service Delete default/b"]);
+    assert_eq!(h.events.lists_done("Service"), 1);
+    h.stop().await
+}
+
+#[tokio::test]
+async fn a_burst_of_writes_is_read_once_after_the_quiet_time() -> Result<()> {
+    let debounce = Duration::from_millis(500);
+    let mut h = Harness::start("burst", debounce, |_| Ok(()))?;
+    h.synced().await?;
+    for i in 1..=20 {
+        h.folder
+            .write("web.yaml", &service_yaml("web", &format!("198.19.0.{i}")))?;
+    }
+    let seen = h.settle("s1").await?;
+    assert_eq!(seen, ["Service Apply default/web"], "one burst, one change");
+    assert_eq!(h.cluster_ip("web").as_deref(), Some("198.19.0.20"));
+    h.stop().await
+}
+
+#[tokio::test]
+async fn a_missing_folder_sends_no_list_until_it_exists() -> Result<()> {
+    let mut h = Harness::start("missing", DEBOUNCE, |folder| {
+        std::fs::remove_dir_all(folder.dir()).context("removing the folder")
+    })?;
+    // Let the source find no folder (not a check: it must wait however long this takes).
+    tokio::time::sleep(DEBOUNCE * 3).await;
+    assert!(
+        h.events.drain_ready()?.is_empty(),
+        "nothing before the folder exists"
+    );
+    // The folder appears whole (renamed into place), so its first list is known.
+    let staging = h.folder.dir().with_extension("staging");
+    std::fs::create_dir_all(&staging)?;
+    std::fs::write(staging.join("a.yaml"), service_yaml("a", "198.19.0.1"))?;
+    std::fs::rename(&staging, h.folder.dir())?;
+    let seen = h.synced().await?;
+    assert_eq!(
+        of_kind(&seen, "Service"),
+        [
+            "Service Init",
+            "Service InitApply default/a",
+            "Service InitDone"
+        ]
+    );
+    h.stop().await
+}
