@@ -3,6 +3,7 @@
 //! Every command first runs the parts of `setup` it needs, so a newcomer on a fresh machine
 //! only ever types `cargo xtask demo` or `cargo xtask test`.
 
+mod image;
 mod setup;
 mod shell;
 
@@ -22,8 +23,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install what a new machine lacks (idempotent): nightly rust-src, bpf-linker built
-    /// against the nightly's libLLVM, the bpffs mount, Debian packages the tests use.
-    Setup,
+    /// against the nightly's libLLVM, the bpffs mount, Debian packages the tests use, the
+    /// manifest-validation virtualenv.
+    Setup {
+        /// Only what building needs (no test packages, no bpffs mount, no virtualenv):
+        /// for the image's build stage.
+        #[arg(long)]
+        build_only: bool,
+    },
     /// Run every test there is: unit, golden, kernel packet tests, namespace end-to-end.
     Test {
         /// Extra arguments passed to `cargo test` after `--` (e.g. a test name filter).
@@ -34,15 +41,19 @@ enum Command {
     Demo,
     /// rustfmt --check and clippy (warnings are errors).
     Lint,
+    /// Build the container image (deploy/Dockerfile) with docker, podman or buildah.
+    Image(image::ImageArgs),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Setup => setup::run(),
+        Command::Setup { build_only: false } => setup::run(),
+        Command::Setup { build_only: true } => setup::run_build_only(),
         Command::Test { args } => test(&args),
         Command::Demo => demo(),
         Command::Lint => lint(),
+        Command::Image(args) => image::run(&args),
     }
 }
 

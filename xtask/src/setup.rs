@@ -17,7 +17,15 @@ const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPFFS: &str = "/sys/fs/bpf";
 /// Debian packages the tests, demo and benchmarks use, with a command each provides.
-const DEBIAN_PACKAGES: [(&str, &str); 2] = [("iproute2", "ip"), ("util-linux", "nsenter")];
+/// iptables and nftables: the kube-proxy clean-up test (inside its own namespace only).
+const DEBIAN_PACKAGES: [(&str, &str); 4] = [
+    ("iproute2", "ip"),
+    ("util-linux", "nsenter"),
+    ("iptables", "iptables"),
+    ("nftables", "nft"),
+];
+/// The manifest validator (PyPI), pinned; installed into [`validation_venv`].
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 pub fn run() -> Result<()> {
     eprintln!("xtask setup: checking this machine");
@@ -25,8 +33,68 @@ pub fn run() -> Result<()> {
     bpf_linker()?;
     debian_packages()?;
     bpffs()?;
+    validation_venv_installed()?;
     eprintln!("xtask setup: done");
     Ok(())
+}
+
+/// Only the build toolchain (the image's build stage: no test tools, no mounts).
+pub fn run_build_only() -> Result<()> {
+    eprintln!("xtask setup: checking the build toolchain");
+    nightly_rust_src()?;
+    bpf_linker()?;
+    eprintln!("xtask setup: done");
+    Ok(())
+}
+
+/// The virtualenv holding `kubernetes-validate`: `$XDG_CACHE_HOME/service-lb/venv`, else
+/// `~/.cache/service-lb/venv` (tests/tests/deploy_manifests.rs looks in the same place).
+pub fn validation_venv() -> Result<PathBuf> {
+    let cache = match std::env::var_os("XDG_CACHE_HOME") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => {
+            let home = std::env::var_os("HOME").context("HOME is not set")?;
+            PathBuf::from(home).join(".cache")
+        }
+    };
+    Ok(cache.join("service-lb").join("venv"))
+}
+
+fn validation_venv_installed() -> Result<()> {
+    let venv = validation_venv()?;
+    let validator = venv.join("bin").join("kubernetes-validate");
+    let pinned = KUBERNETES_VALIDATE.rsplit("==").next().unwrap_or_default();
+    if let Ok(version) = shell::output(Command::new(&validator).arg("--version")) {
+        if version.contains(pinned) {
+            say(&format!(
+                "kubernetes-validate {pinned}: already in {}",
+                venv.display()
+            ));
+            return Ok(());
+        }
+    }
+    say(&format!(
+        "kubernetes-validate {pinned}: installing into {}",
+        venv.display()
+    ));
+    if !shell::succeeds(Command::new("python3").args(["-c", "import venv, ensurepip"])) {
+        say("python3 venv support missing: installing python3-venv");
+        shell::run(Command::new("apt-get").args(["update", "-qq"]))?;
+        shell::run(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(["python3", "python3-venv"]),
+        )?;
+    }
+    if !venv.join("bin").join("pip").exists() {
+        shell::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    shell::run(
+        Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(KUBERNETES_VALIDATE),
+    )
 }
 
 fn say(what: &str) {

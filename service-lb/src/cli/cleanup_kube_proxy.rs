@@ -1,0 +1,171 @@
+//! `service-lb cleanup-kube-proxy [--dry-run]`: remove what kube-proxy left in this network
+//! namespace once service-lb replaces it: its iptables chains (`KUBE-*` in nat, filter and
+//! mangle, IPv4 and IPv6, on every iptables backend that has rules) with the jumps into
+//! them, and its nftables tables (`ip kube-proxy`, `ip6 kube-proxy`). Idempotent: a second
+//! run finds nothing and succeeds. Nothing else is touched.
+//!
+//! - `iptables_save`: parser of `iptables-save` output (pure);
+//! - `plan`: what to remove and the `iptables-restore --noflush` script doing it (pure);
+//! - `nft`: which nftables tables are kube-proxy's (pure);
+//! - `tools`: finding and running iptables/nft.
+
+pub mod iptables_save;
+pub mod nft;
+pub mod plan;
+pub mod tools;
+
+use clap::Args;
+use thiserror::Error;
+
+use super::Failure;
+use plan::TablePlan;
+use tools::{Iptables, ToolError};
+
+#[derive(Debug, Args)]
+pub struct CleanupKubeProxyArgs {
+    /// List what would be removed and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum CleanupKubeProxyError {
+    #[error("{backend} ({family}): {source}")]
+    Iptables {
+        backend: String,
+        family: &'static str,
+        source: ToolError,
+    },
+    #[error("{backend} ({family}): reading its dump: {source}")]
+    Parse {
+        backend: String,
+        family: &'static str,
+        source: iptables_save::ParseError,
+    },
+    #[error("nftables: {0}")]
+    Nft(ToolError),
+}
+
+/// What was (or would be) removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub jumps: usize,
+    pub chains: usize,
+    pub nft_tables: usize,
+    /// The IPv4 filter chain guarding `route_localnet` went away.
+    pub kube_firewall: bool,
+}
+
+impl Removed {
+    pub fn is_empty(&self) -> bool {
+        self.jumps == 0 && self.chains == 0 && self.nft_tables == 0
+    }
+}
+
+pub fn run(args: &CleanupKubeProxyArgs) -> Result<(), Failure> {
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    let mut removed = Removed::default();
+    let mut looked_at = Vec::new();
+
+    let (iptables, which) = tools::find_iptables();
+    println!("{which}");
+    for ipt in &iptables {
+        looked_at.push(format!("{} ({})", ipt.label, ipt.family.label()));
+        for plan in iptables_plans(ipt)? {
+            let whence = format!(
+                "{} ({}) table {}",
+                ipt.label,
+                ipt.family.label(),
+                plan.table
+            );
+            for chain in &plan.kept {
+                println!("kept {whence}: chain {chain} (kubelet's)");
+            }
+            if plan.is_empty() {
+                continue;
+            }
+            if !args.dry_run {
+                ipt.restore(&plan.restore_script()).map_err(|source| {
+                    CleanupKubeProxyError::Iptables {
+                        backend: ipt.label.clone(),
+                        family: ipt.family.label(),
+                        source,
+                    }
+                })?;
+            }
+            for rule in &plan.jumps {
+                println!("{verb} {whence}: rule -A {} {}", rule.chain, rule.spec);
+            }
+            for chain in &plan.chains {
+                println!("{verb} {whence}: chain {chain}");
+            }
+            removed.jumps += plan.jumps.len();
+            removed.chains += plan.chains.len();
+            removed.kube_firewall |= ipt.family == tools::IpFamily::V4
+                && plan.table == "filter"
+                && plan.chains.iter().any(|c| c == "KUBE-FIREWALL");
+        }
+    }
+
+    match tools::find_nft() {
+        None => println!("no `nft` installed: no nftables tables to look at"),
+        Some(nft) => {
+            looked_at.push("nftables".to_owned());
+            let listed = tools::nft_list_tables(&nft).map_err(CleanupKubeProxyError::Nft)?;
+            for table in nft::kube_proxy_tables(&nft::parse_tables(&listed)) {
+                if !args.dry_run {
+                    tools::nft_delete_table(&nft, &table.family, &table.name)
+                        .map_err(CleanupKubeProxyError::Nft)?;
+                }
+                println!("{verb} nftables: table {table}");
+                removed.nft_tables += 1;
+            }
+        }
+    }
+
+    if removed.is_empty() {
+        println!(
+            "nothing of kube-proxy's found (looked at: {})",
+            looked_at.join(", ")
+        );
+        return Ok(());
+    }
+    println!(
+        "{verb}: {} jump rule(s), {} chain(s), {} nftables table(s)",
+        removed.jumps, removed.chains, removed.nft_tables
+    );
+    if removed.kube_firewall && route_localnet_enabled() {
+        tracing::warn!(
+            "net.ipv4.conf.all.route_localnet is 1 (kube-proxy set it for localhost \
+             NodePorts) and KUBE-FIREWALL, which guarded it, is gone: set it back to 0 \
+             unless something else on this node needs it"
+        );
+    }
+    Ok(())
+}
+
+/// The plans for one iptables program (one family, one backend).
+fn iptables_plans(ipt: &Iptables) -> Result<Vec<TablePlan>, CleanupKubeProxyError> {
+    let dump = ipt
+        .save()
+        .map_err(|source| CleanupKubeProxyError::Iptables {
+            backend: ipt.label.clone(),
+            family: ipt.family.label(),
+            source,
+        })?;
+    let tables = iptables_save::parse(&dump).map_err(|source| CleanupKubeProxyError::Parse {
+        backend: ipt.label.clone(),
+        family: ipt.family.label(),
+        source,
+    })?;
+    Ok(plan::plan(&tables))
+}
+
+fn route_localnet_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/route_localnet")
+        .is_ok_and(|v| v.trim() == "1")
+}

@@ -1,0 +1,358 @@
+//! `service-lb cleanup-kube-proxy`, the real binary, in a fresh network namespace holding
+//! kube-proxy's rules (generated in its layout, IPv4 and IPv6, iptables and nftables) next to
+//! foreign rules, chains and tables that must survive. Every iptables/nft command runs
+//! inside the namespace through `nsenter --net=`; the root namespace is never touched.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use anyhow::{bail, Context as _, Result};
+use service_lb::cli::cleanup_kube_proxy::{iptables_save, plan};
+use service_lb_tests::{
+    kube_proxy_rules::{Family, KubeProxyRules},
+    netns::{run_prefix, sweep_leftovers, NetNs},
+    privileges::require_root,
+};
+
+/// Rules that are not kube-proxy's, loaded with `iptables-restore --noflush`: a foreign
+/// chain and rule in nat and filter (one whose comment mentions a KUBE chain), and
+/// kubelet's canary, which the clean-up leaves to kubelet.
+const FOREIGN_V4: &str = r#"*nat
+:FOREIGN-NAT - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+-A POSTROUTING -s 198.18.9.0/24 -m comment --comment "foreign: not -j KUBE-SERVICES" -j FOREIGN-NAT
+-A FOREIGN-NAT -j RETURN
+COMMIT
+*filter
+:KUBE-KUBELET-CANARY - [0:0]
+-A INPUT -p tcp -m tcp --dport 2222 -m comment --comment "foreign ssh" -j ACCEPT
+COMMIT
+"#;
+const FOREIGN_V6: &str = r#"*filter
+-A INPUT -p tcp -m tcp --dport 2222 -m comment --comment "foreign ssh6" -j ACCEPT
+COMMIT
+"#;
+const FOREIGN_NFT: &str = "table inet foreign {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\ttcp dport 2223 accept\n\t}\n}\n";
+
+/// The built `service-lb` next to this test's target folder, built first if absent.
+fn service_lb_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("current_exe")?;
+    // target/<profile>/deps/<test> -> target/<profile>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary outside target/<profile>/deps")?;
+    let binary = profile_dir.join("service-lb");
+    if !binary.exists() {
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        build.args(["build", "--package", "service-lb", "--bin", "service-lb"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().context("running cargo build")?;
+        if !status.success() || !binary.exists() {
+            bail!("building {} failed ({status})", binary.display());
+        }
+    }
+    Ok(binary)
+}
+
+/// `nsenter --net=<ns> <program> <args>` with `stdin` fed; fails on a non-zero exit.
+fn in_ns(ns: &NetNs, program: &Path, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", ns.path().display()))
+        .arg(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let described = format!("{} {}", program.display(), args.join(" "));
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {described}"))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use std::io::Write as _;
+        pipe.write_all(text.as_bytes())
+            .with_context(|| format!("feeding {described}"))?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{described} in {} failed ({}): {}{}",
+            ns.name(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The iptables programs rules are loaded with, as name prefixes (`<p>-save`,
+/// `<p>-restore`): IPv4 on both backends when both are installed (the clean-up must find
+/// rules on either), IPv6 on the nf_tables one.
+struct Backends {
+    v4: Vec<&'static str>,
+    v6: &'static str,
+}
+
+impl Backends {
+    fn find() -> Self {
+        if has("iptables-nft-restore") && has("ip6tables-nft-restore") {
+            let mut v4 = vec!["iptables-nft"];
+            if has("iptables-legacy-restore") {
+                v4.push("iptables-legacy");
+            }
+            Self {
+                v4,
+                v6: "ip6tables-nft",
+            }
+        } else {
+            Self {
+                v4: vec!["iptables"],
+                v6: "ip6tables",
+            }
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = (&'static str, Family)> + '_ {
+        self.v4
+            .iter()
+            .map(|p| (*p, Family::Ipv4))
+            .chain([(self.v6, Family::Ipv6)])
+    }
+}
+
+/// Everything the clean-up could touch, as text: each backend's iptables dump (key: the
+/// program prefix) and the nft ruleset (key: `nft`).
+type Snapshot = BTreeMap<String, String>;
+
+fn snapshot(ns: &NetNs, backends: &Backends) -> Result<Snapshot> {
+    let mut snap = Snapshot::new();
+    for (prefix, _) in backends.all() {
+        let save = format!("{prefix}-save");
+        let dump = text(&in_ns(ns, Path::new(&save), &[], None)?);
+        snap.insert(prefix.to_owned(), strip_comments(&dump));
+    }
+    let nft = text(&in_ns(ns, Path::new("nft"), &["list", "ruleset"], None)?);
+    snap.insert("nft".to_owned(), nft);
+    Ok(snap)
+}
+
+/// iptables-save's `#` lines carry a timestamp.
+fn strip_comments(dump: &str) -> String {
+    dump.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn load(ns: &NetNs, backends: &Backends, v4: &KubeProxyRules, v6: &KubeProxyRules) -> Result<()> {
+    for (prefix, family) in backends.all() {
+        let restore = format!("{prefix}-restore");
+        let (rules, foreign) = match family {
+            Family::Ipv4 => (v4.iptables_restore(), FOREIGN_V4),
+            Family::Ipv6 => (v6.iptables_restore(), FOREIGN_V6),
+        };
+        for input in [rules.as_str(), foreign] {
+            in_ns(ns, Path::new(&restore), &["--noflush"], Some(input))?;
+        }
+    }
+    for script in [v4.nft_script(), v6.nft_script(), FOREIGN_NFT.to_owned()] {
+        in_ns(ns, Path::new("nft"), &["-f", "-"], Some(&script))?;
+    }
+    Ok(())
+}
+
+fn has(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn removes_kube_proxys_rules_and_nothing_else_idempotently() -> Result<()> {
+    if !require_root("cleanup_kube_proxy") {
+        return Ok(());
+    }
+    if !["iptables-restore", "ip6tables-restore", "nft"]
+        .iter()
+        .all(|p| has(p))
+    {
+        let why = "iptables/nftables are not installed: run `cargo xtask setup`";
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            bail!(why);
+        }
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    sweep_leftovers();
+    let binary = service_lb_binary()?;
+    let ns = NetNs::create(&format!("{}-kp", run_prefix()))?;
+    let backends = Backends::find();
+    let v4 = KubeProxyRules::new(Family::Ipv4, 6, 3);
+    let v6 = KubeProxyRules::new(Family::Ipv6, 4, 2);
+    load(&ns, &backends, &v4, &v6)?;
+    let before = snapshot(&ns, &backends)?;
+    println!("loaded into: {:?}", before.keys().collect::<Vec<_>>());
+    for (prefix, family) in backends.all() {
+        let rules = if family == Family::Ipv4 { &v4 } else { &v6 };
+        for (table, chain) in rules.iptables_chains() {
+            assert!(
+                before[prefix].contains(&format!(":{chain} ")),
+                "{prefix}: {table} {chain} loaded"
+            );
+        }
+    }
+    let ruleset = &before["nft"];
+    assert!(ruleset.contains("table ip kube-proxy") && ruleset.contains("table ip6 kube-proxy"));
+
+    // --dry-run: lists everything, changes nothing.
+    let dry = text(&in_ns(
+        &ns,
+        &binary,
+        &["cleanup-kube-proxy", "--dry-run"],
+        None,
+    )?);
+    println!("--- dry run ---\n{dry}");
+    assert_eq!(
+        snapshot(&ns, &backends)?,
+        before,
+        "--dry-run changed something"
+    );
+    for (prefix, family) in backends.all() {
+        let rules = if family == Family::Ipv4 { &v4 } else { &v6 };
+        for (table, chain) in rules.iptables_chains() {
+            assert!(
+                dry.contains(&format!("{prefix} ("))
+                    && dry.contains(&format!("table {table}: chain {chain}\n")),
+                "dry run lists {prefix} {table} {chain}"
+            );
+        }
+    }
+    assert!(dry.contains("would remove nftables: table ip kube-proxy"));
+    assert!(dry.contains("would remove nftables: table ip6 kube-proxy"));
+    assert!(dry.contains("kept ") && dry.contains("KUBE-KUBELET-CANARY (kubelet's)"));
+    assert!(
+        !dry.contains("FOREIGN") && !dry.contains("foreign"),
+        "{dry}"
+    );
+
+    // The real run.
+    let first = text(&in_ns(&ns, &binary, &["cleanup-kube-proxy"], None)?);
+    println!("--- first run ---\n{first}");
+    assert!(first.contains("removed: "), "{first}");
+    let after = snapshot(&ns, &backends)?;
+    for (prefix, _) in backends.all() {
+        for line in after[prefix].lines() {
+            assert_eq!(
+                parse_owner(line),
+                Owner::Foreign,
+                "{prefix}: kube-proxy state left: {line}"
+            );
+        }
+        // Every line that was not kube-proxy's is still there.
+        for line in before[prefix].lines() {
+            if parse_owner(line) == Owner::Foreign {
+                assert!(
+                    after[prefix].lines().any(|l| l == line),
+                    "{prefix}: foreign line lost: {line}"
+                );
+            }
+        }
+    }
+    for prefix in &backends.v4 {
+        let dump = &after[*prefix];
+        assert!(dump.contains("-j FOREIGN-NAT") && dump.contains(":KUBE-KUBELET-CANARY "));
+    }
+    assert!(after[backends.v6].contains("foreign ssh6"));
+    let after_nft = &after["nft"];
+    assert!(!after_nft.contains("kube-proxy"), "{after_nft}");
+    assert!(after_nft.contains("table inet foreign") && after_nft.contains("dport 2223"));
+
+    // A second run finds nothing and changes nothing.
+    let second = text(&in_ns(&ns, &binary, &["cleanup-kube-proxy"], None)?);
+    println!("--- second run ---\n{second}");
+    assert!(second.contains("nothing of kube-proxy's found"), "{second}");
+    assert_eq!(
+        snapshot(&ns, &backends)?,
+        after,
+        "the second run changed something"
+    );
+    Ok(())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Owner {
+    KubeProxy,
+    Foreign,
+}
+
+/// Whose a dump line is: kube-proxy's when it declares, fills or jumps into one of its
+/// chains (`KUBE-*` but kubelet's canary); quoted text (comments) does not count.
+fn parse_owner(line: &str) -> Owner {
+    let unquoted: String = line.split('"').step_by(2).collect::<Vec<_>>().join(" ");
+    let words: Vec<&str> = unquoted.split_whitespace().collect();
+    let theirs = |w: &str| w.starts_with("KUBE-") && w != "KUBE-KUBELET-CANARY";
+    let declared = words
+        .first()
+        .and_then(|w| w.strip_prefix(':'))
+        .is_some_and(theirs);
+    let in_chain = words.first() == Some(&"-A") && words.get(1).is_some_and(|c| theirs(c));
+    let jumps = words
+        .windows(2)
+        .any(|w| matches!(w[0], "-j" | "-g") && theirs(w[1]));
+    if declared || in_chain || jumps {
+        Owner::KubeProxy
+    } else {
+        Owner::Foreign
+    }
+}
+
+#[test]
+fn the_planner_removes_every_generated_chain_and_jump() {
+    // Unprivileged: the generator's output through the CLI's own parser and planner.
+    for rules in [
+        KubeProxyRules::new(Family::Ipv4, 20, 5),
+        KubeProxyRules::new(Family::Ipv6, 3, 0),
+    ] {
+        let tables = iptables_save::parse(&rules.iptables_restore()).expect("parses");
+        let plans = plan::plan(&tables);
+        let mut planned: Vec<(String, String)> = plans
+            .iter()
+            .flat_map(|p| p.chains.iter().map(|c| (p.table.clone(), c.clone())))
+            .collect();
+        let mut generated: Vec<(String, String)> = rules
+            .iptables_chains()
+            .into_iter()
+            .map(|(t, c)| (t.to_owned(), c))
+            .collect();
+        planned.sort();
+        generated.sort();
+        assert_eq!(planned, generated);
+        // The only rules outside kube-proxy's chains are the built-in chains' jumps.
+        for p in &plans {
+            assert!(p.jumps.iter().all(|r| !r.chain.starts_with("KUBE-")));
+        }
+        let jumps: usize = plans.iter().map(|p| p.jumps.len()).sum();
+        let expected = match rules.family {
+            Family::Ipv4 => 3 + 11,
+            Family::Ipv6 => 3 + 9,
+        };
+        assert_eq!(jumps, expected, "{:?}", rules.family);
+    }
+}
