@@ -8,6 +8,7 @@ use crate::telemetry::{self, LogFormat};
 
 pub mod attach;
 pub mod cleanup;
+pub mod cleanup_kube_proxy;
 pub mod inspect;
 pub mod output;
 pub mod run;
@@ -38,6 +39,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Detach every program and remove every pin of the data plane.
     Cleanup(cleanup::CleanupArgs),
+    /// Remove kube-proxy's iptables chains and nftables tables from this node.
+    CleanupKubeProxy(cleanup_kube_proxy::CleanupKubeProxyArgs),
 }
 
 /// A failed command: what to print and how to exit.
@@ -86,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Attach(args) => attach::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Cleanup(args) => cleanup::run(args),
+        Command::CleanupKubeProxy(args) => cleanup_kube_proxy::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,11 +1,12 @@
-//! `service-lb run`: the daemon. (helper "daemon" implements `run`; the flags below are the
-//! contract the DaemonSet is written against: add flags, do not rename them)
+//! `service-lb run`: the daemon (`crate::daemon`). The flags below are the contract the
+//! DaemonSet is written against: add flags, do not rename them.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
 
 use super::{attach::DataplaneArgs, Failure};
+use crate::daemon::{self, DaemonConfig, NodeNameSources};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -71,10 +72,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("'{text}': {e}"))
 }
 
-pub fn run(_args: &RunArgs) -> Result<(), Failure> {
-    Err(Failure::from(anyhow::anyhow!(
-        "service-lb run is not written yet"
-    )))
+/// Validates the flags (a bad one exits 64 before anything is touched), then runs the
+/// daemon until SIGTERM/SIGINT.
+pub fn run(args: &RunArgs) -> Result<(), Failure> {
+    let config =
+        DaemonConfig::from_args(args, NodeNameSources::from_system()).map_err(Failure::usage)?;
+    daemon::run_blocking(config)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -78,6 +78,21 @@ impl Dataplane {
         Ok(done)
     }
 
+    /// Attaches the hooks `roles` gives one interface (none when its name matches no
+    /// glob), in the calling thread's network namespace. Used by `link_watch` for
+    /// interfaces that appear after start.
+    pub fn attach_interface(
+        &mut self,
+        iface: &Interface,
+        roles: &Roles,
+    ) -> Result<Vec<Attachment>, DataplaneError> {
+        roles
+            .hooks_for(&iface.ifname)?
+            .iter()
+            .map(|&hook| self.attach_one(iface, hook))
+            .collect()
+    }
+
     fn attach_one(&mut self, iface: &Interface, hook: Hook) -> Result<Attachment, DataplaneError> {
         let pinned_at =
             pin::links_dir(&self.bpffs).join(link_pin_name(iface.ifindex, &iface.ifname, hook));

@@ -13,6 +13,7 @@ pub mod fake_maps;
 pub mod interfaces;
 pub mod layout;
 mod link_detach;
+pub mod link_watch;
 pub mod loader;
 pub mod maps;
 pub mod object;
@@ -31,6 +32,7 @@ pub use fake_maps::{FakeMaps, Op};
 pub use loader::Dataplane;
 pub use maps::{BackendValue, Family, MapStore, RevNatValue, StoreError, SvcKey};
 pub use options::{DataplaneOptions, MapSizes, PinMismatch, DEFAULT_BPFFS};
+pub use sync::{SyncReport, Syncer};
 pub use writer::{
     BackendSpec, FrontendIds, FrontendKey, FrontendSpec, L4Proto, ServiceWriter, WriteError,
 };

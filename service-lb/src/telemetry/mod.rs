@@ -1,6 +1,12 @@
-//! Logging setup: `tracing` to stderr, plain or JSON, level from `-v` (RUST_LOG wins).
+//! Telemetry: logging setup here (`tracing` to stderr, plain or JSON, level from `-v`,
+//! RUST_LOG wins); Prometheus metrics in `metrics`, health verdicts in `health`, the admin
+//! HTTP servers in `http`.
 
 use tracing_subscriber::{fmt, EnvFilter};
+
+pub mod health;
+pub mod http;
+pub mod metrics;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

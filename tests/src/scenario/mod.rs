@@ -1,5 +1,5 @@
-//! The ClusterIP end-to-end scenario, shared by `tests/e2e_clusterip.rs` and the
-//! `slb-demo` binary.
+//! The ClusterIP end-to-end scenario of `tests/e2e_clusterip.rs` (the data plane driven
+//! directly), and in `daemon_demo` the demo with the real daemon (`slb-demo`).
 //!
 //! Two nodes; backends b1 (node 1), b2 and b3 (node 2); a client pod on node 1.
 //! service-lb is loaded and attached on both nodes, each with its own pinned maps,
@@ -8,7 +8,9 @@
 //! connections and UDP queries to the ClusterIP; held connections to each backend;
 //! b3 removed; a second batch; the held connections pinged; traffic straight to a pod.
 
+pub mod daemon_demo;
 pub mod dataplane;
+pub mod http;
 pub mod outcome;
 pub mod traffic;
 

@@ -1,0 +1,262 @@
+//! `service-lb run`: the daemon.
+//!
+//! Start-up, in this order: bind the admin ports (a busy port fails before anything is
+//! touched); load the data plane (maps reused from their pins); subscribe to link events,
+//! then attach to the interfaces present (replacing programs inside pinned links: no
+//! gap); reopen the maps for writing (ids recovered); start the source; run the loop.
+//!
+//! Stopping (SIGTERM/SIGINT) leaves programs attached and maps pinned: the data plane
+//! keeps serving; only `service-lb cleanup` removes it.
+//!
+//! - `config`: typed, validated configuration (usage errors);
+//! - `reconcile`: events -> state -> syncs, with metrics and health;
+//! - `event_loop`: timing (coalescing, periodic full resync, heartbeat);
+//! - `datapath`: what a scrape reads from the pinned maps.
+
+pub mod config;
+pub mod datapath;
+pub mod event_loop;
+pub mod reconcile;
+
+#[cfg(test)]
+mod tests;
+
+use std::{io, sync::Arc, time::Duration};
+
+use prometheus_client::registry::Registry;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use config::{ConfigError, DaemonConfig, NodeNameSources, SourceConfig};
+pub use event_loop::{LoopError, LoopTiming};
+pub use reconcile::{ReconcileError, Reconciler, SyncDone};
+
+use crate::{
+    dataplane::sync::Syncer,
+    dataplane::{
+        link_watch::{self, Attacher, LinkWatch, LinkWatchError},
+        BpfMaps, Dataplane, DataplaneError, ServiceWriter, WriteError,
+    },
+    source::{self, SourceEvent},
+    telemetry::{
+        health::Health,
+        http::{self, DatapathReader, HttpError},
+        metrics::{DatapathCollector, Metrics},
+    },
+};
+
+/// Room for a relist of a big cluster without blocking the source for long.
+const EVENT_QUEUE: usize = 4096;
+/// How long shutdown waits for the servers and the source to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Worker threads of the runtime (the daemon's work is mostly waiting).
+const WORKERS: usize = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("starting the async runtime: {0}")]
+    Runtime(#[source] io::Error),
+    #[error("installing the signal handlers: {0}")]
+    Signals(#[source] io::Error),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    LinkWatch(#[from] LinkWatchError),
+    #[error("reading what the maps hold: {0}")]
+    Writer(#[from] WriteError),
+    #[error("the source failed: {0}")]
+    Source(String),
+    #[error(transparent)]
+    Loop(#[from] LoopError),
+}
+
+/// Builds the runtime (multi-thread, two workers) and runs the daemon until a signal.
+pub fn run_blocking(config: DaemonConfig) -> Result<(), DaemonError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .thread_name("service-lb")
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    runtime.block_on(run(config))
+}
+
+/// Runs the daemon until SIGTERM/SIGINT (Ok) or a fatal error.
+pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
+    let cancel = CancellationToken::new();
+    let signals = spawn_signal_handler(cancel.clone())?;
+    let result = run_until(config, cancel.clone()).await;
+    signals.abort();
+    result
+}
+
+/// Runs the daemon until `cancel` fires.
+pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Result<(), DaemonError> {
+    info!(
+        node = %config.node_name,
+        source = %config.source.describe(),
+        bpffs = %config.dataplane.bpffs.display(),
+        "starting"
+    );
+    let metrics_listener = http::bind(config.metrics_addr, "metrics").await?;
+    let health_listener = http::bind(config.health_addr, "health").await?;
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let collector = DatapathCollector::register(&mut registry);
+    let health = Arc::new(Health::new());
+    health.beat(std::time::Instant::now());
+    // The initial list is the first pending change: /healthz turns 503 if it never lands.
+    health.change_queued(std::time::SystemTime::now());
+
+    let bpffs = config.dataplane.bpffs.clone();
+    let sizes = config.dataplane.sizes;
+    let read_datapath: DatapathReader = Arc::new(move || datapath::read_snapshot(&bpffs, &sizes));
+
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    tasks.push(spawn_server(
+        health_listener,
+        http::health_router(health.clone(), config.health_timeout()),
+        "health",
+        cancel.clone(),
+    ));
+    tasks.push(spawn_server(
+        metrics_listener,
+        http::metrics_router(Arc::new(registry), collector, read_datapath),
+        "metrics",
+        cancel.clone(),
+    ));
+
+    let dataplane = Dataplane::open(&config.dataplane)?;
+    for map in dataplane.recreated_maps() {
+        warn!(
+            ?map,
+            "recreated a pinned map whose layout differed; its entries are lost"
+        );
+    }
+    // Subscribe before listing: an interface created in between is seen either way.
+    let watch = LinkWatch::subscribe()?;
+    let mut attacher = Attacher::new(
+        dataplane,
+        &config.pod_interfaces,
+        &config.external_interfaces,
+    )?;
+    let attached = attacher.attach_present()?;
+    let replaced = attached.iter().filter(|a| a.replaced).count();
+    info!(
+        attachments = attached.len(),
+        replaced_in_pinned_links = replaced,
+        interfaces = attacher.attached().len(),
+        "programs attached"
+    );
+    health.set_attached();
+    let interface_metrics = metrics.clone();
+    tasks.push(tokio::spawn(link_watch::run(
+        watch,
+        attacher,
+        cancel.clone(),
+        move |_| interface_metrics.count_interface_failure(),
+    )));
+
+    let maps = BpfMaps::open_pinned(&config.dataplane.bpffs)?;
+    let writer = ServiceWriter::open(maps)?;
+    let mut reconciler = Reconciler::new(
+        Syncer::new(writer),
+        config.node_name.clone(),
+        metrics,
+        health.clone(),
+    );
+
+    let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
+    let source_task = tokio::spawn(run_source(config.source.clone(), tx, cancel.clone()));
+    info!("waiting for the source's first complete list before touching any map");
+
+    let timing = LoopTiming {
+        min_sync_interval: config.min_sync_interval,
+        resync_interval: config.resync_interval,
+    };
+    let result = event_loop::run(
+        &mut reconciler,
+        &mut rx,
+        timing,
+        health.clone(),
+        cancel.clone(),
+    )
+    .await;
+    health.stopped();
+    cancel.cancel();
+    drop(rx);
+
+    let source_result = match tokio::time::timeout(SHUTDOWN_GRACE, source_task).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(format!("source task: {e}")),
+        Err(_) => Err("the source did not stop in time".to_owned()),
+    };
+    for task in tasks {
+        if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+            warn!("a server did not stop in time");
+        }
+    }
+    info!(
+        bpffs = %config.dataplane.bpffs.display(),
+        "stopped; programs stay attached and maps stay pinned, so the data plane keeps serving \
+         what it was last given (`service-lb cleanup` removes it)"
+    );
+    match (result, source_result) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(LoopError::SourceEnded), Err(e)) => Err(DaemonError::Source(e)),
+        (Err(e), _) => Err(e.into()),
+        (Ok(()), Err(e)) => {
+            warn!(error = %e, "the source ended with an error during shutdown");
+            Ok(())
+        }
+    }
+}
+
+async fn run_source(
+    source: SourceConfig,
+    tx: mpsc::Sender<SourceEvent>,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    let result = match source {
+        SourceConfig::Kube(c) => source::kube_api::run(c, tx, cancel).await,
+        SourceConfig::Manifests(c) => source::manifests::run(c, tx, cancel).await,
+    };
+    result.map_err(|e| {
+        error!(error = format!("{e:#}"), "the source failed");
+        format!("{e:#}")
+    })
+}
+
+fn spawn_server(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    what: &'static str,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = http::serve(listener, router, what, cancel).await {
+            error!(error = %e, "admin server stopped");
+        }
+    })
+}
+
+fn spawn_signal_handler(cancel: CancellationToken) -> Result<JoinHandle<()>, DaemonError> {
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    Ok(tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(signal = name, "stopping; the data plane stays in place");
+        cancel.cancel();
+    }))
+}

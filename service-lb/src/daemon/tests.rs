@@ -1,0 +1,309 @@
+//! The reconciler and the loop on the in-memory maps, driven by a hand-made channel of
+//! source events: nothing is written before every kind has listed, the first write is a
+//! full sync that removes what no Service wants, later changes are incremental.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::runtime::watcher::Event;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use service_lb_common::service::{BACKEND_STATE_ACTIVE, SCOPE_EXTERNAL, SVC_FLAG_CLUSTER_IP};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{event_loop, LoopError, LoopTiming, Reconciler};
+use crate::{
+    dataplane::{
+        sync::Syncer, BackendSpec, FakeMaps, FrontendKey, FrontendSpec, L4Proto, ServiceWriter,
+    },
+    source::{Rejection, SourceEvent},
+    telemetry::{
+        health::{self, Health},
+        metrics::{encode_text, Metrics},
+    },
+};
+
+fn service(name: &str, ip: &str) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "ipFamilies": ["IPv4"],
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
+    }))
+    .expect("a valid Service")
+}
+
+fn slice(service: &str, addrs: &[&str]) -> EndpointSlice {
+    let endpoints: Vec<_> = addrs
+        .iter()
+        .map(|a| json!({"addresses": [a], "conditions": {"ready": true, "serving": true, "terminating": false}, "nodeName": "n1"}))
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("{service}-abc"), "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints
+    }))
+    .expect("a valid EndpointSlice")
+}
+
+fn node(name: &str) -> Node {
+    serde_json::from_value(json!({"metadata": {"name": name}})).expect("a valid Node")
+}
+
+fn key(ip: &str) -> FrontendKey {
+    FrontendKey {
+        addr: ip.parse().expect("ip"),
+        port: 80,
+        proto: L4Proto::Tcp,
+        scope: SCOPE_EXTERNAL,
+    }
+}
+
+/// Maps as a previous daemon left them: one frontend no Service wants any more.
+fn maps_left_by_a_previous_run() -> FakeMaps {
+    let mut writer = ServiceWriter::open(FakeMaps::new()).expect("opens");
+    writer
+        .upsert(&FrontendSpec {
+            key: key("198.19.0.99"),
+            backends: vec![BackendSpec {
+                addr: "198.18.1.99:8080".parse().expect("addr"),
+                state: BACKEND_STATE_ACTIVE,
+                local: true,
+            }],
+            flags: SVC_FLAG_CLUSTER_IP,
+            affinity_timeout_s: 0,
+        })
+        .expect("programs");
+    let mut maps = writer.into_store();
+    maps.take_ops();
+    maps
+}
+
+struct Harness {
+    reconciler: Reconciler<FakeMaps>,
+    registry: Registry,
+    health: Arc<Health>,
+}
+
+fn harness() -> Harness {
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let health = Arc::new(Health::new());
+    let writer = ServiceWriter::open(maps_left_by_a_previous_run()).expect("recovers");
+    let reconciler = Reconciler::new(Syncer::new(writer), "n1".into(), metrics, health.clone());
+    Harness {
+        reconciler,
+        registry,
+        health,
+    }
+}
+
+impl Harness {
+    fn maps(&self) -> &FakeMaps {
+        self.reconciler
+            .syncer()
+            .expect("not syncing")
+            .writer()
+            .store()
+    }
+
+    fn frontends(&self) -> BTreeSet<String> {
+        let rows = crate::cli::inspect::services::rows(self.maps()).expect("readable");
+        rows.into_iter()
+            .map(|r| format!("{} -> {}", r.frontend, r.backends.join(",")))
+            .collect()
+    }
+
+    fn send(&mut self, event: SourceEvent) {
+        self.reconciler.on_event(event);
+    }
+
+    /// Every kind's first list; `complete: false` leaves the EndpointSlice list unfinished.
+    fn initial_lists(&mut self, complete: bool) {
+        self.send(SourceEvent::Service(Box::new(Event::Init)));
+        self.send(SourceEvent::Service(Box::new(Event::InitApply(service(
+            "web",
+            "198.19.0.10",
+        )))));
+        self.send(SourceEvent::Service(Box::new(Event::InitDone)));
+        self.send(SourceEvent::EndpointSlice(Box::new(Event::Init)));
+        self.send(SourceEvent::EndpointSlice(Box::new(Event::InitApply(
+            slice("web", &["198.18.1.11", "198.18.1.12"]),
+        ))));
+        self.send(SourceEvent::Node(Box::new(Event::Init)));
+        self.send(SourceEvent::Node(Box::new(Event::InitApply(node("n1")))));
+        self.send(SourceEvent::Node(Box::new(Event::InitDone)));
+        if complete {
+            self.send(SourceEvent::EndpointSlice(Box::new(Event::InitDone)));
+        }
+    }
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test]
+async fn nothing_is_written_before_every_kind_has_listed() {
+    let mut h = harness();
+    let before = h.frontends();
+    h.initial_lists(false);
+    assert!(
+        !h.reconciler.wants_sync(),
+        "the EndpointSlice list is not complete"
+    );
+    assert_eq!(h.reconciler.sync().await.expect("no error"), None);
+    assert!(h.maps().ops.is_empty(), "wrote {:?}", h.maps().ops);
+    assert_eq!(
+        h.frontends(),
+        before,
+        "the maps are the truth until the first full sync"
+    );
+    assert!(!health::readyz(&h.health.snapshot()));
+}
+
+#[tokio::test]
+async fn the_first_sync_is_full_and_later_ones_incremental() {
+    let mut h = harness();
+    h.health.set_attached();
+    h.initial_lists(true);
+    assert!(h.reconciler.wants_sync());
+    let done = h.reconciler.sync().await.expect("syncs").expect("did sync");
+    assert_eq!(done.kind, crate::telemetry::metrics::SyncKind::Full);
+    assert_eq!(
+        h.frontends(),
+        set(&["198.19.0.10:80/tcp -> 198.18.1.11:8080,198.18.1.12:8080"]),
+        "the stale frontend is gone, web is programmed"
+    );
+    assert!(health::readyz(&h.health.snapshot()));
+    assert!(!h.reconciler.wants_sync());
+
+    h.send(SourceEvent::EndpointSlice(Box::new(Event::Apply(slice(
+        "web",
+        &["198.18.1.12"],
+    )))));
+    assert!(h.reconciler.wants_sync());
+    let done = h.reconciler.sync().await.expect("syncs").expect("did sync");
+    assert_eq!(done.kind, crate::telemetry::metrics::SyncKind::Incremental);
+    assert_eq!(done.services, 1, "only the dirty Service is computed");
+    assert_eq!(
+        h.frontends(),
+        set(&["198.19.0.10:80/tcp -> 198.18.1.12:8080"])
+    );
+    assert_eq!(h.health.snapshot().oldest_pending, None);
+}
+
+#[tokio::test]
+async fn rejections_and_sync_failures_are_counted() {
+    let mut h = harness();
+    h.initial_lists(true);
+    h.reconciler.sync().await.expect("syncs");
+    h.send(SourceEvent::Rejected(Rejection {
+        origin: "broken.yaml:3".into(),
+        reason: "parse_error",
+        detail: "mapping values are not allowed here".into(),
+    }));
+    // A Service too big for a one-entry map: it fails, the others keep their state.
+    if let Some(syncer) = h.reconciler.syncer_mut() {
+        syncer.writer_mut().store_mut().services_max = Some(4);
+    }
+    h.send(SourceEvent::Service(Box::new(Event::Apply(service(
+        "big",
+        "198.19.0.20",
+    )))));
+    let addrs: Vec<String> = (20..30).map(|i| format!("198.18.1.{i}")).collect();
+    let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    h.send(SourceEvent::EndpointSlice(Box::new(Event::Apply(slice(
+        "big", &addrs,
+    )))));
+    let done = h.reconciler.sync().await.expect("syncs").expect("did sync");
+    assert_eq!(done.report.failed.len(), 1, "{:?}", done.report);
+    assert_eq!(
+        h.frontends(),
+        set(&["198.19.0.10:80/tcp -> 198.18.1.11:8080,198.18.1.12:8080"]),
+        "nothing of the big Service, web untouched"
+    );
+    let text = encode_text(&h.registry).expect("encodes");
+    assert!(
+        text.contains("service_lb_objects_skipped_total{kind=\"input\",reason=\"parse_error\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("service_lb_sync_failures_total{service=\"default/big\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_loop_syncs_stops_on_cancel_and_reports_a_dead_source() {
+    let mut h = harness();
+    let timing = LoopTiming {
+        min_sync_interval: Duration::from_millis(1),
+        resync_interval: Duration::from_secs(3600),
+    };
+    let (tx, mut rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let health = h.health.clone();
+    let driver = {
+        let cancel = cancel.clone();
+        let health = health.clone();
+        async move {
+            for e in [
+                SourceEvent::Service(Box::new(Event::Init)),
+                SourceEvent::Service(Box::new(Event::InitApply(service("web", "198.19.0.10")))),
+                SourceEvent::Service(Box::new(Event::InitDone)),
+                SourceEvent::EndpointSlice(Box::new(Event::Init)),
+                SourceEvent::EndpointSlice(Box::new(Event::InitApply(slice(
+                    "web",
+                    &["198.18.1.11"],
+                )))),
+                SourceEvent::EndpointSlice(Box::new(Event::InitDone)),
+                SourceEvent::Node(Box::new(Event::Init)),
+                SourceEvent::Node(Box::new(Event::InitDone)),
+            ] {
+                tx.send(e).await.expect("loop alive");
+            }
+            // Wait (bounded) for the first full sync, then stop.
+            for _ in 0..500 {
+                if health.snapshot().first_full_sync {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            cancel.cancel();
+            tx
+        }
+    };
+    let (result, tx) = tokio::join!(
+        event_loop::run(
+            &mut h.reconciler,
+            &mut rx,
+            timing,
+            health.clone(),
+            cancel.clone()
+        ),
+        driver
+    );
+    result.expect("a cancelled loop ends cleanly");
+    assert!(health.snapshot().first_full_sync);
+    assert_eq!(
+        h.frontends(),
+        set(&["198.19.0.10:80/tcp -> 198.18.1.11:8080"])
+    );
+
+    drop(tx);
+    let result = event_loop::run(
+        &mut h.reconciler,
+        &mut rx,
+        timing,
+        health,
+        CancellationToken::new(),
+    )
+    .await;
+    assert!(matches!(result, Err(LoopError::SourceEnded)), "{result:?}");
+}
