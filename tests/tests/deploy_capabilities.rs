@@ -2,7 +2,9 @@
 //! (load the programs, create and pin the maps, attach with TCX: what `run` does before it
 //! syncs) runs as root with its capability bounding set cut down to exactly the
 //! capabilities the DaemonSet adds, and succeeds; with any one of them removed, it fails.
-//! So the set is enough, and each capability in it is needed.
+//! So the set is enough, and each capability in it is needed. A second test runs the whole
+//! daemon (`service-lb run --manifests`) under the same set until it has programmed a
+//! Service into the maps.
 //!
 //! Everything happens in a fresh network namespace (a veth pair inside it) with a bpffs
 //! folder of this run; both are removed afterwards.
@@ -194,5 +196,133 @@ fn the_daemonsets_capabilities_are_enough_and_each_is_needed() -> Result<()> {
         }
     }
     println!("{}", report.join("\n"));
+    Ok(())
+}
+
+const MANIFEST: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 198.19.0.77
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: default
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [198.18.1.10]
+  conditions: {ready: true}
+";
+
+/// Kills the daemon on drop (the test's own child, never anything else).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The whole daemon, not only `attach`: `service-lb run --manifests` under exactly the
+/// DaemonSet's capabilities loads, attaches, watches the folder and the links, serves its
+/// HTTP endpoints and programs the Service into the maps.
+#[test]
+fn the_daemon_runs_with_the_daemonsets_capabilities() -> Result<()> {
+    if !require_root("deploy_capabilities_run") {
+        return Ok(());
+    }
+    sweep_leftovers();
+    let caps = daemonset_capabilities()?;
+    let binary = service_lb_binary()?;
+    let prefix = run_prefix();
+    let ns = NetNs::create(&format!("{prefix}-run"))?;
+    ns.ip(&[
+        "link", "add", "slbcap0", "type", "veth", "peer", "name", "slbcap1",
+    ])?;
+    ns.ip(&["link", "set", "slbcap0", "up"])?;
+    ns.ip(&["link", "set", "lo", "up"])?;
+    let pins = Pins {
+        dir: Path::new(BPFFS_ROOT).join(format!("{prefix}-r")),
+        binary: binary.clone(),
+        ns: ns.path(),
+    };
+    let manifests = std::env::temp_dir().join(format!("{prefix}-manifests"));
+    std::fs::create_dir_all(&manifests)?;
+    std::fs::write(manifests.join("web.yaml"), MANIFEST)?;
+
+    let bounding: String = std::iter::once("-all".to_owned())
+        .chain(caps.iter().map(|c| format!("+{}", c.to_lowercase())))
+        .collect::<Vec<_>>()
+        .join(",");
+    let log = std::env::temp_dir().join(format!("{prefix}-run.log"));
+    let daemon = Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .args([
+            "setpriv",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--no-new-privs",
+        ])
+        .arg(format!("--bounding-set={bounding}"))
+        .arg("--")
+        .arg(&binary)
+        .args(["run", "--node-name=n1", "--pod-interfaces=slbcap*"])
+        .args([
+            "--metrics-addr=127.0.0.1:10249",
+            "--health-addr=127.0.0.1:10256",
+        ])
+        .arg("--manifests")
+        .arg(&manifests)
+        .arg("--bpffs")
+        .arg(&pins.dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("starting service-lb run")?;
+    let mut daemon = Child(daemon);
+
+    // Bounded wait: the Service shows up in the pinned maps (read by root with inspect).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut programmed = false;
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = daemon.0.try_wait()? {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            bail!("service-lb run exited with {status} under {caps:?}:\n{text}");
+        }
+        let out = Command::new(&binary)
+            .args(["inspect", "services", "-o", "json", "--bpffs"])
+            .arg(&pins.dir)
+            .output()?;
+        let json = String::from_utf8_lossy(&out.stdout);
+        if out.status.success()
+            && json.contains("198.19.0.77:80/tcp")
+            && json.contains("198.18.1.10:8080")
+        {
+            programmed = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let still_running = daemon.0.try_wait()?.is_none();
+    drop(daemon);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&manifests);
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        programmed,
+        "the Service never reached the maps under {caps:?}; daemon log:\n{text}"
+    );
+    assert!(
+        still_running,
+        "the daemon exited under {caps:?}; log:\n{text}"
+    );
+    drop(pins);
     Ok(())
 }
