@@ -31,9 +31,32 @@ impl TableRow for ServiceRow {
             self.scope.to_string(),
             self.service_id.to_string(),
             self.count.to_string(),
-            format!("{:#x}", self.flags),
+            flag_names(self.flags),
             self.backends.join(", "),
         ]
+    }
+}
+
+/// `cluster-ip,two-scopes`; unknown bits as hex; `-` for none.
+pub fn flag_names(flags: u16) -> String {
+    use service_lb_common::service::{SVC_FLAG_CLUSTER_IP, SVC_FLAG_TWO_SCOPES};
+    let known = [
+        (SVC_FLAG_CLUSTER_IP, "cluster-ip"),
+        (SVC_FLAG_TWO_SCOPES, "two-scopes"),
+    ];
+    let mut names: Vec<String> = known
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, name)| (*name).to_owned())
+        .collect();
+    let unknown = known.iter().fold(flags, |rest, (bit, _)| rest & !bit);
+    if unknown != 0 {
+        names.push(format!("{unknown:#x}"));
+    }
+    if names.is_empty() {
+        "-".to_owned()
+    } else {
+        names.join(",")
     }
 }
 
@@ -76,6 +99,19 @@ pub fn rows(store: &impl MapStore) -> Result<Vec<ServiceRow>, StoreError> {
         }
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod flag_tests {
+    use super::flag_names;
+
+    #[test]
+    fn flags_are_named() {
+        assert_eq!(flag_names(0), "-");
+        assert_eq!(flag_names(0b10), "cluster-ip");
+        assert_eq!(flag_names(0b11), "cluster-ip,two-scopes");
+        assert_eq!(flag_names(0b110), "cluster-ip,0x4");
+    }
 }
 
 #[cfg(test)]
