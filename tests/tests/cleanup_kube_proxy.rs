@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output, Stdio},
 };
 
@@ -36,30 +36,6 @@ const FOREIGN_V6: &str = r#"*filter
 COMMIT
 "#;
 const FOREIGN_NFT: &str = "table inet foreign {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\ttcp dport 2223 accept\n\t}\n}\n";
-
-/// The built `service-lb` next to this test's target folder, built first if absent.
-fn service_lb_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("current_exe")?;
-    // target/<profile>/deps/<test> -> target/<profile>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary outside target/<profile>/deps")?;
-    let binary = profile_dir.join("service-lb");
-    if !binary.exists() {
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-        build.args(["build", "--package", "service-lb", "--bin", "service-lb"]);
-        if release {
-            build.arg("--release");
-        }
-        let status = build.status().context("running cargo build")?;
-        if !status.success() || !binary.exists() {
-            bail!("building {} failed ({status})", binary.display());
-        }
-    }
-    Ok(binary)
-}
 
 /// `nsenter --net=<ns> <program> <args>` with `stdin` fed; fails on a non-zero exit.
 fn in_ns(ns: &NetNs, program: &Path, args: &[&str], stdin: Option<&str>) -> Result<Output> {
@@ -201,7 +177,7 @@ fn removes_kube_proxys_rules_and_nothing_else_idempotently() -> Result<()> {
         return Ok(());
     }
     sweep_leftovers();
-    let binary = service_lb_binary()?;
+    let binary = service_lb_tests::daemon::service_lb_binary()?;
     let ns = NetNs::create(&format!("{}-kp", run_prefix()))?;
     let backends = Backends::find();
     let v4 = KubeProxyRules::new(Family::Ipv4, 6, 3);

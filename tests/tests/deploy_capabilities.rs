@@ -46,28 +46,6 @@ fn daemonset_capabilities() -> Result<Vec<String>> {
     Ok(caps.add.unwrap_or_default())
 }
 
-/// The built `service-lb` next to this test's target folder, built first if absent.
-fn service_lb_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("current_exe")?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary outside target/<profile>/deps")?;
-    let binary = profile_dir.join("service-lb");
-    if !binary.exists() {
-        let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-        build.args(["build", "--package", "service-lb", "--bin", "service-lb"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().context("running cargo build")?;
-        if !status.success() || !binary.exists() {
-            bail!("building {} failed ({status})", binary.display());
-        }
-    }
-    Ok(binary)
-}
-
 /// A bpffs folder of this run, emptied with `service-lb cleanup` and removed on drop.
 struct Pins {
     dir: PathBuf,
@@ -87,15 +65,16 @@ impl Drop for Pins {
     }
 }
 
-/// `service-lb attach` in `ns`, as root with only `caps` (bounding set, no inheritable or
-/// ambient capabilities, no_new_privs as allowPrivilegeEscalation: false gives).
-fn attach_with(ns: &NetNs, binary: &Path, bpffs: &Path, caps: &[String]) -> Result<Output> {
+/// `nsenter --net=<ns> setpriv ... --` with exactly `caps` in the bounding set, no
+/// inheritable or ambient capabilities, and no_new_privs (as `allowPrivilegeEscalation:
+/// false` gives): root, but only with the DaemonSet's capabilities.
+fn confined(ns: &NetNs, caps: &[String]) -> Command {
     let bounding: String = std::iter::once("-all".to_owned())
         .chain(caps.iter().map(|c| format!("+{}", c.to_lowercase())))
         .collect::<Vec<_>>()
         .join(",");
-    Command::new("nsenter")
-        .arg(format!("--net={}", ns.path().display()))
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", ns.path().display()))
         .args([
             "setpriv",
             "--inh-caps=-all",
@@ -103,7 +82,14 @@ fn attach_with(ns: &NetNs, binary: &Path, bpffs: &Path, caps: &[String]) -> Resu
             "--no-new-privs",
         ])
         .arg(format!("--bounding-set={bounding}"))
-        .arg("--")
+        .arg("--");
+    cmd
+}
+
+/// `service-lb attach` in `ns`, as root with only `caps` (bounding set, no inheritable or
+/// ambient capabilities, no_new_privs as allowPrivilegeEscalation: false gives).
+fn attach_with(ns: &NetNs, binary: &Path, bpffs: &Path, caps: &[String]) -> Result<Output> {
+    confined(ns, caps)
         .arg(binary)
         .args(["attach", "--pod-interfaces=slbcap*", "--bpffs"])
         .arg(bpffs)
@@ -144,7 +130,7 @@ fn the_daemonsets_capabilities_are_enough_and_each_is_needed() -> Result<()> {
     sweep_leftovers();
     let caps = daemonset_capabilities()?;
     assert!(!caps.is_empty());
-    let binary = service_lb_binary()?;
+    let binary = service_lb_tests::daemon::service_lb_binary()?;
     let prefix = run_prefix();
     let ns = NetNs::create(&format!("{prefix}-cap"))?;
     ns.ip(&[
@@ -240,7 +226,7 @@ fn the_daemon_runs_with_the_daemonsets_capabilities() -> Result<()> {
     }
     sweep_leftovers();
     let caps = daemonset_capabilities()?;
-    let binary = service_lb_binary()?;
+    let binary = service_lb_tests::daemon::service_lb_binary()?;
     let prefix = run_prefix();
     let ns = NetNs::create(&format!("{prefix}-run"))?;
     ns.ip(&[
@@ -257,21 +243,8 @@ fn the_daemon_runs_with_the_daemonsets_capabilities() -> Result<()> {
     std::fs::create_dir_all(&manifests)?;
     std::fs::write(manifests.join("web.yaml"), MANIFEST)?;
 
-    let bounding: String = std::iter::once("-all".to_owned())
-        .chain(caps.iter().map(|c| format!("+{}", c.to_lowercase())))
-        .collect::<Vec<_>>()
-        .join(",");
     let log = std::env::temp_dir().join(format!("{prefix}-run.log"));
-    let daemon = Command::new("nsenter")
-        .arg(format!("--net={}", ns.path().display()))
-        .args([
-            "setpriv",
-            "--inh-caps=-all",
-            "--ambient-caps=-all",
-            "--no-new-privs",
-        ])
-        .arg(format!("--bounding-set={bounding}"))
-        .arg("--")
+    let daemon = confined(&ns, &caps)
         .arg(&binary)
         .args(["run", "--node-name=n1", "--pod-interfaces=slbcap*"])
         .args([

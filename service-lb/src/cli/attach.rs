@@ -59,11 +59,11 @@ impl DataplaneArgs {
     }
 }
 
-#[derive(Debug, Args)]
-pub struct AttachArgs {
-    #[command(flatten)]
-    pub dataplane: DataplaneArgs,
-    /// Globs of host-side pod interfaces (from_pod on ingress, to_pod on egress).
+/// Which interfaces of this network namespace get which programs.
+#[derive(Clone, Debug, Args)]
+pub struct InterfaceArgs {
+    /// Globs of host-side pod interfaces (from_pod on ingress, to_pod on egress); comma
+    /// separated. With `run`, matching interfaces that appear later are attached too.
     #[arg(
         long,
         env = "SERVICE_LB_POD_INTERFACES",
@@ -71,9 +71,17 @@ pub struct AttachArgs {
         default_value = "veth*,lxc*,cali*"
     )]
     pub pod_interfaces: Vec<String>,
-    /// Globs of external devices (from_net on ingress, to_net on egress).
+    /// Globs of external devices (from_net on ingress, to_net on egress); comma separated.
     #[arg(long, env = "SERVICE_LB_EXTERNAL_INTERFACES", value_delimiter = ',')]
     pub external_interfaces: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    pub dataplane: DataplaneArgs,
+    #[command(flatten)]
+    pub interfaces: InterfaceArgs,
 }
 
 pub fn run(args: &AttachArgs) -> Result<(), Failure> {
@@ -84,7 +92,10 @@ pub fn run(args: &AttachArgs) -> Result<(), Failure> {
             "recreated a pinned map whose layout differed; its entries are lost"
         );
     }
-    let attached = dataplane.attach(&args.pod_interfaces, &args.external_interfaces)?;
+    let attached = dataplane.attach(
+        &args.interfaces.pod_interfaces,
+        &args.interfaces.external_interfaces,
+    )?;
     for a in &attached {
         println!(
             "{} {} on {} (ifindex {}), pinned at {}",
@@ -132,7 +143,7 @@ mod tests {
         assert_eq!(opts.sizes.backends, MapSizes::default().backends);
         assert_eq!(opts.bpffs, PathBuf::from("/sys/fs/bpf/x"));
         assert_eq!(opts.on_pin_mismatch, PinMismatch::Refuse);
-        assert_eq!(p.attach.pod_interfaces, ["slbp*", "veth*"]);
-        assert_eq!(p.attach.external_interfaces, ["eth0"]);
+        assert_eq!(p.attach.interfaces.pod_interfaces, ["slbp*", "veth*"]);
+        assert_eq!(p.attach.interfaces.external_interfaces, ["eth0"]);
     }
 }

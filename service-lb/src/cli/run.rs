@@ -5,7 +5,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use super::{attach::DataplaneArgs, Failure};
+use super::{
+    attach::{DataplaneArgs, InterfaceArgs},
+    Failure,
+};
 use crate::daemon::{self, DaemonConfig, NodeNameSources};
 
 #[derive(Debug, Args)]
@@ -23,18 +26,8 @@ pub struct RunArgs {
     /// host name.
     #[arg(long, env = "SERVICE_LB_NODE_NAME")]
     pub node_name: Option<String>,
-    /// Globs of host-side pod interfaces (from_pod on ingress, to_pod on egress); comma
-    /// separated. New matching interfaces are attached as they appear.
-    #[arg(
-        long,
-        env = "SERVICE_LB_POD_INTERFACES",
-        value_delimiter = ',',
-        default_value = "veth*,lxc*,cali*"
-    )]
-    pub pod_interfaces: Vec<String>,
-    /// Globs of external devices (from_net on ingress, to_net on egress); comma separated.
-    #[arg(long, env = "SERVICE_LB_EXTERNAL_INTERFACES", value_delimiter = ',')]
-    pub external_interfaces: Vec<String>,
+    #[command(flatten)]
+    pub interfaces: InterfaceArgs,
     /// Prometheus metrics listen address (`/metrics`).
     #[arg(long, env = "SERVICE_LB_METRICS_ADDR", default_value = "0.0.0.0:10249")]
     pub metrics_addr: SocketAddr,

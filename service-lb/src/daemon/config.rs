@@ -147,8 +147,11 @@ impl DaemonConfig {
             }),
         };
 
-        Roles::new(&args.pod_interfaces, &args.external_interfaces)
-            .map_err(|e| ConfigError::BadGlob(e.to_string()))?;
+        Roles::new(
+            &args.interfaces.pod_interfaces,
+            &args.interfaces.external_interfaces,
+        )
+        .map_err(|e| ConfigError::BadGlob(e.to_string()))?;
 
         if args.resync_interval.is_zero() {
             return Err(ConfigError::ZeroResync);
@@ -179,8 +182,8 @@ impl DaemonConfig {
             dataplane: d.options(),
             source,
             node_name,
-            pod_interfaces: args.pod_interfaces.clone(),
-            external_interfaces: args.external_interfaces.clone(),
+            pod_interfaces: args.interfaces.pod_interfaces.clone(),
+            external_interfaces: args.interfaces.external_interfaces.clone(),
             metrics_addr: args.metrics_addr,
             health_addr: args.health_addr,
             min_sync_interval: args.min_sync_interval,
