@@ -3,6 +3,7 @@
 //! Every command first runs the parts of `setup` it needs, so a newcomer on a fresh machine
 //! only ever types `cargo xtask demo` or `cargo xtask test`.
 
+mod bench;
 mod image;
 mod setup;
 mod shell;
@@ -43,6 +44,12 @@ enum Command {
     Lint,
     /// Build the container image (deploy/Dockerfile) with docker, podman or buildah.
     Image(image::ImageArgs),
+    /// Benchmarks against kube-proxy's layouts; writes docs/benchmarks.md and its chart.
+    Bench {
+        /// Smaller sizes (about 3 minutes instead of 20).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -54,6 +61,7 @@ fn main() -> Result<()> {
         Command::Demo => demo(),
         Command::Lint => lint(),
         Command::Image(args) => image::run(&args),
+        Command::Bench { quick } => bench::run(quick),
     }
 }
 

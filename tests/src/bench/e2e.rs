@@ -1,0 +1,504 @@
+//! End to end in a one-node Cluster of namespaces: sequential connect + one small
+//! request/response from a client pod to (a) a pod IP directly, (b) a ClusterIP through
+//! service-lb, (c) the same through kube-proxy's iptables layout, (d) its nftables layout,
+//! with N services in place; and a bulk TCP stream via the ClusterIP against direct.
+//!
+//! Each (target, N) gets a fresh cluster; kube-proxy's rules are loaded only inside that
+//! cluster's node namespace. Every loop is bounded in count and in time.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _};
+
+use super::{
+    config::BACKENDS_PER_SERVICE,
+    control_plane::quantile,
+    per_packet::ServiceSet,
+    rule_load::{self, Layout, LoadTime},
+};
+use crate::{
+    daemon::{
+        Daemon, DaemonOptions, EndpointSpec, ManifestDir, PortSpec, ServiceManifest, SliceManifest,
+    },
+    kube_proxy_rules::{Family, KubeProxyRules, MAX_SERVICES},
+    netns::{run_in, NetNs},
+    servers::Servers,
+    topology::{Cluster, ClusterSpec, Pod},
+};
+
+const BACKEND_PODS: [&str; 4] = ["b1", "b2", "b3", "b4"];
+const SERVICE_PORT: u16 = 80;
+const TARGET_PORT: u16 = 8080;
+const BULK_PORT: u16 = 5201;
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+const READY_BOUND: Duration = Duration::from_secs(120);
+const NODE_NAME: &str = "n1";
+
+/// Where the client connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Direct,
+    ServiceLb,
+    Iptables,
+    Nftables,
+}
+
+impl Target {
+    pub const ALL: [Target; 4] = [
+        Target::Direct,
+        Target::ServiceLb,
+        Target::Iptables,
+        Target::Nftables,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "pod IP (floor)",
+            Target::ServiceLb => "ClusterIP via service-lb",
+            Target::Iptables => "ClusterIP via kube-proxy iptables",
+            Target::Nftables => "ClusterIP via kube-proxy nftables",
+        }
+    }
+}
+
+/// Bounds and sizes of the latency loop and the bulk stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoopBounds {
+    pub connections: u32,
+    pub warmup: u32,
+    pub time: Duration,
+    /// 0: no bulk stream.
+    pub bulk_bytes: u64,
+    /// Bound on loading kube-proxy's ruleset.
+    pub load: Duration,
+}
+
+/// One (target, N) measurement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct E2eRow {
+    pub target: Target,
+    pub services: u32,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub connections_per_s: f64,
+    pub connections: usize,
+    pub errors: u32,
+    pub bulk_gbit_s: Option<f64>,
+}
+
+/// The cluster of one measurement; dropped in field order (daemon first).
+struct Fixture {
+    daemon: Option<Daemon>,
+    _bulk: Vec<BulkSink>,
+    _servers: Vec<Servers>,
+    _manifests: Option<ManifestDir>,
+    cluster: Cluster,
+}
+
+/// Measures `target` with `services` services in place.
+pub fn measure(target: Target, services: u32, bounds: LoopBounds) -> anyhow::Result<E2eRow> {
+    let mut pods: Vec<&str> = vec!["client"];
+    pods.extend(BACKEND_PODS);
+    let cluster = Cluster::new(&ClusterSpec::new(&[&pods])).context("building the cluster")?;
+    let mut servers = Vec::new();
+    let mut bulk = Vec::new();
+    for name in BACKEND_PODS {
+        let pod = cluster.pod(name)?;
+        let addr = SocketAddr::new(pod.v4.into(), TARGET_PORT);
+        servers.push(Servers::start(&pod.ns, name, &[addr], &[])?);
+        bulk.push(BulkSink::start(
+            &pod.ns,
+            SocketAddr::new(pod.v4.into(), BULK_PORT),
+        )?);
+    }
+    let mut fixture = Fixture {
+        daemon: None,
+        _bulk: bulk,
+        _servers: servers,
+        _manifests: None,
+        cluster,
+    };
+    let backends: Vec<Ipv4Addr> = BACKEND_PODS
+        .iter()
+        .map(|n| fixture.cluster.pod(n).map(|p| p.v4))
+        .collect::<anyhow::Result<_>>()?;
+    let (vip, bulk_addr) = match target {
+        Target::Direct => (
+            SocketAddr::new(backends[0].into(), TARGET_PORT),
+            Some(SocketAddr::new(backends[0].into(), BULK_PORT)),
+        ),
+        Target::ServiceLb => {
+            let vip = start_service_lb(&mut fixture, services, &backends)?;
+            (
+                SocketAddr::V4(vip),
+                Some(SocketAddr::V4(SocketAddrV4::new(*vip.ip(), BULK_PORT))),
+            )
+        }
+        Target::Iptables | Target::Nftables => {
+            let layout = if target == Target::Iptables {
+                Layout::Iptables
+            } else {
+                Layout::Nftables
+            };
+            let node = fixture.cluster.node(1)?;
+            (
+                load_kube_proxy(&node.ns, layout, services, &backends, bounds.load)?,
+                None,
+            )
+        }
+    };
+    let client = fixture.cluster.pod("client")?;
+    let (latencies, errors, elapsed) = latency_loop(client, vip, bounds)?;
+    ensure!(
+        !latencies.is_empty(),
+        "{}: no connection to {vip} succeeded ({errors} errors)",
+        target.name()
+    );
+    let bulk_gbit_s = match bulk_addr {
+        Some(addr) if bounds.bulk_bytes > 0 => Some(bulk_stream(client, addr, bounds)?),
+        _ => None,
+    };
+    let row = E2eRow {
+        target,
+        services,
+        p50: quantile(&latencies, 0.5).unwrap_or_default(),
+        p99: quantile(&latencies, 0.99).unwrap_or_default(),
+        connections_per_s: latencies.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        connections: latencies.len(),
+        errors,
+        bulk_gbit_s,
+    };
+    if let Some(mut daemon) = fixture.daemon.take() {
+        let _ = daemon.stop();
+    }
+    drop(fixture);
+    Ok(row)
+}
+
+/// service-lb on the node: N-1 services with unreachable backends plus the measured one
+/// (the last) with the four backend pods; returns its ClusterIP once programmed.
+fn start_service_lb(
+    fixture: &mut Fixture,
+    services: u32,
+    backends: &[Ipv4Addr],
+) -> anyhow::Result<SocketAddrV4> {
+    let set = ServiceSet { services };
+    let manifests = ManifestDir::create(fixture.cluster.prefix())?;
+    let measured = services - 1;
+    let mut file = String::new();
+    for i in 0..measured {
+        let vip = set.vip(i);
+        let port = set.backend(i, 0).1.port();
+        file.push_str(&service_doc(i, *vip.ip(), &[("http", vip.port(), port)]));
+        let addrs: Vec<Ipv4Addr> = (0..BACKENDS_PER_SERVICE)
+            .map(|s| *set.backend(i, s).1.ip())
+            .collect();
+        file.push_str(&slice_doc(i, &addrs, &[("http", port)]));
+        if (i + 1) % 1_000 == 0 {
+            manifests.write(&format!("fill-{:06}.yaml", i / 1_000), &file)?;
+            file.clear();
+        }
+    }
+    if !file.is_empty() {
+        manifests.write("fill-last.yaml", &file)?;
+    }
+    let vip = SocketAddrV4::new(*set.vip(measured).ip(), SERVICE_PORT);
+    let measured_doc = service_doc(
+        measured,
+        *vip.ip(),
+        &[
+            ("http", SERVICE_PORT, TARGET_PORT),
+            ("bulk", BULK_PORT, BULK_PORT),
+        ],
+    ) + &slice_doc(
+        measured,
+        backends,
+        &[("http", TARGET_PORT), ("bulk", BULK_PORT)],
+    );
+    manifests.write("measured.yaml", &measured_doc)?;
+
+    let node = fixture.cluster.node(1)?;
+    let mut options = DaemonOptions::for_node(
+        node.bpffs.path(),
+        manifests.path(),
+        NODE_NAME,
+        manifests.log_path(NODE_NAME),
+    );
+    options.extra_args = vec![
+        format!(
+            "--map-services-max={}",
+            services * (BACKENDS_PER_SERVICE + 1) + 1_024
+        ),
+        format!(
+            "--map-backends-max={}",
+            services * BACKENDS_PER_SERVICE + 1_024
+        ),
+        format!("--map-revnat-max={}", services + 1_024),
+        "--map-ct-tcp-max=65536".into(),
+        "--map-ct-any-max=16384".into(),
+    ];
+    let mut daemon = Daemon::start(&node.ns, options)?;
+    daemon.wait_ready(READY_BOUND)?;
+    fixture._manifests = Some(manifests);
+    fixture.daemon = Some(daemon);
+    // Ready means synced; still, wait (bounded) until the measured service answers.
+    let client = fixture.cluster.pod("client")?;
+    wait_answer(client, SocketAddr::V4(vip))?;
+    Ok(vip)
+}
+
+/// A Service document; ports are (name, port, targetPort).
+fn service_doc(i: u32, vip: Ipv4Addr, ports: &[(&str, u16, u16)]) -> String {
+    let manifest = ServiceManifest {
+        namespace: "bench".into(),
+        name: format!("svc{i}"),
+        cluster_ips: vec![vip.into()],
+        ports: ports
+            .iter()
+            .map(|(name, port, target)| (PortSpec::new(name, *port, "TCP"), *target))
+            .collect(),
+    };
+    format!("---\n{}", manifest.yaml())
+}
+
+/// An EndpointSlice document; ports are (name, port) matching the Service's names.
+fn slice_doc(i: u32, addrs: &[Ipv4Addr], target_ports: &[(&str, u16)]) -> String {
+    let manifest = SliceManifest {
+        namespace: "bench".into(),
+        name: format!("svc{i}-v4"),
+        service: format!("svc{i}"),
+        ipv6: false,
+        ports: target_ports
+            .iter()
+            .map(|(name, port)| PortSpec::new(name, *port, "TCP"))
+            .collect(),
+        endpoints: addrs
+            .iter()
+            .map(|a| EndpointSpec {
+                addr: (*a).into(),
+                node: NODE_NAME.into(),
+                ready: true,
+            })
+            .collect(),
+        trigger_time: None,
+    };
+    format!("---\n{}", manifest.yaml())
+}
+
+/// kube-proxy's layout for `services` services in the node's namespace, the last service
+/// pointed at the backend pods; returns its ClusterIP:port.
+fn load_kube_proxy(
+    node: &NetNs,
+    layout: Layout,
+    services: u32,
+    backends: &[Ipv4Addr],
+    bound: Duration,
+) -> anyhow::Result<SocketAddr> {
+    ensure!(
+        services <= MAX_SERVICES,
+        "the generator holds at most {MAX_SERVICES} services"
+    );
+    let rules = KubeProxyRules::new(Family::Ipv4, services, BACKENDS_PER_SERVICE);
+    let measured = rules.services().pop().context("no generated service")?;
+    let mut text = layout.input(services);
+    for (k, (addr, _)) in measured.endpoints.iter().enumerate() {
+        let real = backends[k % backends.len()];
+        text = replace_address(&text, &addr.to_string(), &real.to_string());
+    }
+    match rule_load::load_in(node, layout, text, bound)? {
+        LoadTime::Took(_) => {}
+        other => bail!("{}: {}", layout.name(), other.cell()),
+    }
+    Ok(SocketAddr::new(measured.cluster_ip, measured.port))
+}
+
+/// Replaces every `from` in `text` not followed by another digit (so 198.18.0.2 does not
+/// match inside 198.18.0.25).
+pub fn replace_address(text: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(from) {
+        let end = at + from.len();
+        let next_is_digit = rest[end..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit());
+        let prev_is_digit = rest[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_digit() || c == '.');
+        out.push_str(&rest[..at]);
+        out.push_str(if next_is_digit || prev_is_digit {
+            from
+        } else {
+            to
+        });
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One connection: connect, the greeting line, one request line and its answer, close.
+fn one_exchange(addr: SocketAddr) -> std::io::Result<()> {
+    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    (&stream).write_all(b"ping\n")?;
+    line.clear();
+    reader.read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+fn wait_answer(client: &Pod, addr: SocketAddr) -> anyhow::Result<()> {
+    run_in(&client.ns, || {
+        let started = Instant::now();
+        loop {
+            match one_exchange(addr) {
+                Ok(()) => return Ok(()),
+                Err(e) if started.elapsed() > READY_BOUND => {
+                    bail!("{addr} never answered: {e}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    })
+}
+
+/// Sequential exchanges from the client: sorted latencies, errors, wall time of the
+/// measured part.
+fn latency_loop(
+    client: &Pod,
+    addr: SocketAddr,
+    bounds: LoopBounds,
+) -> anyhow::Result<(Vec<Duration>, u32, Duration)> {
+    run_in(&client.ns, || {
+        let started = Instant::now();
+        for _ in 0..bounds.warmup {
+            if started.elapsed() > bounds.time {
+                break;
+            }
+            let _ = one_exchange(addr);
+        }
+        let mut latencies = Vec::with_capacity(bounds.connections as usize);
+        let mut errors = 0;
+        let measured = Instant::now();
+        for _ in 0..bounds.connections {
+            if started.elapsed() > bounds.time {
+                break;
+            }
+            let t = Instant::now();
+            match one_exchange(addr) {
+                Ok(()) => latencies.push(t.elapsed()),
+                Err(_) => errors += 1,
+            }
+        }
+        let elapsed = measured.elapsed();
+        latencies.sort();
+        Ok((latencies, errors, elapsed))
+    })
+}
+
+/// Sends `bulk_bytes` over one TCP stream from the client; Gbit/s until the sink has
+/// acknowledged the end (it answers one byte after reading everything).
+fn bulk_stream(client: &Pod, addr: SocketAddr, bounds: LoopBounds) -> anyhow::Result<f64> {
+    run_in(&client.ns, || {
+        let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+            .with_context(|| format!("bulk connect to {addr}"))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        stream.set_read_timeout(Some(bounds.time))?;
+        let chunk = vec![0x5au8; 256 * 1024];
+        let started = Instant::now();
+        let mut sent = 0u64;
+        while sent < bounds.bulk_bytes {
+            if started.elapsed() > bounds.time {
+                bail!("bulk stream not done within {:?}", bounds.time);
+            }
+            let n = chunk.len().min(usize::try_from(bounds.bulk_bytes - sent)?);
+            stream.write_all(&chunk[..n])?;
+            sent += n as u64;
+        }
+        stream.shutdown(std::net::Shutdown::Write)?;
+        let mut ack = [0u8; 1];
+        stream
+            .read_exact(&mut ack)
+            .context("bulk sink acknowledgement")?;
+        let secs = started.elapsed().as_secs_f64();
+        Ok(sent as f64 * 8.0 / secs / 1e9)
+    })
+}
+
+/// A TCP server that reads each connection to its end, then answers one byte.
+struct BulkSink {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BulkSink {
+    fn start(ns: &NetNs, addr: SocketAddr) -> anyhow::Result<Self> {
+        let listener = run_in(ns, || {
+            TcpListener::bind(addr).with_context(|| format!("binding {addr}"))
+        })?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let born = Instant::now();
+            while !flag.load(Ordering::Relaxed) && born.elapsed() < Duration::from_secs(1_800) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                        let mut buf = vec![0u8; 256 * 1024];
+                        while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+                        let _ = conn.write_all(b"k");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for BulkSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_address;
+
+    #[test]
+    fn addresses_are_replaced_whole() {
+        let text =
+            "-s 198.18.0.2/32 --to-destination 198.18.0.2:8080 198.18.0.25:8080 1198.18.0.2:1";
+        assert_eq!(
+            replace_address(text, "198.18.0.2", "198.18.1.9"),
+            "-s 198.18.1.9/32 --to-destination 198.18.1.9:8080 198.18.0.25:8080 1198.18.0.2:1"
+        );
+    }
+}
