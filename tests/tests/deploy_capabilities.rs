@@ -206,6 +206,16 @@ endpoints:
   conditions: {ready: true}
 ";
 
+/// A temporary file or folder of this run, removed on drop (success, failure or panic).
+struct TempPath(std::path::PathBuf);
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Kills the daemon on drop (the test's own child, never anything else).
 struct Child(std::process::Child);
 
@@ -239,11 +249,13 @@ fn the_daemon_runs_with_the_daemonsets_capabilities() -> Result<()> {
         binary: binary.clone(),
         ns: ns.path(),
     };
-    let manifests = std::env::temp_dir().join(format!("{prefix}-manifests"));
-    std::fs::create_dir_all(&manifests)?;
+    let manifests = TempPath(std::env::temp_dir().join(format!("{prefix}-manifests")));
+    let manifests = &manifests.0;
+    std::fs::create_dir_all(manifests)?;
     std::fs::write(manifests.join("web.yaml"), MANIFEST)?;
 
-    let log = std::env::temp_dir().join(format!("{prefix}-run.log"));
+    let log = TempPath(std::env::temp_dir().join(format!("{prefix}-run.log")));
+    let log = &log.0;
     let daemon = confined(&ns, &caps)
         .arg(&binary)
         .args(["run", "--node-name=n1", "--pod-interfaces=slbcap*"])
@@ -252,11 +264,11 @@ fn the_daemon_runs_with_the_daemonsets_capabilities() -> Result<()> {
             "--health-addr=127.0.0.1:10256",
         ])
         .arg("--manifests")
-        .arg(&manifests)
+        .arg(manifests)
         .arg("--bpffs")
         .arg(&pins.dir)
         .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(log)?)
         .spawn()
         .context("starting service-lb run")?;
     let mut daemon = Child(daemon);
@@ -266,7 +278,7 @@ fn the_daemon_runs_with_the_daemonsets_capabilities() -> Result<()> {
     let mut programmed = false;
     while std::time::Instant::now() < deadline {
         if let Some(status) = daemon.0.try_wait()? {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let text = std::fs::read_to_string(log).unwrap_or_default();
             bail!("service-lb run exited with {status} under {caps:?}:\n{text}");
         }
         let out = Command::new(&binary)
@@ -285,9 +297,7 @@ fn the_daemon_runs_with_the_daemonsets_capabilities() -> Result<()> {
     }
     let still_running = daemon.0.try_wait()?.is_none();
     drop(daemon);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&manifests);
-    let _ = std::fs::remove_file(&log);
+    let text = std::fs::read_to_string(log).unwrap_or_default();
     assert!(
         programmed,
         "the Service never reached the maps under {caps:?}; daemon log:\n{text}"
