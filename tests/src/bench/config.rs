@@ -34,6 +34,24 @@ pub struct BenchConfig {
 /// Backends per service everywhere in the benchmark.
 pub const BACKENDS_PER_SERVICE: u32 = 10;
 
+/// `service-lb run` map-size flags for `services` Services of `BACKENDS_PER_SERVICE`
+/// backends each (with headroom), and the given TCP conntrack size.
+pub fn daemon_map_args(services: u32, ct_tcp_max: u32) -> Vec<String> {
+    vec![
+        format!(
+            "--map-services-max={}",
+            services * (BACKENDS_PER_SERVICE + 1) + 1_024
+        ),
+        format!(
+            "--map-backends-max={}",
+            services * BACKENDS_PER_SERVICE + 1_024
+        ),
+        format!("--map-revnat-max={}", services + 1_024),
+        format!("--map-ct-tcp-max={ct_tcp_max}"),
+        "--map-ct-any-max=16384".into(),
+    ]
+}
+
 impl BenchConfig {
     pub fn full() -> Self {
         Self {

@@ -12,7 +12,11 @@ use anyhow::{bail, ensure, Context as _};
 use aya::maps::{HashMap, Map, MapData};
 use service_lb_common::{maps, proto::IPPROTO_TCP, service::SCOPE_EXTERNAL, Svc4Key, SvcValue};
 
-use super::{config::BACKENDS_PER_SERVICE, per_packet::ServiceSet, process_memory};
+use super::{
+    config::{self, BACKENDS_PER_SERVICE},
+    per_packet::ServiceSet,
+    process_memory,
+};
 use crate::{
     daemon::{
         Daemon, DaemonOptions, EndpointSpec, ManifestDir, PortSpec, ServiceManifest, SliceManifest,
@@ -58,19 +62,7 @@ pub fn measure(services: u32, changes: u32, bound: Duration) -> anyhow::Result<S
         NODE_NAME,
         manifests.log_path(NODE_NAME),
     );
-    options.extra_args = vec![
-        format!(
-            "--map-services-max={}",
-            services * (BACKENDS_PER_SERVICE + 1) + 1_024
-        ),
-        format!(
-            "--map-backends-max={}",
-            services * BACKENDS_PER_SERVICE + 1_024
-        ),
-        format!("--map-revnat-max={}", services + 1_024),
-        "--map-ct-tcp-max=16384".into(),
-        "--map-ct-any-max=16384".into(),
-    ];
+    options.extra_args = config::daemon_map_args(services, 16384);
     let expected = u64::from(services) * u64::from(BACKENDS_PER_SERVICE + 1);
     // Built (if needed) before the clock starts.
     crate::daemon::service_lb_binary()?;

@@ -19,7 +19,7 @@ use std::{
 use anyhow::{bail, ensure, Context as _};
 
 use super::{
-    config::BACKENDS_PER_SERVICE,
+    config::{self, BACKENDS_PER_SERVICE},
     control_plane::quantile,
     per_packet::ServiceSet,
     rule_load::{self, Layout, LoadTime},
@@ -232,19 +232,7 @@ fn start_service_lb(
         NODE_NAME,
         manifests.log_path(NODE_NAME),
     );
-    options.extra_args = vec![
-        format!(
-            "--map-services-max={}",
-            services * (BACKENDS_PER_SERVICE + 1) + 1_024
-        ),
-        format!(
-            "--map-backends-max={}",
-            services * BACKENDS_PER_SERVICE + 1_024
-        ),
-        format!("--map-revnat-max={}", services + 1_024),
-        "--map-ct-tcp-max=65536".into(),
-        "--map-ct-any-max=16384".into(),
-    ];
+    options.extra_args = config::daemon_map_args(services, 65536);
     let mut daemon = Daemon::start(&node.ns, options)?;
     daemon.wait_ready(READY_BOUND)?;
     fixture._manifests = Some(manifests);
