@@ -218,8 +218,23 @@ impl FolderSource {
     /// keeps its last good objects.
     async fn read_files(&mut self, paths: &[PathBuf]) -> Result<FileUpdate, ReceiverGone> {
         let mut contents = Vec::with_capacity(paths.len());
-        for path in paths {
-            match files::read(path, self.config.node_name.as_deref()) {
+        let reads = {
+            let paths = paths.to_vec();
+            let node_name = self.config.node_name.clone();
+            match tokio::task::spawn_blocking(move || {
+                files::read_many(&paths, node_name.as_deref())
+            })
+            .await
+            {
+                Ok(reads) => reads,
+                // A panic while parsing is a bug: let it show.
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // The runtime is shutting down.
+                Err(_) => return Err(ReceiverGone),
+            }
+        };
+        for (path, read) in paths.iter().zip(reads) {
+            match read {
                 FileRead::Parsed { objects, rejected } => {
                     self.reject_all(rejected).await?;
                     contents.push((path.clone(), objects));

@@ -166,7 +166,15 @@ fn sync_table(rows: &[SyncRow], loads: &[(u32, Layout, LoadTime)]) -> Section {
     let mut section = Section::new(
         "Control plane: full sync and memory",
         &format!(
-            "service-lb: a manifests folder of N Services with one EndpointSlice of              {BACKENDS_PER_SERVICE} endpoints each, then `service-lb run` started in a test              node's namespace; time from the start of the process until the pinned services              map holds all N x {} entries (polled), then the daemon's VmRSS and the memlock of              the BPF maps it holds (from /proc/<pid>/fdinfo). kube-proxy: the same N services              in kube-proxy's layout (generated), loaded by `iptables-restore` / `nft -f` into an              empty test namespace (wall time of the command).",
+            "service-lb: a manifests folder of N Services with one EndpointSlice of \
+             {BACKENDS_PER_SERVICE} endpoints each, then `service-lb run` started in a test \
+             node's namespace; time from the start of the process until it reports ready on \
+             its health port (`/readyz`: programs attached and first full sync done; polled \
+             every 20 ms; the pinned services map is then checked to hold all N x {} \
+             entries), then the daemon's VmRSS and the memlock of the BPF maps it holds (from \
+             /proc/<pid>/fdinfo). kube-proxy: the same N services in kube-proxy's layout \
+             (generated), loaded by `iptables-restore` / `nft -f` into an empty test namespace \
+             (wall time of the command).",
             BACKENDS_PER_SERVICE + 1
         ),
         &[

@@ -3,9 +3,10 @@
 //!
 //! YAML: the file is cut into documents at `---` / `...` marker lines (a marker at column 0
 //! can never be inside a scalar, so this is exact), documents with no content are skipped,
-//! and each document is parsed on its own with `serde-saphyr`. Each document is parsed with
-//! as many blank lines in front of it as precede it in the file, so the parser's own
-//! positions are the file's. JSON: one object, or a `kind: List` whose `items` are objects.
+//! and each document is parsed on its own with `serde-saphyr` (linear in the file's size).
+//! A document that fails is parsed again with as many blank lines in front of it as precede
+//! it in the file, so the parser's positions in the message are the file's. JSON: one object,
+//! or a `kind: List` whose `items` are objects.
 //!
 //! Kinds used: `v1` Service, `discovery.k8s.io/v1` EndpointSlice, `v1` Node. Other kinds go
 //! to [`ParsedFile::ignored`]. A known kind with another `apiVersion`, a document without a
@@ -120,37 +121,92 @@ fn classify(meta: TypeMeta, line: usize) -> Result<Classified, ParseError> {
 // ---------------------------------------------------------------------------------------
 // YAML
 
-/// One document of a YAML stream: its text (padded with blank lines so that positions are
-/// the file's) and the line it starts at.
+/// One document of a YAML stream: its lines, the number of lines before it in the file
+/// and the line it starts at.
 struct YamlDocument {
-    padded: String,
+    text: String,
+    lines_before: usize,
     start_line: usize,
+}
+
+impl YamlDocument {
+    /// Parses the document alone (linear in its size). Only when that fails is it parsed
+    /// again behind as many blank lines as precede it, so that the positions in the
+    /// message are the file's (a blank line in front changes nothing else).
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ParseError> {
+        serde_saphyr::from_str(&self.text).map_err(|_| {
+            let mut padded = "\n".repeat(self.lines_before);
+            padded.push_str(&self.text);
+            match serde_saphyr::from_str::<T>(&padded) {
+                Err(e) => yaml_error(self.start_line, &e),
+                Ok(_) => ParseError {
+                    line: self.start_line,
+                    message: "the document does not parse".into(),
+                },
+            }
+        })
+    }
 }
 
 fn parse_yaml(text: &str) -> Result<ParsedFile, ParseError> {
     let mut parsed = ParsedFile::default();
     for doc in split_yaml_documents(text) {
-        let meta: TypeMeta =
-            serde_saphyr::from_str(&doc.padded).map_err(|e| yaml_error(doc.start_line, &e))?;
+        // One parse per document in the common case: the typed parse checks `kind` and
+        // `apiVersion` itself (k8s-openapi refuses other values), so a wrong hint can
+        // only fail, and a failure takes the full path with its exact error.
+        if let Some(object) = doc.hinted_kind().and_then(|kind| doc.parse_as(kind).ok()) {
+            parsed.objects.push(object);
+            continue;
+        }
+        let meta: TypeMeta = doc.parse()?;
         match classify(meta, doc.start_line)? {
             Classified::Ignore(kind) => parsed.ignored.push((kind, doc.start_line)),
-            Classified::Use(kind) => {
-                let object = match kind {
-                    Kind::Service => {
-                        serde_saphyr::from_str(&doc.padded).map(|o| Object::Service(Box::new(o)))
-                    }
-                    Kind::EndpointSlice => serde_saphyr::from_str(&doc.padded)
-                        .map(|o| Object::EndpointSlice(Box::new(o))),
-                    Kind::Node => {
-                        serde_saphyr::from_str(&doc.padded).map(|o| Object::Node(Box::new(o)))
-                    }
-                }
-                .map_err(|e| yaml_error(doc.start_line, &e))?;
-                parsed.objects.push(object);
-            }
+            Classified::Use(kind) => parsed.objects.push(doc.parse_as(kind)?),
         }
     }
     Ok(parsed)
+}
+
+impl YamlDocument {
+    fn parse_as(&self, kind: Kind) -> Result<Object, ParseError> {
+        Ok(match kind {
+            Kind::Service => Object::Service(Box::new(self.parse()?)),
+            Kind::EndpointSlice => Object::EndpointSlice(Box::new(self.parse()?)),
+            Kind::Node => Object::Node(Box::new(self.parse()?)),
+        })
+    }
+
+    /// The kind the document most likely is, from its top-level `kind:` and `apiVersion:`
+    /// lines (block style, column 0, each exactly once); `None` when that is not plain.
+    fn hinted_kind(&self) -> Option<Kind> {
+        let mut kind = None;
+        let mut api_version = None;
+        for line in self.text.lines() {
+            for (key, slot) in [("kind:", &mut kind), ("apiVersion:", &mut api_version)] {
+                if let Some(value) = line.strip_prefix(key) {
+                    if slot.replace(plain_value(value)?).is_some() {
+                        return None;
+                    }
+                }
+            }
+        }
+        let kind = Kind::of(kind?)?;
+        (api_version? == kind.api_version()).then_some(kind)
+    }
+}
+
+/// A scalar written plainly or in quotes, without a comment: `Service`, `"v1"`, `'v1'`.
+fn plain_value(value: &str) -> Option<&str> {
+    let value = value.trim();
+    let unquoted = ['"', '\'']
+        .into_iter()
+        .find_map(|q| value.strip_prefix(q)?.strip_suffix(q))
+        .unwrap_or(value);
+    let plain = !unquoted.is_empty()
+        && unquoted
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/');
+    plain.then_some(unquoted)
 }
 
 /// The parser's message on one line (its position included, without the source snippet).
@@ -233,10 +289,9 @@ impl DocumentLines {
     fn finish(&self, lines: &[&str], end: usize) -> Option<YamlDocument> {
         self.content?;
         let start = self.marker.or(self.content)?;
-        let mut padded = "\n".repeat(self.begin);
-        padded.push_str(&lines[self.begin..end.min(lines.len())].join("\n"));
         Some(YamlDocument {
-            padded,
+            text: lines[self.begin..end.min(lines.len())].join("\n"),
+            lines_before: self.begin,
             start_line: start + 1,
         })
     }

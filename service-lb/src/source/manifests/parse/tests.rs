@@ -2,7 +2,7 @@
 
 use rstest::rstest;
 
-use super::{parse_file, Object, ParseError, ParsedFile};
+use super::{parse_file, Kind, Object, ParseError, ParsedFile, YamlDocument};
 
 fn names(parsed: &ParsedFile) -> Vec<String> {
     parsed
@@ -191,4 +191,55 @@ fn a_bad_json_list_item_names_its_index_and_line() {
 fn bad_json(#[case] text: &str, #[case] line: usize) {
     let err = parse_file(text, true).unwrap_err();
     assert_eq!(err.line, line, "{err}");
+}
+
+#[rstest]
+#[case::plain("apiVersion: v1\nkind: Service\n", Some(Kind::Service))]
+#[case::quoted(
+    "kind: \"EndpointSlice\"\napiVersion: 'discovery.k8s.io/v1'\n",
+    Some(Kind::EndpointSlice)
+)]
+#[case::other_kind("apiVersion: apps/v1\nkind: Deployment\n", None)]
+#[case::other_version("apiVersion: v2\nkind: Service\n", None)]
+#[case::no_version("kind: Node\n", None)]
+#[case::twice("apiVersion: v1\nkind: Node\nkind: Service\n", None)]
+#[case::comment("apiVersion: v1\nkind: Service # web\n", None)]
+#[case::nested_only("metadata:\n  kind: Service\n  apiVersion: v1\n", None)]
+#[case::flow_continuation("{apiVersion: v1,\nkind: Node,\nmetadata: {name: a}}\n", None)]
+fn the_kind_hint_reads_only_plain_top_level_lines(#[case] text: &str, #[case] hint: Option<Kind>) {
+    let doc = YamlDocument {
+        text: text.into(),
+        lines_before: 0,
+        start_line: 1,
+    };
+    assert_eq!(doc.hinted_kind(), hint);
+}
+
+/// A hint that names the wrong kind (the typed parse refuses the document) falls back to
+/// the full path: the document is still read as what it is, or fails with its own error.
+#[rstest]
+// The labels' `kind: Service` is nested: the hint is Node, which it is.
+#[case::a_nested_kind_is_not_the_hint(
+    "apiVersion: v1\nkind: Node\nmetadata: {name: a, labels: {kind: Service}}\nspec: {ports: [{port: 80}]}\n",
+    Ok(vec!["Node a".to_string()])
+)]
+#[case::typed_parse_fails(
+    "---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: eighty}]}\n",
+    Err(1)
+)]
+fn a_misleading_hint_changes_nothing(
+    #[case] text: &str,
+    #[case] expected: Result<Vec<String>, usize>,
+) {
+    match (parse_file(text, false), expected) {
+        (Ok(parsed), Ok(names_expected)) => assert_eq!(names(&parsed), names_expected),
+        (Err(err), Err(line)) => {
+            assert_eq!(err.line, line, "{err}");
+            assert!(
+                err.message.contains("eighty") || err.message.contains("i32"),
+                "{err}"
+            );
+        }
+        (got, expected) => panic!("got {got:?}, expected {expected:?}"),
+    }
 }
