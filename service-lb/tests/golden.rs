@@ -57,19 +57,19 @@ fn load(path: &Path) -> Result<Vec<Object>> {
 /// The objects as one complete list per kind (what a source sends at start).
 fn listed(objects: &[Object]) -> ClusterState {
     let mut state = ClusterState::new(Some(NODE.into()));
-    state.apply_service(Event::Init);
-    state.apply_endpoint_slice(Event::Init);
-    state.apply_node(Event::Init);
+    state.apply_service(Event::<Service>::Init);
+    state.apply_endpoint_slice(Event::<EndpointSlice>::Init);
+    state.apply_node(Event::<Node>::Init);
     for object in objects.iter().cloned() {
         match object {
-            Object::Service(s) => state.apply_service(Event::InitApply(*s)),
-            Object::EndpointSlice(s) => state.apply_endpoint_slice(Event::InitApply(*s)),
-            Object::Node(n) => state.apply_node(Event::InitApply(*n)),
+            Object::Service(s) => state.apply_service(Event::InitApply(s)),
+            Object::EndpointSlice(s) => state.apply_endpoint_slice(Event::InitApply(s)),
+            Object::Node(n) => state.apply_node(Event::InitApply(n)),
         }
     }
-    state.apply_service(Event::InitDone);
-    state.apply_endpoint_slice(Event::InitDone);
-    state.apply_node(Event::InitDone);
+    state.apply_service(Event::<Service>::InitDone);
+    state.apply_endpoint_slice(Event::<EndpointSlice>::InitDone);
+    state.apply_node(Event::<Node>::InitDone);
     assert!(state.synced());
     state
 }
@@ -102,17 +102,17 @@ fn meta(object: &Object) -> &ObjectMeta {
 
 fn delete(state: &mut ClusterState, object: Object) {
     match object {
-        Object::Service(s) => state.apply_service(Event::<Service>::Delete(*s)),
-        Object::EndpointSlice(s) => state.apply_endpoint_slice(Event::<EndpointSlice>::Delete(*s)),
-        Object::Node(n) => state.apply_node(Event::<Node>::Delete(*n)),
+        Object::Service(s) => state.apply_service(Event::Delete(s)),
+        Object::EndpointSlice(s) => state.apply_endpoint_slice(Event::Delete(s)),
+        Object::Node(n) => state.apply_node(Event::Delete(n)),
     }
 }
 
 fn apply(state: &mut ClusterState, object: Object) {
     match object {
-        Object::Service(s) => state.apply_service(Event::Apply(*s)),
-        Object::EndpointSlice(s) => state.apply_endpoint_slice(Event::Apply(*s)),
-        Object::Node(n) => state.apply_node(Event::Apply(*n)),
+        Object::Service(s) => state.apply_service(Event::Apply(s)),
+        Object::EndpointSlice(s) => state.apply_endpoint_slice(Event::Apply(s)),
+        Object::Node(n) => state.apply_node(Event::Apply(n)),
     }
 }
 

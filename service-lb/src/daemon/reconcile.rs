@@ -135,7 +135,10 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
     }
 
     /// kube-proxy's node eligibility: a node being deleted is not.
-    fn watch_own_node(&self, event: &watcher::Event<k8s_openapi::api::core::v1::Node>) {
+    fn watch_own_node(
+        &self,
+        event: &watcher::Event<std::sync::Arc<k8s_openapi::api::core::v1::Node>>,
+    ) {
         let ours = |n: &k8s_openapi::api::core::v1::Node| {
             n.metadata.name.as_deref() == Some(self.node_name.as_str())
         };

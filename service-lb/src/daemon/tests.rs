@@ -27,32 +27,34 @@ use crate::{
     },
 };
 
-fn service(name: &str, ip: &str) -> Service {
-    serde_json::from_value(json!({
+fn service(name: &str, ip: &str) -> Arc<Service> {
+    Arc::new(serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": "default"},
         "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "ipFamilies": ["IPv4"],
                  "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
     }))
-    .expect("a valid Service")
+    .expect("a valid Service"))
 }
 
-fn slice(service: &str, addrs: &[&str]) -> EndpointSlice {
+fn slice(service: &str, addrs: &[&str]) -> Arc<EndpointSlice> {
     let endpoints: Vec<_> = addrs
         .iter()
         .map(|a| json!({"addresses": [a], "conditions": {"ready": true, "serving": true, "terminating": false}, "nodeName": "n1"}))
         .collect();
-    serde_json::from_value(json!({
-        "metadata": {"name": format!("{service}-abc"), "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": endpoints
-    }))
-    .expect("a valid EndpointSlice")
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("{service}-abc"), "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": endpoints
+        }))
+        .expect("a valid EndpointSlice"),
+    )
 }
 
-fn node(name: &str) -> Node {
-    serde_json::from_value(json!({"metadata": {"name": name}})).expect("a valid Node")
+fn node(name: &str) -> Arc<Node> {
+    Arc::new(serde_json::from_value(json!({"metadata": {"name": name}})).expect("a valid Node"))
 }
 
 fn key(ip: &str) -> FrontendKey {

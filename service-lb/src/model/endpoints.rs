@@ -12,13 +12,13 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
-
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 
 use super::{
     reason,
     service::{parse_protocol, valid_port},
+    view::{AddressType, EndpointAddress, EndpointView, SliceView},
     DesiredBackend, Protocol, Skip,
 };
 
@@ -37,7 +37,7 @@ struct Candidate {
     ready: bool,
     serving: bool,
     terminating: bool,
-    node_name: Option<String>,
+    node_name: Option<Arc<str>>,
     /// `EndpointSlice ns/name endpoint i`, for a duplicate's Skip.
     origin: String,
 }
@@ -57,19 +57,18 @@ impl Candidate {
 /// The backends of a frontend; `slices` sorted by name.
 pub(super) fn select(
     wanted: Wanted<'_>,
-    slices: &[&EndpointSlice],
+    slices: &[&SliceView],
     node_name: Option<&str>,
     skipped: &mut Vec<Skip>,
 ) -> Vec<DesiredBackend> {
     let is_local = |c: &Candidate| node_name.is_some() && c.node_name.as_deref() == node_name;
     let mut candidates: BTreeMap<SocketAddr, Candidate> = BTreeMap::new();
     for slice in slices {
-        let slice_name = slice_name(slice);
-        let Some(port) = slice_port(slice, &slice_name, wanted, skipped) else {
+        let Some(port) = slice_port(slice, wanted, skipped) else {
             continue;
         };
         for (index, endpoint) in slice.endpoints.iter().enumerate() {
-            let origin = format!("{slice_name} endpoint {index}");
+            let origin = format!("{} endpoint {index}", slice.origin);
             let Some(ip) = endpoint_ip(endpoint, &origin, wanted.ipv6, skipped) else {
                 continue;
             };
@@ -123,26 +122,17 @@ pub(super) fn select(
         .collect()
 }
 
-fn slice_name(slice: &EndpointSlice) -> String {
-    format!(
-        "EndpointSlice {}/{}",
-        slice.metadata.namespace.as_deref().unwrap_or("default"),
-        slice.metadata.name.as_deref().unwrap_or("")
-    )
-}
-
 /// The slice's port for `wanted`, if the slice is of the wanted family and has one.
-fn slice_port(
-    slice: &EndpointSlice,
-    slice_name: &str,
-    wanted: Wanted<'_>,
-    skipped: &mut Vec<Skip>,
-) -> Option<u16> {
-    let family = if wanted.ipv6 { "IPv6" } else { "IPv4" };
+fn slice_port(slice: &SliceView, wanted: Wanted<'_>, skipped: &mut Vec<Skip>) -> Option<u16> {
+    let family = if wanted.ipv6 {
+        AddressType::Ipv6
+    } else {
+        AddressType::Ipv4
+    };
     if slice.address_type != family {
         return None;
     }
-    let port = slice.ports.iter().flatten().find(|p| {
+    let port = slice.ports.iter().find(|p| {
         p.name.as_deref().unwrap_or("") == wanted.port_name
             && parse_protocol(p.protocol.as_deref()).ok() == Some(wanted.protocol)
     })?;
@@ -151,7 +141,7 @@ fn slice_port(
     let valid = valid_port(number);
     if valid.is_none() {
         skipped.push(Skip {
-            object: format!("{slice_name} port '{}'", wanted.port_name),
+            object: format!("{} port '{}'", slice.origin, wanted.port_name),
             reason: reason::INVALID_PORT,
             detail: format!("port {number} is outside 1..=65535"),
         });
@@ -161,23 +151,16 @@ fn slice_port(
 
 /// The endpoint's first address, if it parses and is of the wanted family.
 fn endpoint_ip(
-    endpoint: &Endpoint,
+    endpoint: &EndpointView,
     origin: &str,
     ipv6: bool,
     skipped: &mut Vec<Skip>,
 ) -> Option<IpAddr> {
-    let Some(text) = endpoint.addresses.first() else {
-        skipped.push(Skip {
-            object: origin.to_string(),
-            reason: reason::INVALID_IP,
-            detail: "no address".into(),
-        });
-        return None;
-    };
-    let detail = match text.parse::<IpAddr>() {
-        Ok(ip) if ip.is_ipv6() == ipv6 => return Some(ip),
-        Ok(_) => format!("'{text}' is not of the slice's address type"),
-        Err(e) => format!("'{text}': {e}"),
+    let detail = match &endpoint.address {
+        EndpointAddress::Ip(ip) if ip.is_ipv6() == ipv6 => return Some(*ip),
+        EndpointAddress::Ip(ip) => format!("'{ip}' is not of the slice's address type"),
+        EndpointAddress::Invalid(text, e) => format!("'{text}': {e}"),
+        EndpointAddress::Missing => "no address".into(),
     };
     skipped.push(Skip {
         object: origin.to_string(),
@@ -189,12 +172,11 @@ fn endpoint_ip(
 
 /// The endpoint's conditions with the API's nil rules: ready and serving default to true,
 /// terminating to false.
-fn candidate(endpoint: &Endpoint, origin: String) -> Candidate {
-    let conditions = endpoint.conditions.as_ref();
+fn candidate(endpoint: &EndpointView, origin: String) -> Candidate {
     Candidate {
-        ready: conditions.and_then(|c| c.ready).unwrap_or(true),
-        serving: conditions.and_then(|c| c.serving).unwrap_or(true),
-        terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+        ready: endpoint.ready.unwrap_or(true),
+        serving: endpoint.serving.unwrap_or(true),
+        terminating: endpoint.terminating.unwrap_or(false),
         node_name: endpoint.node_name.clone(),
         origin,
     }

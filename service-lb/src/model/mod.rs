@@ -7,11 +7,13 @@
 //! - `state`: the stores, the watch contract (labels, service-name join), init/relist
 //!   handling and the dirty set;
 //! - `service`: a Service's ClusterIP frontends (IPs, ports, protocols, affinity);
-//! - `endpoints`: the backends of one frontend from the Service's EndpointSlices.
+//! - `endpoints`: the backends of one frontend from the Service's EndpointSlices;
+//! - `view`: the compact part of each object the model keeps.
 
 mod endpoints;
 mod service;
 mod state;
+mod view;
 
 #[cfg(test)]
 mod tests;

@@ -5,15 +5,14 @@
 use std::net::IpAddr;
 
 use k8s_openapi::{
-    api::{
-        core::v1::{Service, ServicePort, ServiceSpec},
-        discovery::v1::EndpointSlice,
-    },
+    api::core::v1::{ServicePort, ServiceSpec},
     jiff::Timestamp,
 };
 
 use super::{
-    endpoints, reason, DesiredFrontend, Protocol, Scope, ServiceDesired, ServiceName, Skip,
+    endpoints, reason,
+    view::{ServiceView, SliceView},
+    DesiredFrontend, Protocol, Scope, ServiceDesired, ServiceName, Skip,
 };
 
 /// Annotation the EndpointSlice controller sets to the time of the change it reflects.
@@ -28,8 +27,8 @@ const MAX_AFFINITY_TIMEOUT_S: i32 = 86400;
 /// are its EndpointSlices, sorted by name.
 pub(super) fn desired(
     name: &ServiceName,
-    service: Option<&Service>,
-    slices: &[&EndpointSlice],
+    service: Option<&ServiceView>,
+    slices: &[&SliceView],
     node_name: Option<&str>,
 ) -> ServiceDesired {
     let mut desired = ServiceDesired {
@@ -204,15 +203,11 @@ fn affinity_timeout(name: &ServiceName, spec: &ServiceSpec, skipped: &mut Vec<Sk
 }
 
 /// The latest trigger time of the slices (compared as instants; kept as written).
-fn last_change_trigger_time(slices: &[&EndpointSlice]) -> Option<String> {
+fn last_change_trigger_time(slices: &[&SliceView]) -> Option<String> {
     slices
         .iter()
         .filter_map(|s| {
-            let text = s
-                .metadata
-                .annotations
-                .as_ref()?
-                .get(ANNOTATION_LAST_CHANGE_TRIGGER_TIME)?;
+            let text = s.trigger_time.as_ref()?;
             let at: Timestamp = text.parse().ok()?;
             Some((at, text))
         })

@@ -12,7 +12,10 @@
 //!   required: a manifests folder may hold no Node, and the Node is only used for
 //!   information (addresses, zone); `local` backends come from `--node-name` alone.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    borrow::Borrow,
+    collections::{BTreeMap, BTreeSet},
+};
 
 use k8s_openapi::{
     api::{
@@ -24,7 +27,11 @@ use k8s_openapi::{
 use kube::runtime::watcher;
 use tracing::debug;
 
-use super::{service, ServiceDesired, ServiceName};
+use super::{
+    service,
+    view::{NodeNames, ServiceView, SliceView},
+    ServiceDesired, ServiceName,
+};
 use crate::source::{LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME};
 
 /// Namespace of an object that names none.
@@ -35,11 +42,12 @@ const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 /// `namespace/name` of an EndpointSlice.
 type SliceId = (String, String);
 
-/// A stored EndpointSlice and the Service it belongs to (from its label).
+/// A stored EndpointSlice (what the model reads of it) and the Service it belongs to
+/// (from its label).
 #[derive(Clone, Debug, PartialEq)]
 struct StoredSlice {
     service: ServiceName,
-    slice: EndpointSlice,
+    slice: SliceView,
 }
 
 /// What this node's Node object says that service-lb may use.
@@ -70,13 +78,15 @@ impl<K> Default for Relist<K> {
 #[derive(Debug, Default)]
 pub struct ClusterState {
     node_name: Option<String>,
-    services: BTreeMap<ServiceName, Service>,
+    services: BTreeMap<ServiceName, ServiceView>,
     slices: BTreeMap<SliceId, StoredSlice>,
+    /// Node names shared by the stored endpoints.
+    node_names: NodeNames,
     /// Slice names of each Service (same namespace), sorted by name.
     slices_by_service: BTreeMap<ServiceName, BTreeSet<String>>,
     node: Option<Node>,
-    service_relist: Option<Relist<Service>>,
-    slice_relist: Option<Relist<EndpointSlice>>,
+    service_relist: Option<Relist<(ServiceName, ServiceView)>>,
+    slice_relist: Option<Relist<(SliceId, StoredSlice)>>,
     node_relist: Option<Relist<Node>>,
     services_synced: bool,
     slices_synced: bool,
@@ -93,30 +103,30 @@ impl ClusterState {
         }
     }
 
-    pub fn apply_service(&mut self, event: watcher::Event<Service>) {
+    /// Takes a Service event (the object owned or shared: only what the model reads is
+    /// kept).
+    pub fn apply_service<S: Borrow<Service>>(&mut self, event: watcher::Event<S>) {
         match event {
-            watcher::Event::Apply(svc) => self.put_service(svc),
+            watcher::Event::Apply(svc) => self.put_service(svc.borrow()),
             watcher::Event::Delete(svc) => {
-                if let Some(name) = service_name(&svc.metadata) {
+                if let Some(name) = service_name(&svc.borrow().metadata) {
                     self.set_service(name, None);
                 }
             }
             watcher::Event::Init => self.service_relist = Some(Relist::default()),
-            watcher::Event::InitApply(svc) => self
-                .service_relist
-                .get_or_insert_with(Relist::default)
-                .objects
-                .push(svc),
+            watcher::Event::InitApply(svc) => {
+                // Kept as a view right away: a relist of a big cluster never holds the
+                // whole objects.
+                if let Some(entry) = stored_service(svc.borrow()) {
+                    self.service_relist
+                        .get_or_insert_with(Relist::default)
+                        .objects
+                        .push(entry);
+                }
+            }
             watcher::Event::InitDone => {
                 let listed = self.service_relist.take().unwrap_or_default().objects;
-                let mut new: BTreeMap<ServiceName, Service> = BTreeMap::new();
-                for svc in listed {
-                    if let Some(name) = service_name(&svc.metadata) {
-                        if wanted_service(&svc) {
-                            new.insert(name, svc);
-                        }
-                    }
-                }
+                let new: BTreeMap<ServiceName, ServiceView> = listed.into_iter().collect();
                 let gone: Vec<ServiceName> = self
                     .services
                     .keys()
@@ -134,35 +144,37 @@ impl ClusterState {
         }
     }
 
-    pub fn apply_endpoint_slice(&mut self, event: watcher::Event<EndpointSlice>) {
+    /// Takes an EndpointSlice event (the object owned or shared).
+    pub fn apply_endpoint_slice<S: Borrow<EndpointSlice>>(&mut self, event: watcher::Event<S>) {
         match event {
             watcher::Event::Apply(slice) => {
+                let slice = slice.borrow();
                 if let Some(id) = object_id(&slice.metadata) {
-                    let stored = stored_slice(slice);
+                    let stored = stored_slice(slice, &mut self.node_names);
                     self.set_slice(id, stored);
                 }
             }
             watcher::Event::Delete(slice) => {
-                if let Some(id) = object_id(&slice.metadata) {
+                if let Some(id) = object_id(&slice.borrow().metadata) {
                     self.set_slice(id, None);
                 }
             }
             watcher::Event::Init => self.slice_relist = Some(Relist::default()),
-            watcher::Event::InitApply(slice) => self
-                .slice_relist
-                .get_or_insert_with(Relist::default)
-                .objects
-                .push(slice),
+            watcher::Event::InitApply(slice) => {
+                let slice = slice.borrow();
+                let Some(id) = object_id(&slice.metadata) else {
+                    return;
+                };
+                if let Some(stored) = stored_slice(slice, &mut self.node_names) {
+                    self.slice_relist
+                        .get_or_insert_with(Relist::default)
+                        .objects
+                        .push((id, stored));
+                }
+            }
             watcher::Event::InitDone => {
                 let listed = self.slice_relist.take().unwrap_or_default().objects;
-                let mut new: BTreeMap<SliceId, StoredSlice> = BTreeMap::new();
-                for slice in listed {
-                    if let Some(id) = object_id(&slice.metadata) {
-                        if let Some(stored) = stored_slice(slice) {
-                            new.insert(id, stored);
-                        }
-                    }
-                }
+                let new: BTreeMap<SliceId, StoredSlice> = listed.into_iter().collect();
                 let gone: Vec<SliceId> = self
                     .slices
                     .keys()
@@ -181,27 +193,30 @@ impl ClusterState {
     }
 
     /// Keeps this node's object; other nodes are ignored.
-    pub fn apply_node(&mut self, event: watcher::Event<Node>) {
+    pub fn apply_node<S: Borrow<Node>>(&mut self, event: watcher::Event<S>) {
         match event {
             watcher::Event::Apply(node) => {
-                if self.is_this_node(&node) {
-                    self.node = Some(node);
+                if self.is_this_node(node.borrow()) {
+                    self.node = Some(node.borrow().clone());
                 }
             }
             watcher::Event::Delete(node) => {
-                if self.is_this_node(&node) {
+                if self.is_this_node(node.borrow()) {
                     self.node = None;
                 }
             }
             watcher::Event::Init => self.node_relist = Some(Relist::default()),
-            watcher::Event::InitApply(node) => self
-                .node_relist
-                .get_or_insert_with(Relist::default)
-                .objects
-                .push(node),
+            watcher::Event::InitApply(node) => {
+                if self.is_this_node(node.borrow()) {
+                    self.node_relist
+                        .get_or_insert_with(Relist::default)
+                        .objects
+                        .push(node.borrow().clone());
+                }
+            }
             watcher::Event::InitDone => {
                 let listed = self.node_relist.take().unwrap_or_default().objects;
-                self.node = listed.into_iter().find(|n| self.is_this_node(n));
+                self.node = listed.into_iter().next();
                 self.nodes_synced = true;
             }
         }
@@ -236,7 +251,7 @@ impl ClusterState {
 
     /// kube-proxy's semantics for one Service, computed from the current objects.
     pub fn desired(&self, name: &ServiceName) -> ServiceDesired {
-        let slices: Vec<&EndpointSlice> = self
+        let slices: Vec<&SliceView> = self
             .slices_by_service
             .get(name)
             .into_iter()
@@ -281,17 +296,17 @@ impl ClusterState {
         self.node_name.is_some() && node.metadata.name == self.node_name
     }
 
-    fn put_service(&mut self, svc: Service) {
+    fn put_service(&mut self, svc: &Service) {
         let Some(name) = service_name(&svc.metadata) else {
             debug!("ignoring a Service without a name");
             return;
         };
-        let svc = wanted_service(&svc).then_some(svc);
-        self.set_service(name, svc);
+        let view = wanted_service(svc).then(|| ServiceView::of(svc.spec.as_ref()));
+        self.set_service(name, view);
     }
 
     /// Stores (or with `None` forgets) a Service; dirty when it differs from before.
-    fn set_service(&mut self, name: ServiceName, svc: Option<Service>) {
+    fn set_service(&mut self, name: ServiceName, svc: Option<ServiceView>) {
         let changed = match svc {
             Some(svc) => {
                 self.services.get(&name) != Some(&svc) && {
@@ -365,8 +380,14 @@ fn wanted_service(svc: &Service) -> bool {
     label(&svc.metadata, LABEL_SERVICE_PROXY_NAME).is_none()
 }
 
+/// A listed Service as stored (`None`: nameless, or not ours by the watch contract).
+fn stored_service(svc: &Service) -> Option<(ServiceName, ServiceView)> {
+    let name = service_name(&svc.metadata)?;
+    wanted_service(svc).then(|| (name, ServiceView::of(svc.spec.as_ref())))
+}
+
 /// kube-proxy's watch contract for EndpointSlices, and the join to a Service.
-fn stored_slice(slice: EndpointSlice) -> Option<StoredSlice> {
+fn stored_slice(slice: &EndpointSlice, nodes: &mut NodeNames) -> Option<StoredSlice> {
     let meta = &slice.metadata;
     if label(meta, LABEL_SERVICE_PROXY_NAME).is_some() || label(meta, LABEL_HEADLESS).is_some() {
         return None;
@@ -376,5 +397,6 @@ fn stored_slice(slice: EndpointSlice) -> Option<StoredSlice> {
         namespace: namespace(meta),
         name: service.to_string(),
     };
+    let slice = SliceView::of(slice, &service.namespace, nodes);
     Some(StoredSlice { service, slice })
 }

@@ -69,16 +69,16 @@ fn slice_with(
 
 fn state_with(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ClusterState {
     let mut state = ClusterState::new(Some(NODE.into()));
-    state.apply_service(Event::Init);
+    state.apply_service(Event::<Service>::Init);
     for s in services {
         state.apply_service(Event::InitApply(s));
     }
-    state.apply_service(Event::InitDone);
-    state.apply_endpoint_slice(Event::Init);
+    state.apply_service(Event::<Service>::InitDone);
+    state.apply_endpoint_slice(Event::<EndpointSlice>::Init);
     for s in slices {
         state.apply_endpoint_slice(Event::InitApply(s));
     }
-    state.apply_endpoint_slice(Event::InitDone);
+    state.apply_endpoint_slice(Event::<EndpointSlice>::InitDone);
     state
 }
 
@@ -539,26 +539,26 @@ fn a_relist_replaces_the_set_at_init_done_and_marks_only_what_differs() {
     let mut api2 = api.clone();
     api2.spec.as_mut().unwrap().cluster_ip = Some("198.19.0.21".into());
     api2.spec.as_mut().unwrap().cluster_ips = None;
-    state.apply_service(Event::Init);
+    state.apply_service(Event::<Service>::Init);
     state.apply_service(Event::InitApply(http_service()));
     state.apply_service(Event::InitApply(api2));
     // Until InitDone the previous objects keep serving.
     assert_eq!(state.service_names().len(), 3);
     assert!(dirty(&mut state).is_empty());
-    state.apply_service(Event::InitDone);
+    state.apply_service(Event::<Service>::InitDone);
     assert_eq!(dirty(&mut state), ["default/api", "default/db"]);
     assert_eq!(
         state.service_names(),
         vec![svc_name("api"), svc_name("web")]
     );
 
-    state.apply_endpoint_slice(Event::Init);
+    state.apply_endpoint_slice(Event::<EndpointSlice>::Init);
     state.apply_endpoint_slice(Event::InitApply(web_slice("web-a", "198.18.1.2")));
     assert_eq!(
         state.desired(&svc_name("web")).frontends[0].backends.len(),
         2
     );
-    state.apply_endpoint_slice(Event::InitDone);
+    state.apply_endpoint_slice(Event::<EndpointSlice>::InitDone);
     assert_eq!(dirty(&mut state), ["default/web"]);
     assert_eq!(
         state.desired(&svc_name("web")).frontends[0].backends.len(),
@@ -580,13 +580,13 @@ fn synced_needs_services_and_slices_but_not_nodes(
     let mut state = ClusterState::new(Some(NODE.into()));
     // Objects applied before the first list do not make a kind synced.
     state.apply_service(Event::Apply(http_service()));
-    state.apply_service(Event::Init);
-    state.apply_endpoint_slice(Event::Init);
+    state.apply_service(Event::<Service>::Init);
+    state.apply_endpoint_slice(Event::<EndpointSlice>::Init);
     if services_done {
-        state.apply_service(Event::InitDone);
+        state.apply_service(Event::<Service>::InitDone);
     }
     if slices_done {
-        state.apply_endpoint_slice(Event::InitDone);
+        state.apply_endpoint_slice(Event::<EndpointSlice>::InitDone);
     }
     assert_eq!(state.synced(), synced);
     assert!(!state.nodes_synced());
@@ -605,10 +605,10 @@ fn only_this_nodes_object_is_kept() {
     let mut state = ClusterState::new(Some(NODE.into()));
     state.apply_node(Event::Apply(node("n2", "b")));
     assert_eq!(state.node(), None);
-    state.apply_node(Event::Init);
+    state.apply_node(Event::<Node>::Init);
     state.apply_node(Event::InitApply(node("n2", "b")));
     state.apply_node(Event::InitApply(node(NODE, "a")));
-    state.apply_node(Event::InitDone);
+    state.apply_node(Event::<Node>::InitDone);
     let info = state.node().expect("this node");
     assert_eq!(info.zone.as_deref(), Some("a"));
     assert_eq!(
@@ -651,4 +651,41 @@ fn last_change_trigger_time_is_the_latest_of_the_slices() {
             .as_deref(),
         Some("2026-05-01T10:00:00.5Z")
     );
+}
+
+/// Only what the model reads is kept, so a change to anything else (status, annotations,
+/// selectors, `targetRef`, hostnames) marks nothing dirty, while a change to a read field
+/// (a condition) does.
+#[test]
+fn changes_to_fields_the_model_does_not_read_mark_nothing() {
+    let mut state = state_with(vec![http_service()], vec![web_slice("web-a", "198.18.1.2")]);
+    dirty(&mut state);
+
+    let mut svc = http_service();
+    svc.metadata.annotations = Some([("note".to_string(), "x".to_string())].into());
+    svc.spec.as_mut().unwrap().selector = Some([("app".to_string(), "web".to_string())].into());
+    state.apply_service(Event::Apply(svc));
+    let unread = slice(
+        "web-a",
+        "web",
+        "IPv4",
+        http_port(),
+        json!([{"addresses": ["198.18.1.2"], "hostname": "pod-a",
+                "targetRef": {"kind": "Pod", "name": "pod-a"}}]),
+    );
+    state.apply_endpoint_slice(Event::Apply(unread));
+    assert_eq!(dirty(&mut state), Vec::<String>::new());
+
+    let not_ready = slice(
+        "web-a",
+        "web",
+        "IPv4",
+        http_port(),
+        json!([{"addresses": ["198.18.1.2"], "conditions": {"ready": false}}]),
+    );
+    state.apply_endpoint_slice(Event::Apply(not_ready));
+    assert_eq!(dirty(&mut state), vec!["default/web".to_string()]);
+    assert!(state.desired(&svc_name("web")).frontends[0]
+        .backends
+        .is_empty());
 }

@@ -3,7 +3,7 @@
 //! writes the watching)
 //!
 //! The folder is read once and sent as one initial list per kind (`Init`, `InitApply`*,
-//! `InitDone`). Afterwards inotify reports which files changed; after `debounce` of quiet
+//! `InitDone`), streamed file by file as the files are parsed (on every core). Afterwards inotify reports which files changed; after `debounce` of quiet
 //! only those files are read again and only the objects whose content changed are sent
 //! (`Apply`/`Delete`). A file that does not parse is reported (`Rejected`, `file:line`) and
 //! its last good objects stay. A folder that disappears keeps the state until it is back.
@@ -142,22 +142,49 @@ impl FolderSource {
         }
     }
 
-    /// The first read: every file into the state, then one list per kind. `Ok(false)` when
-    /// the folder cannot be listed (nothing is sent then: the lists are not known yet).
+    /// The first read: one list per kind, all three open at once (`Init`), filled file by
+    /// file as the files are parsed (`InitApply`), closed when every file is in
+    /// (`InitDone`). Files are parsed on every core while earlier ones are sent, and only
+    /// a few files' parsed objects are in memory at a time. Files may come in any order:
+    /// an object defined by several files is sent by a later-named file after the earlier
+    /// one, and never by an earlier-named file after a later one, so the last by name wins
+    /// as it does afterwards. `Ok(false)` when the folder cannot be listed (nothing is sent
+    /// then: the lists are not known yet).
     async fn send_initial_lists(&mut self) -> Result<bool, ReceiverGone> {
         let Some(paths) = self.list() else {
             return Ok(false);
         };
-        let update = self.read_files(&paths).await?;
-        log_conflicts(&update);
         for kind in Kind::ALL {
-            let objects = self.state.effective_of_kind(kind);
-            info!(kind = ?kind, count = objects.len(), dir = %self.config.dir.display(), "manifests: initial list");
             self.send(init_event(kind, InitStep::Init)).await?;
-            for object in objects {
-                self.send(object_event(object, ObjectStep::InitApply))
-                    .await?;
+        }
+        let (parsed_tx, mut parsed) = mpsc::channel(files::parallelism());
+        let node_name = self.config.node_name.clone();
+        let reader = tokio::task::spawn_blocking(move || {
+            files::read_each(&paths, node_name.as_deref(), |path, read| {
+                parsed_tx.blocking_send((path, read)).is_ok()
+            });
+        });
+        while let Some((path, read)) = parsed.recv().await {
+            let update = self.absorb(vec![(path, read)]).await?;
+            log_conflicts(&update);
+            for change in update.changes {
+                // Nothing is deleted while the state fills for the first time.
+                if let Change::Apply(object) = change {
+                    self.send(object_event(object, ObjectStep::InitApply))
+                        .await?;
+                }
             }
+        }
+        match reader.await {
+            Ok(()) => {}
+            // A panic while parsing is a bug: let it show.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down.
+            Err(_) => return Err(ReceiverGone),
+        }
+        for kind in Kind::ALL {
+            let count = self.state.count_of_kind(kind);
+            info!(kind = ?kind, count, dir = %self.config.dir.display(), "manifests: initial list");
             self.send(init_event(kind, InitStep::InitDone)).await?;
         }
         self.listed = true;
@@ -217,12 +244,12 @@ impl FolderSource {
     /// Reads `paths` into the state. A file that cannot be used is sent as `Rejected` and
     /// keeps its last good objects.
     async fn read_files(&mut self, paths: &[PathBuf]) -> Result<FileUpdate, ReceiverGone> {
-        let mut contents = Vec::with_capacity(paths.len());
         let reads = {
             let paths = paths.to_vec();
             let node_name = self.config.node_name.clone();
             match tokio::task::spawn_blocking(move || {
-                files::read_many(&paths, node_name.as_deref())
+                let reads = files::read_many(&paths, node_name.as_deref());
+                paths.into_iter().zip(reads).collect::<Vec<_>>()
             })
             .await
             {
@@ -233,13 +260,22 @@ impl FolderSource {
                 Err(_) => return Err(ReceiverGone),
             }
         };
-        for (path, read) in paths.iter().zip(reads) {
+        self.absorb(reads).await
+    }
+
+    /// Takes files just read into the state (all together); unusable ones are reported.
+    async fn absorb(
+        &mut self,
+        reads: Vec<(PathBuf, FileRead)>,
+    ) -> Result<FileUpdate, ReceiverGone> {
+        let mut contents = Vec::with_capacity(reads.len());
+        for (path, read) in reads {
             match read {
                 FileRead::Parsed { objects, rejected } => {
                     self.reject_all(rejected).await?;
-                    contents.push((path.clone(), objects));
+                    contents.push((path, objects));
                 }
-                FileRead::Missing => contents.push((path.clone(), FileObjects::new())),
+                FileRead::Missing => contents.push((path, FileObjects::new())),
                 FileRead::Rejected(rejection) => self.reject_all(vec![rejection]).await?,
             }
         }
@@ -306,8 +342,8 @@ fn object_event(object: Object, step: ObjectStep) -> SourceEvent {
         })
     }
     match object {
-        Object::Service(o) => SourceEvent::Service(wrap(*o, step)),
-        Object::EndpointSlice(o) => SourceEvent::EndpointSlice(wrap(*o, step)),
-        Object::Node(o) => SourceEvent::Node(wrap(*o, step)),
+        Object::Service(o) => SourceEvent::Service(wrap(o, step)),
+        Object::EndpointSlice(o) => SourceEvent::EndpointSlice(wrap(o, step)),
+        Object::Node(o) => SourceEvent::Node(wrap(o, step)),
     }
 }

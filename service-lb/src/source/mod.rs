@@ -3,11 +3,18 @@
 //! watcher semantics per kind:
 //!
 //! - a (re)list is `Init`, then one `InitApply` per object, then `InitDone` (objects not in
-//!   the new list are gone); a relist after a dropped watch or a 410 Gone looks the same;
+//!   the new list are gone); a relist after a dropped watch or a 410 Gone looks the same.
+//!   Lists of different kinds may interleave, and an object may come twice in one list
+//!   (the manifests folder streams file by file): the last one counts;
 //! - afterwards `Apply` (created or changed) and `Delete`.
 //!
 //! A source never sends `Delete` for objects it merely has not seen yet: until a kind's first
 //! `InitDone` nothing of that kind may be removed from the data plane.
+//!
+//! Objects travel as `Arc`s: a source that keeps them (the manifests folder) shares them
+//! with the model instead of copying them.
+
+use std::sync::Arc;
 
 use k8s_openapi::api::{
     core::v1::{Node, Service},
@@ -28,10 +35,10 @@ pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// One thing a source saw.
 #[derive(Debug)]
 pub enum SourceEvent {
-    Service(Box<watcher::Event<Service>>),
-    EndpointSlice(Box<watcher::Event<EndpointSlice>>),
+    Service(Box<watcher::Event<Arc<Service>>>),
+    EndpointSlice(Box<watcher::Event<Arc<EndpointSlice>>>),
     /// This node only (the one named by `--node-name`).
-    Node(Box<watcher::Event<Node>>),
+    Node(Box<watcher::Event<Arc<Node>>>),
     /// Input that could not be used at all (a file that does not parse, an object of a
     /// known kind that does not deserialize). The source keeps the last good objects of that
     /// origin; the daemon logs a warning and counts it under `reason`.
@@ -47,4 +54,15 @@ pub struct Rejection {
     pub reason: &'static str,
     /// Human-readable detail for the log.
     pub detail: String,
+}
+
+/// The same event with its object behind an `Arc`.
+pub fn shared<K>(event: watcher::Event<K>) -> watcher::Event<Arc<K>> {
+    match event {
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(Arc::new(o)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+        watcher::Event::Apply(o) => watcher::Event::Apply(Arc::new(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(Arc::new(o)),
+    }
 }

@@ -166,7 +166,11 @@ impl Recorder {
         }
     }
 
-    fn absorb_kind<K>(&mut self, kind: &'static str, event: Event<K>) -> anyhow::Result<Seen>
+    fn absorb_kind<K>(
+        &mut self,
+        kind: &'static str,
+        event: Event<std::sync::Arc<K>>,
+    ) -> anyhow::Result<Seen>
     where
         K: Serialize
             + k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
@@ -178,7 +182,7 @@ impl Recorder {
                 Seen::Init(kind)
             }
             Event::InitApply(object) => {
-                let (name, value) = named(&object)?;
+                let (name, value) = named(object.as_ref())?;
                 mirror
                     .relisting
                     .as_mut()
@@ -192,12 +196,12 @@ impl Recorder {
                 Seen::InitDone(kind)
             }
             Event::Apply(object) => {
-                let (name, value) = named(&object)?;
+                let (name, value) = named(object.as_ref())?;
                 mirror.objects.insert(name.clone(), value);
                 Seen::Apply(kind, name)
             }
             Event::Delete(object) => {
-                let (name, _) = named(&object)?;
+                let (name, _) = named(object.as_ref())?;
                 mirror.objects.remove(&name);
                 Seen::Delete(kind, name)
             }

@@ -1,6 +1,6 @@
 //! One watcher stream per kind, with kube-proxy's watch contract, forwarded to the channel.
 
-use std::fmt::Debug;
+use std::{fmt::Debug, sync::Arc};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, trace, warn};
 
-use crate::source::{SourceEvent, LABEL_SERVICE_PROXY_NAME};
+use crate::source::{shared, SourceEvent, LABEL_SERVICE_PROXY_NAME};
 
 /// Services and EndpointSlices handed to another proxy are not ours (kube-proxy's selector).
 pub(crate) fn not_other_proxy() -> String {
@@ -88,7 +88,7 @@ async fn forward<K, S>(
     kind: &'static str,
     stream: S,
     events: mpsc::Sender<SourceEvent>,
-    wrap: fn(Box<watcher::Event<K>>) -> SourceEvent,
+    wrap: fn(Box<watcher::Event<Arc<K>>>) -> SourceEvent,
 ) where
     S: Stream<Item = watcher::Result<watcher::Event<K>>>,
 {
@@ -97,7 +97,7 @@ async fn forward<K, S>(
         match item {
             Ok(event) => {
                 trace!(kind, event = event_name(&event), "watch event");
-                if events.send(wrap(Box::new(event))).await.is_err() {
+                if events.send(wrap(Box::new(shared(event)))).await.is_err() {
                     return;
                 }
             }

@@ -2,10 +2,14 @@
 //! usable objects (or a rejection that keeps the file's last good objects).
 
 use std::{
+    collections::HashMap,
     ffi::OsStr,
     fs, io,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
 };
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -124,39 +128,53 @@ pub(crate) fn read(path: &Path, node_name: Option<&str>) -> FileRead {
 /// Reads and parses `paths` (in the order given) on up to as many threads as the machine
 /// has cores: parsing a big folder is the daemon's longest start-up step.
 pub(crate) fn read_many(paths: &[PathBuf], node_name: Option<&str>) -> Vec<FileRead> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(paths.len());
-    if threads <= 1 {
-        return paths.iter().map(|p| read(p, node_name)).collect();
-    }
-    let next = AtomicUsize::new(0);
-    let mut reads: Vec<(usize, FileRead)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let index = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(path) = paths.get(index) else {
-                            return done;
-                        };
-                        done.push((index, read(path, node_name)));
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|worker| match worker.join() {
-                Ok(done) => done,
-                // A panic while parsing is a bug; re-raise it where it can be seen.
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
+    let reads = std::sync::Mutex::new(Vec::with_capacity(paths.len()));
+    read_each(paths, node_name, |path, read| {
+        if let Ok(mut reads) = reads.lock() {
+            reads.push((path, read));
+        }
+        true
     });
-    reads.sort_by_key(|(index, _)| *index);
+    let mut reads = reads.into_inner().unwrap_or_else(|e| e.into_inner());
+    let order: HashMap<&PathBuf, usize> = paths.iter().enumerate().map(|(i, p)| (p, i)).collect();
+    reads.sort_by_key(|(path, _)| order.get(path).copied());
     reads.into_iter().map(|(_, read)| read).collect()
+}
+
+/// Reads and parses `paths` on up to as many threads as the machine has cores, handing
+/// each file to `done` as soon as it is parsed (in no particular order). Stops early when
+/// `done` returns false.
+pub(crate) fn read_each(
+    paths: &[PathBuf],
+    node_name: Option<&str>,
+    done: impl Fn(PathBuf, FileRead) -> bool + Sync,
+) {
+    let threads = parallelism().min(paths.len());
+    let next = AtomicUsize::new(0);
+    let work = || loop {
+        let index = next.fetch_add(1, Ordering::Relaxed);
+        let Some(path) = paths.get(index) else {
+            return;
+        };
+        if !done(path.clone(), read(path, node_name)) {
+            // Nobody wants more: let the other workers stop too.
+            next.store(paths.len(), Ordering::Relaxed);
+            return;
+        }
+    };
+    if threads <= 1 {
+        return work();
+    }
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(work);
+        }
+    });
+}
+
+/// How many files are parsed at once.
+pub(crate) fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 fn is_gone(error: &io::Error) -> bool {
@@ -196,9 +214,10 @@ fn collect(path: &Path, parsed: Vec<Object>, node_name: Option<&str>) -> FileRea
 
 fn metadata_mut(object: &mut Object) -> &mut ObjectMeta {
     match object {
-        Object::Service(o) => &mut o.metadata,
-        Object::EndpointSlice(o) => &mut o.metadata,
-        Object::Node(o) => &mut o.metadata,
+        // Unique right after parsing: no copy.
+        Object::Service(o) => &mut Arc::make_mut(o).metadata,
+        Object::EndpointSlice(o) => &mut Arc::make_mut(o).metadata,
+        Object::Node(o) => &mut Arc::make_mut(o).metadata,
     }
 }
 

@@ -12,6 +12,8 @@
 //! to [`ParsedFile::ignored`]. A known kind with another `apiVersion`, a document without a
 //! `kind`, or an object that does not deserialize makes the whole file an error.
 
+use std::sync::Arc;
+
 use k8s_openapi::{
     api::{
         core::v1::{Node, Service},
@@ -23,9 +25,9 @@ use k8s_openapi::{
 /// One object of a kind service-lb uses.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
-    Service(Box<Service>),
-    EndpointSlice(Box<EndpointSlice>),
-    Node(Box<Node>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    Node(Arc<Node>),
 }
 
 /// What one file held.
@@ -170,9 +172,9 @@ fn parse_yaml(text: &str) -> Result<ParsedFile, ParseError> {
 impl YamlDocument {
     fn parse_as(&self, kind: Kind) -> Result<Object, ParseError> {
         Ok(match kind {
-            Kind::Service => Object::Service(Box::new(self.parse()?)),
-            Kind::EndpointSlice => Object::EndpointSlice(Box::new(self.parse()?)),
-            Kind::Node => Object::Node(Box::new(self.parse()?)),
+            Kind::Service => Object::Service(Arc::new(self.parse()?)),
+            Kind::EndpointSlice => Object::EndpointSlice(Arc::new(self.parse()?)),
+            Kind::Node => Object::Node(Arc::new(self.parse()?)),
         })
     }
 
@@ -355,15 +357,15 @@ fn add_json_object(
     };
     match classify(meta, line)? {
         Classified::Ignore(kind) => parsed.ignored.push((kind, line)),
-        Classified::Use(Kind::Service) => parsed.objects.push(Object::Service(
+        Classified::Use(Kind::Service) => parsed.objects.push(Object::Service(Arc::new(
             serde_json::from_value(value).map_err(json_error)?,
-        )),
+        ))),
         Classified::Use(Kind::EndpointSlice) => parsed.objects.push(Object::EndpointSlice(
-            serde_json::from_value(value).map_err(json_error)?,
+            Arc::new(serde_json::from_value(value).map_err(json_error)?),
         )),
-        Classified::Use(Kind::Node) => parsed.objects.push(Object::Node(
+        Classified::Use(Kind::Node) => parsed.objects.push(Object::Node(Arc::new(
             serde_json::from_value(value).map_err(json_error)?,
-        )),
+        ))),
     }
     Ok(())
 }

@@ -6,7 +6,10 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     path::{Path, PathBuf},
+    sync::Arc,
 };
+
+use tracing::warn;
 
 use super::parse::Object;
 
@@ -76,10 +79,55 @@ pub(crate) struct FileUpdate {
     pub(crate) conflicts: Vec<Conflict>,
 }
 
+/// An object as the state keeps it between reads: its JSON, a few hundred bytes where the
+/// parsed value takes kilobytes (a folder of 100k Services would otherwise hold gigabytes).
+/// Serialization is deterministic, so equal objects have equal bytes.
+#[derive(Clone, Debug, PartialEq)]
+enum Stored {
+    Json(Box<[u8]>),
+    /// Kept as it is if it cannot be serialized (not expected from a parsed object).
+    Parsed(Object),
+}
+
+impl Stored {
+    fn of(object: &Object) -> Self {
+        let json = match object {
+            Object::Service(o) => serde_json::to_vec(&**o),
+            Object::EndpointSlice(o) => serde_json::to_vec(&**o),
+            Object::Node(o) => serde_json::to_vec(&**o),
+        };
+        match json {
+            Ok(bytes) => Self::Json(bytes.into_boxed_slice()),
+            Err(error) => {
+                warn!(%error, "cannot serialize a manifest object; keeping it parsed");
+                Self::Parsed(object.clone())
+            }
+        }
+    }
+
+    /// The object again (`None` only if its own JSON no longer reads, which would be a bug).
+    fn object(&self, kind: Kind) -> Option<Object> {
+        let bytes = match self {
+            Self::Parsed(object) => return Some(object.clone()),
+            Self::Json(bytes) => bytes,
+        };
+        let object = match kind {
+            Kind::Service => serde_json::from_slice(bytes).map(|o| Object::Service(Arc::new(o))),
+            Kind::EndpointSlice => {
+                serde_json::from_slice(bytes).map(|o| Object::EndpointSlice(Arc::new(o)))
+            }
+            Kind::Node => serde_json::from_slice(bytes).map(|o| Object::Node(Arc::new(o))),
+        };
+        object
+            .inspect_err(|error| warn!(%error, ?kind, "cannot read back a stored manifest object"))
+            .ok()
+    }
+}
+
 /// Last good objects of every file, and an index of which files define which object.
 #[derive(Debug, Default)]
 pub(crate) struct FolderState {
-    files: BTreeMap<PathBuf, FileObjects>,
+    files: BTreeMap<PathBuf, BTreeMap<ObjectKey, Stored>>,
     /// Files defining each object; the last one (by path order) wins.
     owners: HashMap<ObjectKey, BTreeSet<PathBuf>>,
 }
@@ -90,18 +138,33 @@ impl FolderState {
         self.files.keys().map(PathBuf::as_path)
     }
 
-    /// The object in effect for `key`: the one of the last file (by name) defining it.
-    pub(crate) fn effective(&self, key: &ObjectKey) -> Option<&Object> {
-        let file = self.owners.get(key)?.last()?;
-        self.files.get(file)?.get(key)
+    /// The file whose version of `key` is in effect: the last by name defining it.
+    fn owner(&self, key: &ObjectKey) -> Option<&PathBuf> {
+        self.owners.get(key)?.last()
+    }
+
+    fn effective_stored(&self, key: &ObjectKey) -> Option<&Stored> {
+        self.files.get(self.owner(key)?)?.get(key)
+    }
+
+    /// The object in effect for `key`.
+    #[cfg(test)]
+    pub(crate) fn effective(&self, key: &ObjectKey) -> Option<Object> {
+        self.effective_stored(key)?.object(key.kind)
+    }
+
+    /// How many objects of one kind are in effect.
+    pub(crate) fn count_of_kind(&self, kind: Kind) -> usize {
+        self.owners.keys().filter(|k| k.kind == kind).count()
     }
 
     /// Every object in effect of one kind, sorted by identity.
+    #[cfg(test)]
     pub(crate) fn effective_of_kind(&self, kind: Kind) -> Vec<Object> {
         let mut keys: Vec<&ObjectKey> = self.owners.keys().filter(|k| k.kind == kind).collect();
         keys.sort();
         keys.into_iter()
-            .filter_map(|key| self.effective(key).cloned())
+            .filter_map(|key| self.effective(key))
             .collect()
     }
 
@@ -126,14 +189,31 @@ impl FolderState {
             let old_keys = self.files.get(file).into_iter().flat_map(BTreeMap::keys);
             touched.extend(old_keys.chain(objects.keys()).cloned());
         }
-        let before = self.effective_many(&touched);
+        let before: Vec<(ObjectKey, Option<Stored>)> = touched
+            .into_iter()
+            .map(|key| {
+                let was = self.effective_stored(&key).cloned();
+                (key, was)
+            })
+            .collect();
         let mut written = BTreeSet::new();
+        // The objects just read, to send without reading them back.
+        let mut fresh: HashMap<(PathBuf, ObjectKey), Object> = HashMap::new();
         for (file, objects) in files {
+            let stored = objects
+                .iter()
+                .map(|(key, object)| (key.clone(), Stored::of(object)))
+                .collect();
             written.extend(objects.keys().cloned());
-            self.replace(file, objects);
+            fresh.extend(
+                objects
+                    .into_iter()
+                    .map(|(key, object)| ((file.clone(), key), object)),
+            );
+            self.replace(file, stored);
         }
         FileUpdate {
-            changes: self.changes_since(before),
+            changes: self.changes_since(before, fresh),
             conflicts: written
                 .iter()
                 .filter_map(|key| self.conflict(key))
@@ -142,7 +222,7 @@ impl FolderState {
     }
 
     /// Swaps one file's objects.
-    fn replace(&mut self, file: PathBuf, objects: FileObjects) {
+    fn replace(&mut self, file: PathBuf, objects: BTreeMap<ObjectKey, Stored>) {
         let old = self.files.remove(&file).unwrap_or_default();
         for key in old.keys() {
             if !objects.contains_key(key) {
@@ -160,22 +240,28 @@ impl FolderState {
         }
     }
 
-    fn effective_many(&self, keys: &BTreeSet<ObjectKey>) -> Vec<(ObjectKey, Option<Object>)> {
-        keys.iter()
-            .map(|key| (key.clone(), self.effective(key).cloned()))
-            .collect()
-    }
-
-    fn changes_since(&self, before: Vec<(ObjectKey, Option<Object>)>) -> Vec<Change> {
-        before
-            .into_iter()
-            .filter_map(|(key, was)| match (was, self.effective(&key)) {
-                (None, Some(now)) => Some(Change::Apply(now.clone())),
-                (Some(was), Some(now)) if &was != now => Some(Change::Apply(now.clone())),
-                (Some(was), None) => Some(Change::Delete(was)),
+    fn changes_since(
+        &self,
+        before: Vec<(ObjectKey, Option<Stored>)>,
+        mut fresh: HashMap<(PathBuf, ObjectKey), Object>,
+    ) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (key, was) in before {
+            let now = self.effective_stored(&key);
+            let change = match (was, now) {
+                (was, Some(now)) if was.as_ref() != Some(now) => {
+                    let owner = self.owner(&key).cloned().unwrap_or_default();
+                    fresh
+                        .remove(&(owner, key.clone()))
+                        .or_else(|| now.object(key.kind))
+                        .map(Change::Apply)
+                }
+                (Some(was), None) => was.object(key.kind).map(Change::Delete),
                 _ => None,
-            })
-            .collect()
+            };
+            changes.extend(change);
+        }
+        changes
     }
 
     fn forget_owner(&mut self, key: &ObjectKey, file: &Path) {
@@ -206,7 +292,7 @@ mod tests {
     use super::*;
 
     fn service(name: &str, cluster_ip: &str) -> (ObjectKey, Object) {
-        let object = Object::Service(Box::new(Service {
+        let object = Object::Service(Arc::new(Service {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("default".into()),
@@ -227,7 +313,7 @@ mod tests {
     }
 
     fn node(name: &str) -> (ObjectKey, Object) {
-        let object = Object::Node(Box::new(Node {
+        let object = Object::Node(Arc::new(Node {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 ..ObjectMeta::default()

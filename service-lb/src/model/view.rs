@@ -1,0 +1,277 @@
+//! What the model keeps of each object: only the fields kube-proxy's semantics read, in
+//! compact form, instead of the whole Service or EndpointSlice (an EndpointSlice of 10
+//! endpoints is about 5 KiB as a k8s-openapi value and a few hundred bytes here). A change
+//! to anything else (status, managedFields, other annotations, `targetRef`, hints) is then
+//! no change at all: it does not even mark the Service dirty.
+//!
+//! A field a new feature needs is added here first.
+
+use std::{
+    collections::HashSet,
+    net::{AddrParseError, IpAddr},
+    sync::Arc,
+};
+
+use k8s_openapi::api::{
+    core::v1::{ServicePort, ServiceSpec},
+    discovery::v1::{Endpoint, EndpointPort, EndpointSlice},
+};
+
+use super::service::ANNOTATION_LAST_CHANGE_TRIGGER_TIME;
+
+/// The parts of a Service's spec the model reads (`None`: the Service has no spec).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct ServiceView {
+    pub spec: Option<ServiceSpec>,
+}
+
+impl ServiceView {
+    pub fn of(spec: Option<&ServiceSpec>) -> Self {
+        Self {
+            spec: spec.map(trim_spec),
+        }
+    }
+}
+
+/// `type`, cluster IPs, ports (name, protocol, port) and session affinity; the rest unset.
+fn trim_spec(spec: &ServiceSpec) -> ServiceSpec {
+    ServiceSpec {
+        type_: spec.type_.clone(),
+        cluster_ip: spec.cluster_ip.clone(),
+        cluster_ips: spec.cluster_ips.clone(),
+        ports: spec
+            .ports
+            .as_ref()
+            .map(|ports| ports.iter().map(trim_port).collect()),
+        session_affinity: spec.session_affinity.clone(),
+        session_affinity_config: spec.session_affinity_config.clone(),
+        ..ServiceSpec::default()
+    }
+}
+
+fn trim_port(port: &ServicePort) -> ServicePort {
+    ServicePort {
+        name: port.name.clone(),
+        protocol: port.protocol.clone(),
+        port: port.port,
+        ..ServicePort::default()
+    }
+}
+
+/// An EndpointSlice's address type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum AddressType {
+    Ipv4,
+    Ipv6,
+    /// FQDN or anything else: never used.
+    Other,
+}
+
+/// One port of a slice, as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct SlicePort {
+    pub name: Option<String>,
+    pub protocol: Option<String>,
+    pub port: Option<i32>,
+}
+
+/// An endpoint's first address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum EndpointAddress {
+    Ip(IpAddr),
+    /// Does not parse as an IP address (kept for the skip message).
+    Invalid(Box<str>, AddrParseError),
+    /// The endpoint lists no address.
+    Missing,
+}
+
+/// One endpoint: its first address, conditions as written (nil kept) and node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct EndpointView {
+    pub address: EndpointAddress,
+    pub ready: Option<bool>,
+    pub serving: Option<bool>,
+    pub terminating: Option<bool>,
+    pub node_name: Option<Arc<str>>,
+}
+
+/// The parts of an EndpointSlice the model reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct SliceView {
+    /// `EndpointSlice ns/name`, for skip messages.
+    pub origin: String,
+    pub address_type: AddressType,
+    pub ports: Vec<SlicePort>,
+    pub endpoints: Vec<EndpointView>,
+    /// `endpoints.kubernetes.io/last-change-trigger-time`, as written.
+    pub trigger_time: Option<String>,
+}
+
+impl SliceView {
+    /// `namespace`: the slice's namespace after defaulting. Node names are shared through
+    /// `nodes` (a cluster has few nodes and many endpoints).
+    pub fn of(slice: &EndpointSlice, namespace: &str, nodes: &mut NodeNames) -> Self {
+        let EndpointSlice {
+            metadata,
+            address_type,
+            endpoints,
+            ports,
+        } = slice;
+        let address_type = match address_type.as_str() {
+            "IPv4" => AddressType::Ipv4,
+            "IPv6" => AddressType::Ipv6,
+            _ => AddressType::Other,
+        };
+        let trigger_time = metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_LAST_CHANGE_TRIGGER_TIME))
+            .cloned();
+        Self {
+            origin: format!(
+                "EndpointSlice {namespace}/{}",
+                metadata.name.as_deref().unwrap_or_default()
+            ),
+            address_type,
+            ports: ports
+                .iter()
+                .flatten()
+                .map(|p: &EndpointPort| SlicePort {
+                    name: p.name.clone(),
+                    protocol: p.protocol.clone(),
+                    port: p.port,
+                })
+                .collect(),
+            endpoints: endpoints
+                .iter()
+                .map(|e| EndpointView::of(e, nodes))
+                .collect(),
+            trigger_time,
+        }
+    }
+}
+
+impl EndpointView {
+    fn of(endpoint: &Endpoint, nodes: &mut NodeNames) -> Self {
+        let address = match endpoint.addresses.first() {
+            None => EndpointAddress::Missing,
+            Some(text) => match text.parse::<IpAddr>() {
+                Ok(ip) => EndpointAddress::Ip(ip),
+                Err(e) => EndpointAddress::Invalid(text.as_str().into(), e),
+            },
+        };
+        let conditions = endpoint.conditions.clone().unwrap_or_default();
+        Self {
+            address,
+            ready: conditions.ready,
+            serving: conditions.serving,
+            terminating: conditions.terminating,
+            node_name: endpoint.node_name.as_deref().map(|n| nodes.intern(n)),
+        }
+    }
+}
+
+/// Node names shared by every endpoint that names them. Names of nodes that left stay
+/// (a few bytes per node the cluster ever had).
+#[derive(Debug, Default)]
+pub(super) struct NodeNames {
+    names: HashSet<Arc<str>>,
+}
+
+impl NodeNames {
+    pub fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.names.get(name) {
+            return Arc::clone(known);
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.names.insert(Arc::clone(&name));
+        name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::discovery::v1::EndpointConditions;
+
+    use super::*;
+
+    #[test]
+    fn node_names_are_shared() {
+        let mut nodes = NodeNames::default();
+        let a = nodes.intern("n1");
+        let b = nodes.intern("n1");
+        let c = nodes.intern("n2");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(&*c, "n2");
+    }
+
+    #[test]
+    fn endpoint_addresses_and_conditions_are_kept_as_written() {
+        let mut nodes = NodeNames::default();
+        let endpoint = |addresses: &[&str], ready: Option<bool>| Endpoint {
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            conditions: Some(EndpointConditions {
+                ready,
+                serving: None,
+                terminating: Some(true),
+            }),
+            node_name: Some("n1".into()),
+            ..Endpoint::default()
+        };
+        let view = EndpointView::of(
+            &endpoint(&["198.18.1.2", "198.18.1.3"], Some(false)),
+            &mut nodes,
+        );
+        assert_eq!(
+            view,
+            EndpointView {
+                address: EndpointAddress::Ip("198.18.1.2".parse().unwrap()),
+                ready: Some(false),
+                serving: None,
+                terminating: Some(true),
+                node_name: Some(Arc::from("n1")),
+            }
+        );
+        let bad = EndpointView::of(&endpoint(&["198.18.1"], None), &mut nodes);
+        assert!(
+            matches!(&bad.address, EndpointAddress::Invalid(text, _) if &**text == "198.18.1"),
+            "{bad:?}"
+        );
+        let none = EndpointView::of(&endpoint(&[], None), &mut nodes);
+        assert_eq!(none.address, EndpointAddress::Missing);
+    }
+
+    #[test]
+    fn a_trimmed_spec_keeps_what_the_model_reads() {
+        let spec = ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            cluster_ip: Some("198.19.0.10".into()),
+            cluster_ips: Some(vec!["198.19.0.10".into()]),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                protocol: Some("TCP".into()),
+                port: 80,
+                app_protocol: Some("http".into()),
+                ..ServicePort::default()
+            }]),
+            session_affinity: Some("ClientIP".into()),
+            selector: Some([("app".to_string(), "web".to_string())].into()),
+            ..ServiceSpec::default()
+        };
+        let view = ServiceView::of(Some(&spec)).spec.unwrap();
+        assert_eq!(view.selector, None);
+        assert_eq!(view.ports.as_ref().unwrap()[0].app_protocol, None);
+        let kept = ServiceSpec {
+            selector: None,
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                protocol: Some("TCP".into()),
+                port: 80,
+                ..ServicePort::default()
+            }]),
+            ..spec
+        };
+        assert_eq!(view, kept);
+    }
+}
