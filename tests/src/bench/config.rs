@@ -69,7 +69,7 @@ impl BenchConfig {
                 connections: 2_000,
                 warmup: 200,
                 time: Duration::from_secs(60),
-                bulk_bytes: 300 << 20,
+                bulk_bytes: 2 << 30,
                 load: Duration::from_secs(200),
             },
         }

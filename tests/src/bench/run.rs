@@ -49,7 +49,7 @@ pub fn run(config: &BenchConfig, out: &Path, command: &str) -> anyhow::Result<Ou
         sync,
         change_table(&sync_rows, config),
         e2e,
-        bulk_table(&e2e_rows),
+        bulk_table(&e2e_rows, config),
     ];
 
     let chart_path = sibling(out, "svg");
@@ -424,12 +424,15 @@ fn e2e_table(rows: &[E2eRow]) -> Section {
     section
 }
 
-fn bulk_table(rows: &[E2eRow]) -> Section {
+fn bulk_table(rows: &[E2eRow], config: &BenchConfig) -> Section {
     let mut section = Section::new(
         "End to end: bulk throughput (one TCP stream)",
-        "The client writes the configured number of bytes over one TCP connection to a sink \
-         on a backend pod (directly, or through the ClusterIP via service-lb); Gbit/s until \
-         the sink acknowledges the end.",
+        &format!(
+            "The client writes {} MiB over one TCP connection to a sink on a backend pod \
+             (directly, or through the ClusterIP via service-lb); Gbit/s until the sink \
+             acknowledges the end; the median of 3 streams.",
+            config.e2e_bounds.bulk_bytes >> 20
+        ),
         &["target", "services", "Gbit/s", "vs direct"],
     );
     for row in rows {
