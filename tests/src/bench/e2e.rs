@@ -3,8 +3,9 @@
 //! service-lb, (c) the same through kube-proxy's iptables layout, (d) its nftables layout,
 //! with N services in place; and a bulk TCP stream via the ClusterIP against direct.
 //!
-//! Each (target, N) gets a fresh cluster; kube-proxy's rules are loaded only inside that
-//! cluster's node namespace. Every loop is bounded in count and in time.
+//! Each (target, N) gets a cluster of its own; kube-proxy's rules are loaded only inside
+//! that cluster's node namespace. The clusters of one N are measured side by side, in
+//! rounds. Every loop is bounded in count and in time.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -103,8 +104,132 @@ struct Fixture {
     cluster: Cluster,
 }
 
-/// Measures `target` with `services` services in place.
-pub fn measure(target: Target, services: u32, bounds: LoopBounds) -> anyhow::Result<E2eRow> {
+/// One target ready to be measured: its cluster, where to connect, where to stream.
+struct Prepared {
+    target: Target,
+    fixture: Fixture,
+    vip: SocketAddr,
+    bulk_addr: Option<SocketAddr>,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if let Some(mut daemon) = self.fixture.daemon.take() {
+            let _ = daemon.stop();
+        }
+    }
+}
+
+/// What the rounds gathered for one target.
+#[derive(Default)]
+struct Gathered {
+    latencies: Vec<Duration>,
+    errors: u32,
+    elapsed: Duration,
+    bulk: Vec<f64>,
+}
+
+/// Rounds the connections of each target are spread over.
+const ROUNDS: u32 = 10;
+
+/// Measures every target in `targets` with `services` services in place. All the clusters
+/// are built first; then the connections go in rounds, a share of each target in turn,
+/// and so do the bulk streams, so a slow spell of the machine falls on every target alike
+/// instead of on whichever ran at that moment. A target that cannot be set up is reported
+/// on its own; the others are still measured.
+pub fn measure_all(
+    targets: &[Target],
+    services: u32,
+    bounds: LoopBounds,
+) -> Vec<(Target, anyhow::Result<E2eRow>)> {
+    let mut results = Vec::new();
+    let mut prepared = Vec::new();
+    for &target in targets {
+        eprintln!(
+            "slb-bench: end to end, setting up {} with {services} services",
+            target.name()
+        );
+        match prepare(target, services, bounds) {
+            Ok(p) => prepared.push(p),
+            Err(e) => results.push((target, Err(e))),
+        }
+    }
+    eprintln!(
+        "slb-bench: end to end, {ROUNDS} rounds over {} targets",
+        prepared.len()
+    );
+    let mut gathered: Vec<anyhow::Result<Gathered>> =
+        prepared.iter().map(|_| Ok(Gathered::default())).collect();
+    for (p, g) in prepared.iter().zip(&mut gathered) {
+        if let Err(e) = warm_up(p, bounds) {
+            *g = Err(e);
+        }
+    }
+    let share = bounds.connections.div_ceil(ROUNDS);
+    for _ in 0..ROUNDS {
+        for (p, g) in prepared.iter().zip(&mut gathered) {
+            let Ok(sofar) = g else { continue };
+            let left = bounds
+                .connections
+                .saturating_sub(sofar.latencies.len() as u32 + sofar.errors);
+            if left == 0 || sofar.elapsed > bounds.time {
+                continue;
+            }
+            match latency_loop(&p.fixture, p.vip, share.min(left)) {
+                Ok((latencies, errors, elapsed)) => {
+                    sofar.latencies.extend(latencies);
+                    sofar.errors += errors;
+                    sofar.elapsed += elapsed;
+                }
+                Err(e) => *g = Err(e),
+            }
+        }
+    }
+    if bounds.bulk_bytes > 0 {
+        for _ in 0..BULK_RUNS {
+            for (p, g) in prepared.iter().zip(&mut gathered) {
+                let (Ok(sofar), Some(addr)) = (&mut *g, p.bulk_addr) else {
+                    continue;
+                };
+                match bulk_stream(&p.fixture, addr, bounds) {
+                    Ok(gbit) => sofar.bulk.push(gbit),
+                    Err(e) => *g = Err(e),
+                }
+            }
+        }
+    }
+    for (p, g) in prepared.iter().zip(gathered) {
+        results.push((p.target, g.and_then(|g| row_of(p.target, services, g))));
+    }
+    drop(prepared);
+    results.sort_by_key(|(t, _)| targets.iter().position(|x| x == t));
+    results
+}
+
+fn row_of(target: Target, services: u32, mut g: Gathered) -> anyhow::Result<E2eRow> {
+    ensure!(
+        !g.latencies.is_empty(),
+        "{}: no connection succeeded ({} errors)",
+        target.name(),
+        g.errors
+    );
+    g.latencies.sort();
+    g.bulk.sort_by(f64::total_cmp);
+    Ok(E2eRow {
+        target,
+        services,
+        p50: quantile(&g.latencies, 0.5).unwrap_or_default(),
+        p99: quantile(&g.latencies, 0.99).unwrap_or_default(),
+        connections_per_s: g.latencies.len() as f64 / g.elapsed.as_secs_f64().max(1e-9),
+        connections: g.latencies.len(),
+        errors: g.errors,
+        bulk_gbit_s: g.bulk.get(g.bulk.len() / 2).copied(),
+    })
+}
+
+/// Builds the cluster of `target` with `services` services in place, and checks the
+/// measured address answers.
+fn prepare(target: Target, services: u32, bounds: LoopBounds) -> anyhow::Result<Prepared> {
     let mut pods: Vec<&str> = vec!["client"];
     pods.extend(BACKEND_PODS);
     let cluster = Cluster::new(&ClusterSpec::new(&[&pods])).context("building the cluster")?;
@@ -149,44 +274,17 @@ pub fn measure(target: Target, services: u32, bounds: LoopBounds) -> anyhow::Res
                 Layout::Nftables
             };
             let node = fixture.cluster.node(1)?;
-            (
-                load_kube_proxy(&node.ns, layout, services, &backends, bounds.load)?,
-                None,
-            )
+            let vip = load_kube_proxy(&node.ns, layout, services, &backends, bounds.load)?;
+            wait_answer(fixture.cluster.pod("client")?, vip)?;
+            (vip, None)
         }
     };
-    let client = fixture.cluster.pod("client")?;
-    let (latencies, errors, elapsed) = latency_loop(client, vip, bounds)?;
-    ensure!(
-        !latencies.is_empty(),
-        "{}: no connection to {vip} succeeded ({errors} errors)",
-        target.name()
-    );
-    let bulk_gbit_s = match bulk_addr {
-        Some(addr) if bounds.bulk_bytes > 0 => {
-            let mut runs = (0..BULK_RUNS)
-                .map(|_| bulk_stream(client, addr, bounds))
-                .collect::<anyhow::Result<Vec<f64>>>()?;
-            runs.sort_by(f64::total_cmp);
-            runs.get(runs.len() / 2).copied()
-        }
-        _ => None,
-    };
-    let row = E2eRow {
+    Ok(Prepared {
         target,
-        services,
-        p50: quantile(&latencies, 0.5).unwrap_or_default(),
-        p99: quantile(&latencies, 0.99).unwrap_or_default(),
-        connections_per_s: latencies.len() as f64 / elapsed.as_secs_f64().max(1e-9),
-        connections: latencies.len(),
-        errors,
-        bulk_gbit_s,
-    };
-    if let Some(mut daemon) = fixture.daemon.take() {
-        let _ = daemon.stop();
-    }
-    drop(fixture);
-    Ok(row)
+        fixture,
+        vip,
+        bulk_addr,
+    })
 }
 
 /// service-lb on the node: N-1 services with unreachable backends plus the measured one
@@ -374,46 +472,50 @@ fn wait_answer(client: &Pod, addr: SocketAddr) -> anyhow::Result<()> {
     })
 }
 
-/// Sequential exchanges from the client: sorted latencies, errors, wall time of the
-/// measured part.
-fn latency_loop(
-    client: &Pod,
-    addr: SocketAddr,
-    bounds: LoopBounds,
-) -> anyhow::Result<(Vec<Duration>, u32, Duration)> {
+/// The warm-up connections of a target (bounded in time), not measured.
+fn warm_up(p: &Prepared, bounds: LoopBounds) -> anyhow::Result<()> {
+    let client = p.fixture.cluster.pod("client")?;
     run_in(&client.ns, || {
         let started = Instant::now();
         for _ in 0..bounds.warmup {
             if started.elapsed() > bounds.time {
                 break;
             }
-            let _ = one_exchange(addr);
+            let _ = one_exchange(p.vip);
         }
-        let mut latencies = Vec::with_capacity(bounds.connections as usize);
+        Ok(())
+    })
+}
+
+/// `count` sequential exchanges from the client: latencies, errors, wall time.
+fn latency_loop(
+    fixture: &Fixture,
+    addr: SocketAddr,
+    count: u32,
+) -> anyhow::Result<(Vec<Duration>, u32, Duration)> {
+    let client = fixture.cluster.pod("client")?;
+    run_in(&client.ns, || {
+        let mut latencies = Vec::with_capacity(count as usize);
         let mut errors = 0;
         let measured = Instant::now();
-        for _ in 0..bounds.connections {
-            if started.elapsed() > bounds.time {
-                break;
-            }
+        for _ in 0..count {
             let t = Instant::now();
             match one_exchange(addr) {
                 Ok(()) => latencies.push(t.elapsed()),
                 Err(_) => errors += 1,
             }
         }
-        let elapsed = measured.elapsed();
-        latencies.sort();
-        Ok((latencies, errors, elapsed))
+        Ok((latencies, errors, measured.elapsed()))
     })
 }
 
-/// Bulk streams per row; the median is reported (one stream is short and noisy).
+/// Bulk streams per row (in rounds with the other targets); the median is reported.
 const BULK_RUNS: usize = 3;
 
 /// Sends `bulk_bytes` over one TCP stream from the client; Gbit/s until the sink has
 /// acknowledged the end (it answers one byte after reading everything).
-fn bulk_stream(client: &Pod, addr: SocketAddr, bounds: LoopBounds) -> anyhow::Result<f64> {
+fn bulk_stream(fixture: &Fixture, addr: SocketAddr, bounds: LoopBounds) -> anyhow::Result<f64> {
+    let client = fixture.cluster.pod("client")?;
     run_in(&client.ns, || {
         let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
             .with_context(|| format!("bulk connect to {addr}"))?;

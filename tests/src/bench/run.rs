@@ -352,12 +352,8 @@ fn per_packet_chart(rows: &[PerPacketRow]) -> Chart {
 fn e2e_section(config: &BenchConfig, failures: &mut Vec<String>) -> anyhow::Result<Vec<E2eRow>> {
     let mut rows = Vec::new();
     for &services in &config.e2e_services {
-        for target in Target::ALL {
-            eprintln!(
-                "slb-bench: end to end, {} with {services} services",
-                target.name()
-            );
-            match e2e::measure(target, services, config.e2e_bounds) {
+        for (target, result) in e2e::measure_all(&Target::ALL, services, config.e2e_bounds) {
+            match result {
                 Ok(row) => rows.push(row),
                 Err(e) => failures.push(note(
                     &e,
@@ -386,9 +382,11 @@ fn e2e_table(rows: &[E2eRow]) -> Section {
     let mut section = Section::new(
         "End to end: connect + request/response",
         "A one-node cluster of namespaces per row (client pod, 4 backend pods on the same \
-         node). Sequential connections from the client: connect, read the server's greeting, \
-         one request line and its answer, close; warm-up first, then the measured count \
-         (bounded in time). service-lb: the daemon with N services (N-1 with 10 unreachable \
+         node); the four clusters of one N are built first and measured side by side. \
+         Sequential connections from the client: connect, read the server's greeting, one \
+         request line and its answer, close; warm-up first, then the measured count spread \
+         over 10 rounds that take each target in turn (so a slow spell of the machine falls \
+         on all of them alike; bounded in time). service-lb: the daemon with N services (N-1 with 10 unreachable \
          endpoints, the measured one last with the 4 pods). kube-proxy: its generated ruleset \
          for N services loaded in the node namespace, the measured service LAST in \
          KUBE-SERVICES and its 10 endpoints pointed at the 4 pods. Ratios against the pod-IP \
@@ -430,7 +428,7 @@ fn bulk_table(rows: &[E2eRow], config: &BenchConfig) -> Section {
         &format!(
             "The client writes {} MiB over one TCP connection to a sink on a backend pod \
              (directly, or through the ClusterIP via service-lb); Gbit/s until the sink \
-             acknowledges the end; the median of 3 streams.",
+             acknowledges the end; the median of 3 streams, taken in turn with the direct one.",
             config.e2e_bounds.bulk_bytes >> 20
         ),
         &["target", "services", "Gbit/s", "vs direct"],
