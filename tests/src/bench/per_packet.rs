@@ -213,83 +213,152 @@ fn client(flow: u32) -> SocketAddr {
     SocketAddr::new(Ipv4Addr::new(198, 18, 255, host).into(), port)
 }
 
-/// Measures the four paths with `services` services in the maps.
-pub fn measure(services: u32, repeat: u32, new_flows: u32) -> anyhow::Result<PerPacketRow> {
-    ensure!(
-        services > 0 && new_flows > 0 && repeat > 0,
-        "empty measurement"
-    );
+/// Rounds of the per-packet measurement: each takes every N in turn.
+const ROUNDS: u32 = 5;
+
+/// One N loaded and filled, with the packets of its measured service.
+struct Prepared {
+    services: u32,
+    dp: SizedDataplane,
+    fill: Duration,
+    vip: SocketAddr,
+    backends: Vec<SocketAddr>,
+    /// Kernel time of the new flows so far, and how many.
+    new_flow_time: Duration,
+    new_flows: u32,
+    established: Vec<f64>,
+    reply: Vec<f64>,
+    pass: Vec<f64>,
+}
+
+/// Measures the four paths with each of `services` services in the maps. Every N is
+/// loaded and filled first; then the measurement goes in rounds that take each N in turn
+/// (a share of the new flows, then the three repeated paths), so a slower spell of the
+/// machine falls on every N alike. Repeated paths: the median of the rounds.
+pub fn measure_all(
+    services: &[u32],
+    repeat: u32,
+    new_flows: u32,
+) -> anyhow::Result<Vec<PerPacketRow>> {
+    ensure!(new_flows > 0 && repeat > 0, "empty measurement");
     ensure!(
         new_flows < CT_ENTRIES / 2,
         "{new_flows} new flows overflow conntrack"
     );
+    let mut prepared = Vec::new();
+    for &n in services {
+        eprintln!("slb-bench: per-packet: loading and filling {n} services");
+        prepared.push(prepare(n)?);
+    }
+    let share = new_flows.div_ceil(ROUNDS);
+    for round in 0..ROUNDS {
+        eprintln!("slb-bench: per-packet: round {} of {ROUNDS}", round + 1);
+        for p in &mut prepared {
+            let first = round * share;
+            let flows = first..(first + share).min(new_flows);
+            p.new_flows_round(flows)
+                .with_context(|| format!("new flows with {} services", p.services))?;
+            p.repeated_round(repeat)
+                .with_context(|| format!("repeated paths with {} services", p.services))?;
+        }
+    }
+    Ok(prepared.into_iter().map(Prepared::row).collect())
+}
+
+fn prepare(services: u32) -> anyhow::Result<Prepared> {
+    ensure!(services > 0, "no services");
     let set = ServiceSet { services };
     let mut dp = SizedDataplane::load(set)?;
     let started = Instant::now();
     dp.fill(set)
         .with_context(|| format!("writing {services} services"))?;
     let fill = started.elapsed();
-
     let measured = services / 2;
-    let vip = SocketAddr::V4(set.vip(measured));
-    let backends: Vec<SocketAddr> = (0..BACKENDS_PER_SERVICE)
-        .map(|slot| SocketAddr::V4(set.backend(measured, slot).1))
-        .collect();
-
-    // New flows: one run each; every output must be the SYN sent to one of the backends.
-    let mut total = Duration::ZERO;
-    for flow in 0..new_flows {
-        let spec = PacketSpec::new(client(flow), vip, L4::SYN);
-        let syn = spec.build()?;
-        let (time, out) = dp.run(Hook::FromPod, &syn, 1)?;
-        ensure!(
-            out != syn && out.len() == syn.len(),
-            "new flow {flow} was not translated"
-        );
-        total += time;
-    }
-    let new_flow_ns = total.as_nanos() as f64 / f64::from(new_flows);
-
-    // Established: flow 0 exists; find its backend from the translated packet.
-    let ack_spec = PacketSpec::new(client(0), vip, L4::ACK);
-    let ack = ack_spec.build()?;
-    let (time, translated) = dp.run(Hook::FromPod, &ack, repeat)?;
-    let established_ns = time.as_nanos() as f64;
-    let backend = backends
-        .iter()
-        .copied()
-        .find(|b| ack_spec.clone().with_dst(*b).build().ok().as_ref() == Some(&translated))
-        .context("established flow not translated to a backend of its service")?;
-
-    // Reply: the backend answers; to_pod must put the VIP back as the source.
-    let reply_spec = PacketSpec::new(backend, client(0), L4::ACK);
-    let reply = reply_spec.build()?;
-    let (time, restored) = dp.run(Hook::ToPod, &reply, repeat)?;
-    let reply_ns = time.as_nanos() as f64;
-    ensure!(
-        Some(&restored)
-            == PacketSpec::new(vip, client(0), L4::ACK)
-                .build()
-                .ok()
-                .as_ref(),
-        "the reply was not reverse-NATed to the VIP"
-    );
-
-    // Pass-through: an address inside the ClusterIP range that is no frontend.
-    let other: SocketAddr = "198.19.127.250:80".parse()?;
-    let pass = PacketSpec::new(client(0), other, L4::ACK).build()?;
-    let (time, untouched) = dp.run(Hook::FromPod, &pass, repeat)?;
-    ensure!(untouched == pass, "a packet to a non-frontend was modified");
-    let pass_ns = time.as_nanos() as f64;
-
-    Ok(PerPacketRow {
+    Ok(Prepared {
         services,
+        dp,
         fill,
-        new_flow_ns,
-        established_ns,
-        reply_ns,
-        pass_ns,
+        vip: SocketAddr::V4(set.vip(measured)),
+        backends: (0..BACKENDS_PER_SERVICE)
+            .map(|slot| SocketAddr::V4(set.backend(measured, slot).1))
+            .collect(),
+        new_flow_time: Duration::ZERO,
+        new_flows: 0,
+        established: Vec::new(),
+        reply: Vec::new(),
+        pass: Vec::new(),
     })
+}
+
+impl Prepared {
+    /// New flows: one run each; every output must be the SYN sent to a backend.
+    fn new_flows_round(&mut self, flows: std::ops::Range<u32>) -> anyhow::Result<()> {
+        for flow in flows {
+            let syn = PacketSpec::new(client(flow), self.vip, L4::SYN).build()?;
+            let (time, out) = self.dp.run(Hook::FromPod, &syn, 1)?;
+            ensure!(
+                out != syn && out.len() == syn.len(),
+                "new flow {flow} was not translated"
+            );
+            self.new_flow_time += time;
+            self.new_flows += 1;
+        }
+        Ok(())
+    }
+
+    /// The established hit, the reply's reverse NAT and a pass-through, `repeat` runs each,
+    /// every output checked.
+    fn repeated_round(&mut self, repeat: u32) -> anyhow::Result<()> {
+        // Established: flow 0 exists (the first round created it); its backend is read
+        // from the translated packet.
+        let ack_spec = PacketSpec::new(client(0), self.vip, L4::ACK);
+        let ack = ack_spec.build()?;
+        let (time, translated) = self.dp.run(Hook::FromPod, &ack, repeat)?;
+        self.established.push(time.as_nanos() as f64);
+        let backend = self
+            .backends
+            .iter()
+            .copied()
+            .find(|b| ack_spec.clone().with_dst(*b).build().ok().as_ref() == Some(&translated))
+            .context("established flow not translated to a backend of its service")?;
+
+        // Reply: the backend answers; to_pod must put the VIP back as the source.
+        let reply = PacketSpec::new(backend, client(0), L4::ACK).build()?;
+        let (time, restored) = self.dp.run(Hook::ToPod, &reply, repeat)?;
+        self.reply.push(time.as_nanos() as f64);
+        ensure!(
+            Some(&restored)
+                == PacketSpec::new(self.vip, client(0), L4::ACK)
+                    .build()
+                    .ok()
+                    .as_ref(),
+            "the reply was not reverse-NATed to the VIP"
+        );
+
+        // Pass-through: an address inside the ClusterIP range that is no frontend.
+        let other: SocketAddr = "198.19.127.250:80".parse()?;
+        let pass = PacketSpec::new(client(0), other, L4::ACK).build()?;
+        let (time, untouched) = self.dp.run(Hook::FromPod, &pass, repeat)?;
+        ensure!(untouched == pass, "a packet to a non-frontend was modified");
+        self.pass.push(time.as_nanos() as f64);
+        Ok(())
+    }
+
+    fn row(self) -> PerPacketRow {
+        PerPacketRow {
+            services: self.services,
+            fill: self.fill,
+            new_flow_ns: self.new_flow_time.as_nanos() as f64 / f64::from(self.new_flows.max(1)),
+            established_ns: median(self.established),
+            reply_ns: median(self.reply),
+            pass_ns: median(self.pass),
+        }
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 #[cfg(test)]
