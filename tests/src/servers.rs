@@ -24,6 +24,8 @@ use crate::netns::{run_in, NetNs};
 
 /// Connect, read and write timeout of every client call.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Sends of one UDP query before it counts as unanswered.
+const UDP_ATTEMPTS: u32 = 4;
 /// How often server loops look at their stop flag.
 const STOP_POLL: Duration = Duration::from_millis(100);
 /// Hard bound on a server's life, should its owner never drop it.
@@ -235,14 +237,30 @@ pub fn udp_ask(addr: SocketAddr) -> Result<Answer> {
     socket
         .connect(addr)
         .with_context(|| format!("udp connect {addr}"))?;
-    socket.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    socket
-        .send(b"q\n")
-        .with_context(|| format!("udp send to {addr}"))?;
+    // UDP may lose a datagram (a busy machine, a neighbour still resolving): the query is
+    // sent again from the same socket (same flow) until CLIENT_TIMEOUT is spent.
+    socket.set_read_timeout(Some(CLIENT_TIMEOUT / UDP_ATTEMPTS))?;
     let mut buf = [0u8; MAX_LINE];
-    let n = socket
-        .recv(&mut buf)
-        .with_context(|| format!("no udp answer from {addr}"))?;
+    let mut attempt = 0;
+    let n = loop {
+        attempt += 1;
+        socket
+            .send(b"q\n")
+            .with_context(|| format!("udp send to {addr}"))?;
+        match socket.recv(&mut buf) {
+            Ok(n) => break n,
+            Err(e)
+                if attempt < UDP_ATTEMPTS
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("no udp answer from {addr} after {attempt} attempts"))
+            }
+        }
+    };
     let from = socket.peer_addr()?;
     parse_answer(&String::from_utf8_lossy(&buf[..n]), from)
 }
