@@ -126,18 +126,8 @@ impl ClusterState {
             }
             watcher::Event::InitDone => {
                 let listed = self.service_relist.take().unwrap_or_default().objects;
-                let new: BTreeMap<ServiceName, ServiceView> = listed.into_iter().collect();
-                let gone: Vec<ServiceName> = self
-                    .services
-                    .keys()
-                    .filter(|name| !new.contains_key(*name))
-                    .cloned()
-                    .collect();
-                for name in gone {
-                    self.set_service(name, None);
-                }
-                for (name, svc) in new {
-                    self.set_service(name, Some(svc));
+                for (name, svc) in relisted(&self.services, listed) {
+                    self.set_service(name, svc);
                 }
                 self.services_synced = true;
             }
@@ -174,18 +164,8 @@ impl ClusterState {
             }
             watcher::Event::InitDone => {
                 let listed = self.slice_relist.take().unwrap_or_default().objects;
-                let new: BTreeMap<SliceId, StoredSlice> = listed.into_iter().collect();
-                let gone: Vec<SliceId> = self
-                    .slices
-                    .keys()
-                    .filter(|id| !new.contains_key(*id))
-                    .cloned()
-                    .collect();
-                for id in gone {
-                    self.set_slice(id, None);
-                }
-                for (id, stored) in new {
-                    self.set_slice(id, Some(stored));
+                for (id, stored) in relisted(&self.slices, listed) {
+                    self.set_slice(id, stored);
                 }
                 self.slices_synced = true;
             }
@@ -352,6 +332,22 @@ impl ClusterState {
             }
         }
     }
+}
+
+/// What a completed relist sets: `None` for every stored key the list lacks, then each
+/// listed entry (the last of a key that came twice).
+fn relisted<K: Ord + Clone, S, V>(
+    stored: &BTreeMap<K, S>,
+    listed: Vec<(K, V)>,
+) -> Vec<(K, Option<V>)> {
+    let listed: BTreeMap<K, V> = listed.into_iter().collect();
+    let mut changes: Vec<(K, Option<V>)> = stored
+        .keys()
+        .filter(|k| !listed.contains_key(*k))
+        .map(|k| (k.clone(), None))
+        .collect();
+    changes.extend(listed.into_iter().map(|(k, v)| (k, Some(v))));
+    changes
 }
 
 fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {

@@ -160,12 +160,12 @@ impl EndpointView {
                 Err(e) => EndpointAddress::Invalid(text.as_str().into(), e),
             },
         };
-        let conditions = endpoint.conditions.clone().unwrap_or_default();
+        let conditions = endpoint.conditions.as_ref();
         Self {
             address,
-            ready: conditions.ready,
-            serving: conditions.serving,
-            terminating: conditions.terminating,
+            ready: conditions.and_then(|c| c.ready),
+            serving: conditions.and_then(|c| c.serving),
+            terminating: conditions.and_then(|c| c.terminating),
             node_name: endpoint.node_name.as_deref().map(|n| nodes.intern(n)),
         }
     }

@@ -160,8 +160,10 @@ impl FolderSource {
         let (parsed_tx, mut parsed) = mpsc::channel(files::parallelism());
         let node_name = self.config.node_name.clone();
         let reader = tokio::task::spawn_blocking(move || {
-            files::read_each(&paths, node_name.as_deref(), |path, read| {
-                parsed_tx.blocking_send((path, read)).is_ok()
+            files::read_each(&paths, node_name.as_deref(), |index, read| {
+                parsed_tx
+                    .blocking_send((paths[index].clone(), read))
+                    .is_ok()
             });
         });
         while let Some((path, read)) = parsed.recv().await {
@@ -175,13 +177,7 @@ impl FolderSource {
                 }
             }
         }
-        match reader.await {
-            Ok(()) => {}
-            // A panic while parsing is a bug: let it show.
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // The runtime is shutting down.
-            Err(_) => return Err(ReceiverGone),
-        }
+        joined(reader.await)?;
         for kind in Kind::ALL {
             let count = self.state.count_of_kind(kind);
             info!(kind = ?kind, count, dir = %self.config.dir.display(), "manifests: initial list");
@@ -247,18 +243,13 @@ impl FolderSource {
         let reads = {
             let paths = paths.to_vec();
             let node_name = self.config.node_name.clone();
-            match tokio::task::spawn_blocking(move || {
-                let reads = files::read_many(&paths, node_name.as_deref());
-                paths.into_iter().zip(reads).collect::<Vec<_>>()
-            })
-            .await
-            {
-                Ok(reads) => reads,
-                // A panic while parsing is a bug: let it show.
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                // The runtime is shutting down.
-                Err(_) => return Err(ReceiverGone),
-            }
+            joined(
+                tokio::task::spawn_blocking(move || {
+                    let reads = files::read_many(&paths, node_name.as_deref());
+                    paths.into_iter().zip(reads).collect::<Vec<_>>()
+                })
+                .await,
+            )?
         };
         self.absorb(reads).await
     }
@@ -292,6 +283,16 @@ impl FolderSource {
 
     async fn send(&self, event: SourceEvent) -> Result<(), ReceiverGone> {
         self.events.send(event).await.map_err(|_| ReceiverGone)
+    }
+}
+
+/// The result of a parsing task. A panic while parsing is a bug: it is re-raised here. A
+/// task cancelled by the runtime means the daemon is shutting down.
+fn joined<T>(result: Result<T, tokio::task::JoinError>) -> Result<T, ReceiverGone> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(ReceiverGone),
     }
 }
 

@@ -2,13 +2,12 @@
 //! usable objects (or a rejection that keeps the file's last good objects).
 
 use std::{
-    collections::HashMap,
     ffi::OsStr,
     fs, io,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex,
     },
 };
 
@@ -128,26 +127,29 @@ pub(crate) fn read(path: &Path, node_name: Option<&str>) -> FileRead {
 /// Reads and parses `paths` (in the order given) on up to as many threads as the machine
 /// has cores: parsing a big folder is the daemon's longest start-up step.
 pub(crate) fn read_many(paths: &[PathBuf], node_name: Option<&str>) -> Vec<FileRead> {
-    let reads = std::sync::Mutex::new(Vec::with_capacity(paths.len()));
-    read_each(paths, node_name, |path, read| {
-        if let Ok(mut reads) = reads.lock() {
-            reads.push((path, read));
+    let slots: Vec<Mutex<Option<FileRead>>> = paths.iter().map(|_| Mutex::new(None)).collect();
+    read_each(paths, node_name, |index, read| {
+        if let Some(Ok(mut slot)) = slots.get(index).map(Mutex::lock) {
+            *slot = Some(read);
         }
         true
     });
-    let mut reads = reads.into_inner().unwrap_or_else(|e| e.into_inner());
-    let order: HashMap<&PathBuf, usize> = paths.iter().enumerate().map(|(i, p)| (p, i)).collect();
-    reads.sort_by_key(|(path, _)| order.get(path).copied());
-    reads.into_iter().map(|(_, read)| read).collect()
+    slots
+        .into_iter()
+        .map(|slot| {
+            let read = slot.into_inner().unwrap_or_else(|e| e.into_inner());
+            read.unwrap_or(FileRead::Missing)
+        })
+        .collect()
 }
 
 /// Reads and parses `paths` on up to as many threads as the machine has cores, handing
-/// each file to `done` as soon as it is parsed (in no particular order). Stops early when
-/// `done` returns false.
+/// each file (by its index in `paths`) to `done` as soon as it is parsed, in no particular
+/// order. Stops early when `done` returns false.
 pub(crate) fn read_each(
     paths: &[PathBuf],
     node_name: Option<&str>,
-    done: impl Fn(PathBuf, FileRead) -> bool + Sync,
+    done: impl Fn(usize, FileRead) -> bool + Sync,
 ) {
     let threads = parallelism().min(paths.len());
     let next = AtomicUsize::new(0);
@@ -156,7 +158,7 @@ pub(crate) fn read_each(
         let Some(path) = paths.get(index) else {
             return;
         };
-        if !done(path.clone(), read(path, node_name)) {
+        if !done(index, read(path, node_name)) {
             // Nobody wants more: let the other workers stop too.
             next.store(paths.len(), Ordering::Relaxed);
             return;
