@@ -5,6 +5,12 @@
 //!   chosen backend: established packets are DNATed to the same backend;
 //! - `CT_DIR_REPLY`, keyed by the reply tuple (backend -> client), naming the frontend:
 //!   replies get their source rewritten back to the frontend (reverse NAT).
+//!
+//! Two flows of one client can share a reply tuple: the client reuses a source port to
+//! reach the same backend through two frontends, or directly while a translated flow of
+//! that port is still tracked. Like netfilter's NAT, the newer flow then gets another
+//! source port (`CT_FLAG_PORT_NAT`), so each reply finds its own flow. A direct flow that
+//! needed this is tracked too (`CT_FLAG_DIRECT`): no DNAT, only the port.
 
 use core::mem::{offset_of, size_of};
 
@@ -19,6 +25,13 @@ pub const CT_FLAG_CLOSING: u16 = 1 << 1;
 pub const CT_FLAG_BACKEND_GONE: u16 = 1 << 2;
 /// Created by `from-net` (north-south flow).
 pub const CT_FLAG_NORTH_SOUTH: u16 = 1 << 3;
+/// The client's source port is rewritten on the wire: `CtEntry::nat_port_be` holds the
+/// port on the wire in the `CT_DIR_SERVICE` entry, the client's own port in the
+/// `CT_DIR_REPLY` entry.
+pub const CT_FLAG_PORT_NAT: u16 = 1 << 4;
+/// Not a service flow: a flow straight to a pod whose reply tuple a translated flow held
+/// (always with `CT_FLAG_PORT_NAT`). `backend_id` and `service_id` are 0.
+pub const CT_FLAG_DIRECT: u16 = 1 << 5;
 
 /// TCP state kept in `CtEntry::state` (non-TCP flows stay `CT_STATE_NEW` until a reply
 /// makes them `CT_STATE_ESTABLISHED`).
@@ -103,7 +116,11 @@ pub struct CtEntry {
     pub service_id: u32,
     pub flags: u16,
     pub state: u8,
-    pub _pad: [u8; 5],
+    pub _pad0: u8,
+    /// With `CT_FLAG_PORT_NAT`: the port on the other side of the rewrite (network
+    /// order); 0 otherwise.
+    pub nat_port_be: u16,
+    pub _pad: [u8; 2],
 }
 
 const _: () = {
@@ -119,4 +136,5 @@ const _: () = {
     assert!(offset_of!(CtEntry, service_id) == 12);
     assert!(offset_of!(CtEntry, flags) == 16);
     assert!(offset_of!(CtEntry, state) == 18);
+    assert!(offset_of!(CtEntry, nat_port_be) == 20);
 };

@@ -60,25 +60,30 @@ pub enum Reason {
     DnatEstablished = 5,
     /// Reply of a translated flow: source rewritten back to the frontend.
     RevNatReply = 6,
+    /// Packet of a direct flow (to a pod, no frontend) whose reply tuple a translated flow
+    /// held: its source port rewritten (forward) or restored (reply).
+    NatPortClash = 7,
     /// Frontend with zero backends.
-    DropNoBackend = 7,
+    DropNoBackend = 8,
     /// Truncated or inconsistent headers.
-    DropMalformed = 8,
+    DropMalformed = 9,
     /// The flow's backend no longer exists.
-    DropBackendGone = 9,
+    DropBackendGone = 10,
     /// A master entry names a slot that is not there (a writer bug or a torn update).
-    DropSlotMissing = 10,
+    DropSlotMissing = 11,
     /// Conntrack entry could not be created.
-    DropCtCreate = 11,
+    DropCtCreate = 12,
     /// A rewrite or checksum helper failed.
-    DropNatFailed = 12,
+    DropNatFailed = 13,
     /// Reply of a flow whose frontend's revnat entry is gone.
-    DropRevNatMissing = 13,
+    DropRevNatMissing = 14,
+    /// A flow's reply tuple was taken and no free source port was found for it.
+    DropNoFreePort = 15,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 14;
-    pub const ALL: [Reason; 14] = [
+    pub const COUNT: u32 = 16;
+    pub const ALL: [Reason; 16] = [
         Reason::PassNotIp,
         Reason::PassOtherProto,
         Reason::PassFragment,
@@ -86,6 +91,7 @@ impl Reason {
         Reason::DnatNewFlow,
         Reason::DnatEstablished,
         Reason::RevNatReply,
+        Reason::NatPortClash,
         Reason::DropNoBackend,
         Reason::DropMalformed,
         Reason::DropBackendGone,
@@ -93,6 +99,7 @@ impl Reason {
         Reason::DropCtCreate,
         Reason::DropNatFailed,
         Reason::DropRevNatMissing,
+        Reason::DropNoFreePort,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -104,6 +111,7 @@ impl Reason {
             Reason::DnatNewFlow => "dnat_new_flow",
             Reason::DnatEstablished => "dnat_established",
             Reason::RevNatReply => "revnat_reply",
+            Reason::NatPortClash => "nat_port_clash",
             Reason::DropNoBackend => "drop_no_backend",
             Reason::DropMalformed => "drop_malformed",
             Reason::DropBackendGone => "drop_backend_gone",
@@ -111,6 +119,7 @@ impl Reason {
             Reason::DropCtCreate => "drop_ct_create",
             Reason::DropNatFailed => "drop_nat_failed",
             Reason::DropRevNatMissing => "drop_revnat_missing",
+            Reason::DropNoFreePort => "drop_no_free_port",
         }
     }
 

@@ -1,7 +1,10 @@
 //! Map names and default sizes.
 //!
-//! Names are short (the kernel keeps 15 characters), prefixed `SLB_` and versioned `_V1`:
+//! Names are short (the kernel keeps 15 characters), prefixed `SLB_` and versioned `_V<n>`:
 //! a layout change gets a new name, so an old pin is never reused with a new layout.
+//! (`SLB_CNT_V2`: two reasons were added. The conntrack value gained `nat_port_be` in what
+//! were padding bytes, always zero before, so pinned conntrack maps stay valid and keep
+//! their name: established flows survive an upgrade.)
 //! The eBPF statics carry exactly these names.
 
 /// Layout version written into the `SLB_META_V1` map; bumped on any ABI change.
@@ -17,7 +20,7 @@ pub const CT4_TCP: &str = "SLB_CT4_TCP_V1";
 pub const CT4_ANY: &str = "SLB_CT4_ANY_V1";
 pub const CT6_TCP: &str = "SLB_CT6_TCP_V1";
 pub const CT6_ANY: &str = "SLB_CT6_ANY_V1";
-pub const COUNTERS: &str = "SLB_CNT_V1";
+pub const COUNTERS: &str = "SLB_CNT_V2";
 pub const META: &str = "SLB_META_V1";
 
 /// Every map the object defines, in the order `inspect` and the layout check list them.
@@ -47,7 +50,12 @@ mod tests {
         for name in ALL {
             // BPF_OBJ_NAME_LEN is 16 including the NUL.
             assert!(name.len() <= 15, "{name} is longer than 15 characters");
-            assert!(name.starts_with("SLB_") && name.ends_with("_V1"), "{name}");
+            let version = name.rsplit_once("_V").map(|(_, v)| v);
+            assert!(name.starts_with("SLB_"), "{name}");
+            assert!(
+                version.is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())),
+                "{name} does not end in _V<n>"
+            );
         }
     }
 

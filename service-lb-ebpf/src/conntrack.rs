@@ -4,7 +4,8 @@
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_boot_ns, maps::LruHashMap};
 use service_lb_common::{
     conntrack::{
-        CT_FLAG_CLOSING, CT_FLAG_SEEN_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_NEW,
+        CT_FLAG_CLOSING, CT_FLAG_PORT_NAT, CT_FLAG_SEEN_REPLY, CT_STATE_CLOSING,
+        CT_STATE_ESTABLISHED, CT_STATE_NEW,
     },
     proto::{IPPROTO_TCP, TCP_FLAG_FIN, TCP_FLAG_RST},
     CtEntry, DataplaneConfig, Reason,
@@ -94,6 +95,28 @@ pub fn new_entry(backend_id: u32, service_id: u32, flags: u16) -> CtEntry {
         service_id,
         flags,
         state: CT_STATE_NEW,
-        _pad: [0; 5],
+        ..CtEntry::default()
+    }
+}
+
+/// The reply entry of a flow whose forward entry is `forward`: the same state; with
+/// `CT_FLAG_PORT_NAT` it names the client's own port (`client_port_be`) instead of the
+/// port on the wire.
+#[inline(always)]
+pub fn reply_of(forward: &CtEntry, client_port_be: u16) -> CtEntry {
+    let mut reply = *forward;
+    if forward.flags & CT_FLAG_PORT_NAT != 0 {
+        reply.nat_port_be = client_port_be;
+    }
+    reply
+}
+
+/// The client's port on the wire for a flow with this forward entry.
+#[inline(always)]
+pub fn wire_port(forward: &CtEntry, client_port_be: u16) -> u16 {
+    if forward.flags & CT_FLAG_PORT_NAT != 0 {
+        forward.nat_port_be
+    } else {
+        client_port_be
     }
 }

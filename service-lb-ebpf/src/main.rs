@@ -12,6 +12,7 @@ mod maps;
 mod nat;
 mod packet;
 mod pipeline;
+mod ports;
 mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};

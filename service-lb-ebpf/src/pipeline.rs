@@ -1,26 +1,30 @@
 //! The one pipeline all four programs share; the hook decides which steps run.
 //!
 //! - `from_pod`, `from_net`: established flow (conntrack, DNAT to the flow's backend),
-//!   else new flow (frontend lookup, backend choice, DNAT, conntrack create).
-//! - `to_pod`, `to_net`: reply of a translated flow (conntrack, source back to the
-//!   frontend).
+//!   else new flow (frontend lookup, backend choice, DNAT, conntrack create), else a packet
+//!   to no frontend: passed untouched, unless it starts a flow whose reply tuple a
+//!   translated flow holds (then its source port is rewritten, see `ports`).
+//! - `to_pod`, `to_net`: reply of a tracked flow (conntrack, source back to the frontend,
+//!   the client's own port back when it was rewritten).
 
 use aya_ebpf::programs::TcContext;
 use service_lb_common::{
     conntrack::{
-        CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_BACKEND_GONE, CT_FLAG_NORTH_SOUTH,
-        CT_FLAG_SEEN_REPLY, CT_STATE_CLOSING,
+        CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_BACKEND_GONE, CT_FLAG_DIRECT, CT_FLAG_NORTH_SOUTH,
+        CT_FLAG_PORT_NAT, CT_FLAG_SEEN_REPLY, CT_STATE_CLOSING,
     },
-    proto::IPPROTO_TCP,
+    proto::{IPPROTO_TCP, TCP_FLAG_ACK, TCP_FLAG_SYN},
     CtEntry, DataplaneConfig, Hook, Reason,
 };
 
 use crate::{
     config,
-    conntrack::{self, advanced, live, now_ns, put, worth_writing},
+    conntrack::{self, advanced, live, now_ns, put, reply_of, wire_port, worth_writing},
     family::{Endpoint, Family, Side, V4, V6},
-    lb, nat,
+    lb::{self, Choice},
+    nat,
     packet::{self, Headers, Parsed},
+    ports,
     verdict::{Step, Verdict},
 };
 
@@ -56,9 +60,23 @@ fn translate_family<F: Family>(ctx: &TcContext, hook: Hook, h: &Headers<F::Addr>
         Hook::ToPod | Hook::ToNet => reply::<F>(ctx, h, &env),
         Hook::FromPod | Hook::FromNet => match established::<F>(ctx, h, &env)? {
             Some(verdict) => Ok(verdict),
-            None => new_flow::<F>(ctx, hook, h, &env),
+            None => match lb::choose::<F>(hook, h) {
+                Ok(choice) => new_flow::<F>(ctx, hook, h, &env, choice),
+                Err(Verdict::Pass(Reason::PassNotService)) => not_service::<F>(ctx, h, &env),
+                Err(verdict) => Err(verdict),
+            },
         },
     }
+}
+
+/// The client's source port rewritten to `port_be` (no-op when it is the same).
+#[inline(always)]
+fn rewrite_client_port<F: Family>(ctx: &TcContext, h: &Headers<F::Addr>, port_be: u16) -> Step<()> {
+    let to = Endpoint {
+        addr: h.saddr,
+        port_be,
+    };
+    nat::rewrite::<F>(ctx, h, Side::Source, to)
 }
 
 /// A packet of a known flow: DNAT to the backend its conntrack entry names. `None` when
@@ -84,19 +102,34 @@ fn established<F: Family>(
     if entry.flags & CT_FLAG_BACKEND_GONE != 0 {
         return Err(Verdict::Drop(Reason::DropBackendGone));
     }
-    let Some(backend) = lb::get(F::backends(), &entry.backend_id) else {
-        backend_gone(ct, &key, slot, &entry, h.proto, env);
-        return Err(Verdict::Drop(Reason::DropBackendGone));
+    let direct = entry.flags & CT_FLAG_DIRECT != 0;
+    let backend = if direct {
+        Endpoint {
+            addr: h.daddr,
+            port_be: h.dport_be,
+        }
+    } else {
+        let Some(backend) = lb::get(F::backends(), &entry.backend_id) else {
+            backend_gone(ct, &key, slot, &entry, h.proto, env);
+            return Err(Verdict::Drop(Reason::DropBackendGone));
+        };
+        F::backend_endpoint(&backend)
     };
-    let backend = F::backend_endpoint(&backend);
     let next = advanced(&env.cfg, h.proto, h.tcp_flags, entry, env.now);
     if worth_writing(&entry, &next) {
         // SAFETY: `slot` points at the live value found above.
         unsafe { slot.write(next) };
         sync_reply_entry::<F>(h, backend, &next)?;
     }
-    nat::rewrite::<F>(ctx, h, Side::Destination, backend)?;
-    Ok(Some(Verdict::Pass(Reason::DnatEstablished)))
+    if !direct {
+        nat::rewrite::<F>(ctx, h, Side::Destination, backend)?;
+    }
+    rewrite_client_port::<F>(ctx, h, wire_port(&entry, h.sport_be))?;
+    Ok(Some(Verdict::Pass(if direct {
+        Reason::NatPortClash
+    } else {
+        Reason::DnatEstablished
+    })))
 }
 
 /// The flow's backend was deleted. TCP: keep the entry, marked, for the closing lifetime
@@ -137,12 +170,12 @@ fn sync_reply_entry<F: Family>(
         backend.addr,
         h.saddr,
         backend.port_be,
-        h.sport_be,
+        wire_port(forward, h.sport_be),
         h.proto,
         CT_DIR_REPLY,
     );
     match ct.get_ptr_mut(&key) {
-        None => put(ct, &key, forward),
+        None => put(ct, &key, &reply_of(forward, h.sport_be)),
         Some(slot) => {
             // SAFETY: pointer from a successful lookup of a `CtEntry`.
             let reply = unsafe { slot.read() };
@@ -159,31 +192,73 @@ fn sync_reply_entry<F: Family>(
     }
 }
 
-/// First packet of a flow to a frontend: choose a backend, create both conntrack
-/// entries, DNAT.
+/// First packet of a flow to a frontend: create both conntrack entries (with another
+/// source port when the reply tuple is taken, see `ports`), DNAT to the chosen backend.
 #[inline(always)]
 fn new_flow<F: Family>(
     ctx: &TcContext,
     hook: Hook,
     h: &Headers<F::Addr>,
     env: &Env,
+    choice: Choice<F::Addr>,
 ) -> Step<Verdict> {
-    let choice = lb::choose::<F>(hook, h)?;
     let flags = if hook == Hook::FromNet {
         CT_FLAG_NORTH_SOUTH
     } else {
         0
     };
     let fresh = conntrack::new_entry(choice.backend_id, choice.service_id, flags);
-    let entry = advanced(&env.cfg, h.proto, h.tcp_flags, fresh, env.now);
-
-    let ct = F::conntrack(h.proto);
     let backend = choice.backend;
+    let entry = track::<F>(h, backend, fresh, env)?;
+    nat::rewrite::<F>(ctx, h, Side::Destination, backend)?;
+    rewrite_client_port::<F>(ctx, h, wire_port(&entry, h.sport_be))?;
+    Ok(Verdict::Pass(Reason::DnatNewFlow))
+}
+
+/// A packet to no frontend and of no tracked flow: passed untouched, unless it starts a
+/// flow (a TCP SYN, any other datagram) whose reply tuple a translated flow holds: the
+/// client reused that flow's source port to reach the backend directly, and its replies
+/// would be reverse NATed. That flow gets another source port and is tracked.
+#[inline(always)]
+fn not_service<F: Family>(ctx: &TcContext, h: &Headers<F::Addr>, env: &Env) -> Step<Verdict> {
+    let starts_a_flow =
+        h.proto != IPPROTO_TCP || h.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    let peer = Endpoint {
+        addr: h.daddr,
+        port_be: h.dport_be,
+    };
+    let ct = F::conntrack(h.proto);
+    if !starts_a_flow || !ports::reply_taken::<F>(ct, peer, h.saddr, h.sport_be, h.proto, env.now) {
+        return Ok(Verdict::Pass(Reason::PassNotService));
+    }
+    let fresh = conntrack::new_entry(0, 0, CT_FLAG_DIRECT);
+    let entry = track::<F>(h, peer, fresh, env)?;
+    rewrite_client_port::<F>(ctx, h, wire_port(&entry, h.sport_be))?;
+    Ok(Verdict::Pass(Reason::NatPortClash))
+}
+
+/// Creates the reply and forward entries of a new flow from `h`'s source to `peer` (the
+/// backend after DNAT), from `fresh`. When a live flow already holds the reply tuple, the
+/// new flow gets another source port (`CT_FLAG_PORT_NAT`). Returns the forward entry.
+#[inline(always)]
+fn track<F: Family>(
+    h: &Headers<F::Addr>,
+    peer: Endpoint<F::Addr>,
+    fresh: CtEntry,
+    env: &Env,
+) -> Step<CtEntry> {
+    let ct = F::conntrack(h.proto);
+    let mut forward = advanced(&env.cfg, h.proto, h.tcp_flags, fresh, env.now);
+    if ports::reply_taken::<F>(ct, peer, h.saddr, h.sport_be, h.proto, env.now) {
+        forward.flags |= CT_FLAG_PORT_NAT;
+        forward.nat_port_be =
+            ports::free_port::<F>(ct, peer, h.saddr, h.sport_be, h.proto, env.now)?;
+    }
     let reply_key = F::ct_key(
-        backend.addr,
+        peer.addr,
         h.saddr,
-        backend.port_be,
-        h.sport_be,
+        peer.port_be,
+        wire_port(&forward, h.sport_be),
         h.proto,
         CT_DIR_REPLY,
     );
@@ -195,17 +270,17 @@ fn new_flow<F: Family>(
         h.proto,
         CT_DIR_SERVICE,
     );
-    put(ct, &reply_key, &entry)?;
-    if let Err(verdict) = put(ct, &forward_key, &entry) {
+    put(ct, &reply_key, &reply_of(&forward, h.sport_be))?;
+    if let Err(verdict) = put(ct, &forward_key, &forward) {
         // Do not leave half a flow behind; a failed remove means it is already gone.
         let _already_gone = ct.remove(&reply_key);
         return Err(verdict);
     }
-    nat::rewrite::<F>(ctx, h, Side::Destination, backend)?;
-    Ok(Verdict::Pass(Reason::DnatNewFlow))
+    Ok(forward)
 }
 
-/// A reply of a translated flow: source back to the frontend.
+/// A reply of a tracked flow: source back to the frontend (translated flows), the
+/// client's own port back (flows whose port was rewritten).
 #[inline(always)]
 fn reply<F: Family>(ctx: &TcContext, h: &Headers<F::Addr>, env: &Env) -> Step<Verdict> {
     let ct = F::conntrack(h.proto);
@@ -220,9 +295,19 @@ fn reply<F: Family>(ctx: &TcContext, h: &Headers<F::Addr>, env: &Env) -> Step<Ve
     let Some((slot, entry)) = live(ct, &key, env.now) else {
         return Ok(Verdict::Pass(Reason::PassNotService));
     };
-    let revnat =
-        lb::get(F::revnat(), &entry.service_id).ok_or(Verdict::Drop(Reason::DropRevNatMissing))?;
-    let frontend = F::frontend_endpoint(&revnat);
+    let direct = entry.flags & CT_FLAG_DIRECT != 0;
+    let frontend = if direct {
+        Endpoint {
+            addr: h.saddr,
+            port_be: h.sport_be,
+        }
+    } else {
+        let revnat = lb::get(F::revnat(), &entry.service_id)
+            .ok_or(Verdict::Drop(Reason::DropRevNatMissing))?;
+        F::frontend_endpoint(&revnat)
+    };
+    // The reply entry of a rewritten port names the client's own one.
+    let client_port_be = wire_port(&entry, h.dport_be);
 
     let mut seen = entry;
     seen.flags |= CT_FLAG_SEEN_REPLY;
@@ -234,22 +319,38 @@ fn reply<F: Family>(ctx: &TcContext, h: &Headers<F::Addr>, env: &Env) -> Step<Ve
     let first_reply = entry.flags & CT_FLAG_SEEN_REPLY == 0;
     let now_closing = next.state == CT_STATE_CLOSING && entry.state != CT_STATE_CLOSING;
     if first_reply || now_closing {
-        update_forward_entry::<F>(h, frontend, env);
+        update_forward_entry::<F>(h, frontend, client_port_be, env);
     }
-    nat::rewrite::<F>(ctx, h, Side::Source, frontend)?;
-    Ok(Verdict::Pass(Reason::RevNatReply))
+    if !direct {
+        nat::rewrite::<F>(ctx, h, Side::Source, frontend)?;
+    }
+    let client = Endpoint {
+        addr: h.daddr,
+        port_be: client_port_be,
+    };
+    nat::rewrite::<F>(ctx, h, Side::Destination, client)?;
+    Ok(Verdict::Pass(if direct {
+        Reason::NatPortClash
+    } else {
+        Reason::RevNatReply
+    }))
 }
 
-/// Tells the forward entry of the flow (client = the reply's destination) that a reply
-/// was seen, and carries a FIN/RST of the reply over. A missing or dead forward entry is
-/// left alone: the next packet of the client decides.
+/// Tells the forward entry of the flow (client = the reply's destination, on its own
+/// port) that a reply was seen, and carries a FIN/RST of the reply over. A missing or dead
+/// forward entry is left alone: the next packet of the client decides.
 #[inline(always)]
-fn update_forward_entry<F: Family>(h: &Headers<F::Addr>, frontend: Endpoint<F::Addr>, env: &Env) {
+fn update_forward_entry<F: Family>(
+    h: &Headers<F::Addr>,
+    frontend: Endpoint<F::Addr>,
+    client_port_be: u16,
+    env: &Env,
+) {
     let ct = F::conntrack(h.proto);
     let key = F::ct_key(
         h.daddr,
         frontend.addr,
-        h.dport_be,
+        client_port_be,
         frontend.port_be,
         h.proto,
         CT_DIR_SERVICE,

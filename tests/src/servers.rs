@@ -226,14 +226,13 @@ pub fn tcp_ask(addr: SocketAddr) -> Result<Answer> {
 /// came back from the address the client asked (reverse NAT for a ClusterIP).
 /// Call from inside the client's namespace.
 pub fn udp_ask(addr: SocketAddr) -> Result<Answer> {
-    let any: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()
-    .context("unspecified address")?;
-    let socket = UdpSocket::bind(any).context("binding a udp client socket")?;
+    udp_ask_from(addr, 0)
+}
+
+/// `udp_ask` from local port `port` (0: any).
+pub fn udp_ask_from(addr: SocketAddr, port: u16) -> Result<Answer> {
+    let socket = UdpSocket::bind(unspecified(addr, port))
+        .with_context(|| format!("binding a udp client socket to port {port}"))?;
     socket
         .connect(addr)
         .with_context(|| format!("udp connect {addr}"))?;
@@ -265,6 +264,32 @@ pub fn udp_ask(addr: SocketAddr) -> Result<Answer> {
     parse_answer(&String::from_utf8_lossy(&buf[..n]), from)
 }
 
+/// The unspecified address of `addr`'s family, port `port`.
+fn unspecified(addr: SocketAddr, port: u16) -> SocketAddr {
+    let ip: std::net::IpAddr = if addr.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// `tcp_ask` from local port `port`, bound with SO_REUSEADDR (so a port whose previous
+/// connection is in TIME_WAIT can be used again, as a client reusing a port does).
+pub fn tcp_ask_from(addr: SocketAddr, port: u16) -> Result<Answer> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .context("tcp socket")?;
+    socket.set_reuse_address(true).context("SO_REUSEADDR")?;
+    socket
+        .bind(&unspecified(addr, port).into())
+        .with_context(|| format!("binding a tcp client socket to port {port}"))?;
+    socket
+        .connect_timeout(&addr.into(), CLIENT_TIMEOUT)
+        .with_context(|| format!("tcp connect {addr} from port {port}"))?;
+    HeldConnection::greeted(socket.into(), addr).map(|held| held.first)
+}
+
 /// A TCP connection kept open to check that established flows keep working.
 pub struct HeldConnection {
     reader: BufReader<TcpStream>,
@@ -277,6 +302,11 @@ impl HeldConnection {
     pub fn open(addr: SocketAddr) -> Result<Self> {
         let stream = TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT)
             .with_context(|| format!("tcp connect {addr}"))?;
+        Self::greeted(stream, addr)
+    }
+
+    /// Reads the greeting on a connected `stream` (bounded).
+    fn greeted(stream: TcpStream, addr: SocketAddr) -> Result<Self> {
         stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
         stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
         let peer = stream.peer_addr()?;

@@ -21,6 +21,7 @@ fn e2e_clusterip() -> Result<()> {
     let outcome = clusterip_scenario(&mut |step| eprintln!("{step}"))?;
     for family in &outcome.families {
         check_family(&outcome, family);
+        check_port_reuse(family);
     }
     check_counters(&outcome);
     check_cleanup(&outcome);
@@ -125,6 +126,46 @@ fn check_family(outcome: &Outcome, f: &FamilyOutcome) {
             f.client,
             "{family} {}: client address",
             direct.proto
+        );
+    }
+}
+
+/// A direct call from a port whose ClusterIP flow is still tracked reaches the same
+/// backend, its reply shows the pod's own address, and the backend saw another client
+/// port (the rewrite that keeps the two flows' replies apart).
+fn check_port_reuse(f: &FamilyOutcome) {
+    let family = f.family;
+    assert_eq!(f.port_reuse.len(), 2, "{family}: port reuse checks");
+    for check in &f.port_reuse {
+        let what = format!("{family} {} from port {}", check.proto, check.port);
+        let via = check
+            .via_service
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{what} through the ClusterIP: {e}"));
+        assert_eq!(
+            via.client_seen_by_server.port(),
+            check.port,
+            "{what}: the ClusterIP flow kept the client's port"
+        );
+        let target = check.target.expect("target of an answered call");
+        let direct = check
+            .direct
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{what} straight to {target}: {e}"));
+        assert_eq!(direct.name, via.name, "{what}: another pod answered");
+        assert_eq!(
+            direct.server_seen_by_client, target,
+            "{what}: the reply must show the pod's real address"
+        );
+        assert_eq!(
+            direct.client_seen_by_server.ip(),
+            f.client,
+            "{what}: client address"
+        );
+        assert_ne!(
+            direct.client_seen_by_server.port(),
+            check.port,
+            "{what}: the direct flow shares the tracked ClusterIP flow's reply tuple"
         );
     }
 }

@@ -8,8 +8,9 @@ use anyhow::{bail, ensure, Context as _};
 use rstest::rstest;
 use service_lb_common::{
     conntrack::{
-        CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_BACKEND_GONE, CT_FLAG_CLOSING, CT_FLAG_NORTH_SOUTH,
-        CT_FLAG_SEEN_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_NEW,
+        CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_BACKEND_GONE, CT_FLAG_CLOSING, CT_FLAG_DIRECT,
+        CT_FLAG_NORTH_SOUTH, CT_FLAG_PORT_NAT, CT_FLAG_SEEN_REPLY, CT_STATE_CLOSING,
+        CT_STATE_ESTABLISHED, CT_STATE_NEW,
     },
     maps,
     proto::{IPPROTO_TCP, IPPROTO_UDP, VERDICT_DROP, VERDICT_PASS},
@@ -140,7 +141,7 @@ fn entry(backend_id: u32, flags: u16, state: u8) -> CtEntry {
         service_id: SERVICE_ID,
         flags,
         state,
-        _pad: [0; 5],
+        ..CtEntry::default()
     }
 }
 
@@ -915,6 +916,403 @@ fn random_choice_spreads_over_all_backends() -> anyhow::Result<()> {
     ensure!(
         hits.iter().all(|h| (700..=1300).contains(h)),
         "uneven spread: {hits:?}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Port clashes: two flows of one client sharing a reply tuple (backend -> client:port).
+// The newer one gets another source port, so each reply finds its own flow.
+
+/// The `CT_DIR_SERVICE` entry keyed by `client -> dst`.
+fn forward_entry(
+    dp: &Dataplane,
+    client: SocketAddr,
+    dst: SocketAddr,
+    proto: u8,
+) -> anyhow::Result<CtEntry> {
+    let want = ct_record(client, dst, proto, CT_DIR_SERVICE, CtEntry::default())?;
+    let same_key = |r: &CtRecord| match (r, &want) {
+        (CtRecord::V4 { map, key, .. }, CtRecord::V4 { map: m, key: k, .. }) => {
+            map == m && key == k
+        }
+        (CtRecord::V6 { map, key, .. }, CtRecord::V6 { map: m, key: k, .. }) => {
+            map == m && key == k
+        }
+        _ => false,
+    };
+    dp.conntrack()?
+        .iter()
+        .find(|r| same_key(r))
+        .map(|r| *r.entry())
+        .with_context(|| format!("no conntrack entry {client} -> {dst}"))
+}
+
+/// The ports a rewritten `port` may take (netfilter's ranges).
+fn port_range(port: u16) -> std::ops::RangeInclusive<u16> {
+    match port {
+        0..=511 => 1..=511,
+        512..=1023 => 600..=1023,
+        _ => 1024..=65535,
+    }
+}
+
+/// The client's port on the wire of the flow `client -> dst`, checked to be another port
+/// of the same range.
+fn rewritten_port(
+    dp: &Dataplane,
+    client: SocketAddr,
+    dst: SocketAddr,
+    proto: u8,
+) -> anyhow::Result<u16> {
+    let entry = forward_entry(dp, client, dst, proto)?;
+    ensure!(
+        entry.flags & CT_FLAG_PORT_NAT != 0,
+        "flow {client} -> {dst} has no port_nat flag: {entry:?}"
+    );
+    let wire = u16::from_be(entry.nat_port_be);
+    ensure!(
+        wire != client.port() && port_range(client.port()).contains(&wire),
+        "port {} rewritten to {wire}, expected another port in {:?}",
+        client.port(),
+        port_range(client.port())
+    );
+    Ok(wire)
+}
+
+fn direct_entry(flags: u16, state: u8, nat_port: u16) -> CtEntry {
+    CtEntry {
+        flags: CT_FLAG_DIRECT | CT_FLAG_PORT_NAT | flags,
+        state,
+        nat_port_be: nat_port.to_be(),
+        ..CtEntry::default()
+    }
+}
+
+/// A client talks to a frontend from one port, then straight to the chosen backend from the
+/// same port (the translated flow still tracked): the direct flow gets another port (its
+/// replies would otherwise be reverse NATed), its replies get the client's own port back,
+/// and the translated flow's replies still come from the frontend.
+#[rstest]
+#[case::v4_tcp(Fam::V4, L4::SYN, L4::SYN_ACK, L4::ACK)]
+#[case::v4_udp(Fam::V4, L4::Udp, L4::Udp, L4::Udp)]
+#[case::v6_tcp(Fam::V6, L4::SYN, L4::SYN_ACK, L4::ACK)]
+#[case::v6_udp(Fam::V6, L4::Udp, L4::Udp, L4::Udp)]
+fn direct_flow_on_a_translated_flows_port_gets_another_port(
+    #[case] fam: Fam,
+    #[case] start: L4,
+    #[case] response: L4,
+    #[case] next: L4,
+    #[values(40000, 700, 100)] client_port: u16,
+    #[values(Hook::ToPod, Hook::ToNet)] reply_hook: Hook,
+) -> anyhow::Result<()> {
+    let Some(mut dp) = load("direct_flow_on_a_translated_flows_port_gets_another_port")? else {
+        return Ok(());
+    };
+    let proto = proto_of(start);
+    let frontend = fam.frontend(proto, 1);
+    dp.install_frontend(&frontend)?;
+    let backend = SocketAddr::new(frontend.backends[0].addr, 8080);
+    let vip = fam.vip_socket(80);
+    let client = SocketAddr::new(fam.client().ip(), client_port);
+
+    let t0 = boot_ns()?;
+    let translated = PacketSpec::new(client, vip, start);
+    run_counted(
+        &dp,
+        Hook::FromPod,
+        &translated.build()?,
+        VERDICT_PASS,
+        Reason::DnatNewFlow,
+    )?;
+    let direct = PacketSpec::new(client, backend, start);
+    let out = run_counted(
+        &dp,
+        Hook::FromPod,
+        &direct.build()?,
+        VERDICT_PASS,
+        Reason::NatPortClash,
+    )?;
+    let t1 = boot_ns()?;
+    let wire = rewritten_port(&dp, client, backend, proto)?;
+    let wire_client = SocketAddr::new(client.ip(), wire);
+    same_bytes(&out.data, &direct.clone().with_src(wire_client).build()?)?;
+
+    let (first_life, life) = if proto == IPPROTO_TCP {
+        (CONFIG.ct_tcp_syn_s, CONFIG.ct_tcp_established_s)
+    } else {
+        (CONFIG.ct_other_s, CONFIG.ct_other_s)
+    };
+    let flows = |translated: CtEntry, fwd: CtEntry, rep: CtEntry, life| {
+        let mut all = flow_entries(client, vip, backend, proto, translated, life)?;
+        all.push(ExpectCt {
+            record: ct_record(client, backend, proto, CT_DIR_SERVICE, fwd)?,
+            lifetime_s: life,
+        });
+        all.push(ExpectCt {
+            record: ct_record(backend, wire_client, proto, CT_DIR_REPLY, rep)?,
+            lifetime_s: life,
+        });
+        anyhow::Ok(all)
+    };
+    expect_conntrack(
+        &dp,
+        &flows(
+            entry(100, 0, CT_STATE_NEW),
+            direct_entry(0, CT_STATE_NEW, wire),
+            direct_entry(0, CT_STATE_NEW, client_port),
+            first_life,
+        )?,
+        t0,
+        t1,
+    )?;
+
+    let t2 = boot_ns()?;
+    let direct_reply = PacketSpec::new(backend, wire_client, response);
+    let out = run_counted(
+        &dp,
+        reply_hook,
+        &direct_reply.build()?,
+        VERDICT_PASS,
+        Reason::NatPortClash,
+    )?;
+    same_bytes(&out.data, &direct_reply.clone().with_dst(client).build()?)?;
+
+    let translated_reply = PacketSpec::new(backend, client, response);
+    let out = run_counted(
+        &dp,
+        reply_hook,
+        &translated_reply.build()?,
+        VERDICT_PASS,
+        Reason::RevNatReply,
+    )?;
+    same_bytes(&out.data, &translated_reply.clone().with_src(vip).build()?)?;
+
+    let direct_next = PacketSpec::new(client, backend, next);
+    let out = run_counted(
+        &dp,
+        Hook::FromPod,
+        &direct_next.build()?,
+        VERDICT_PASS,
+        Reason::NatPortClash,
+    )?;
+    same_bytes(
+        &out.data,
+        &direct_next.clone().with_src(wire_client).build()?,
+    )?;
+    let t3 = boot_ns()?;
+
+    expect_conntrack(
+        &dp,
+        &flows(
+            entry(100, CT_FLAG_SEEN_REPLY, CT_STATE_ESTABLISHED),
+            direct_entry(CT_FLAG_SEEN_REPLY, CT_STATE_ESTABLISHED, wire),
+            direct_entry(CT_FLAG_SEEN_REPLY, CT_STATE_ESTABLISHED, client_port),
+            life,
+        )?,
+        t2,
+        t3,
+    )
+}
+
+/// Only a packet that starts a flow claims a port: a TCP segment without SYN to a pod on a
+/// taken reply tuple passes untouched and untracked.
+#[rstest]
+#[case::v4(Fam::V4)]
+#[case::v6(Fam::V6)]
+fn mid_stream_tcp_to_a_pod_is_not_rewritten(#[case] fam: Fam) -> anyhow::Result<()> {
+    let Some(mut dp) = load("mid_stream_tcp_to_a_pod_is_not_rewritten")? else {
+        return Ok(());
+    };
+    let frontend = fam.frontend(IPPROTO_TCP, 1);
+    dp.install_frontend(&frontend)?;
+    let backend = SocketAddr::new(frontend.backends[0].addr, 8080);
+    let t0 = boot_ns()?;
+    run_counted(
+        &dp,
+        Hook::FromPod,
+        &PacketSpec::new(fam.client(), fam.vip_socket(80), L4::SYN).build()?,
+        VERDICT_PASS,
+        Reason::DnatNewFlow,
+    )?;
+    let t1 = boot_ns()?;
+    let ack = PacketSpec::new(fam.client(), backend, L4::ACK).build()?;
+    let out = run_counted(
+        &dp,
+        Hook::FromPod,
+        &ack,
+        VERDICT_PASS,
+        Reason::PassNotService,
+    )?;
+    same_bytes(&out.data, &ack)?;
+    expect_conntrack(
+        &dp,
+        &flow_entries(
+            fam.client(),
+            fam.vip_socket(80),
+            backend,
+            IPPROTO_TCP,
+            entry(100, 0, CT_STATE_NEW),
+            CONFIG.ct_tcp_syn_s,
+        )?,
+        t0,
+        t1,
+    )
+}
+
+/// Two frontends share a backend and the client reaches both from one port: the second
+/// flow gets another port, and each reply comes back from its own frontend to the
+/// client's own port.
+#[rstest]
+#[case::v4_tcp(Fam::V4, L4::SYN, L4::SYN_ACK)]
+#[case::v4_udp(Fam::V4, L4::Udp, L4::Udp)]
+#[case::v6_tcp(Fam::V6, L4::SYN, L4::SYN_ACK)]
+#[case::v6_udp(Fam::V6, L4::Udp, L4::Udp)]
+fn second_frontend_to_the_same_backend_gets_another_port(
+    #[case] fam: Fam,
+    #[case] start: L4,
+    #[case] response: L4,
+) -> anyhow::Result<()> {
+    let Some(mut dp) = load("second_frontend_to_the_same_backend_gets_another_port")? else {
+        return Ok(());
+    };
+    let proto = proto_of(start);
+    let first = fam.frontend(proto, 1);
+    let second = Frontend::new(fam.vip(), 81, proto, SERVICE_ID + 1).backend(
+        100,
+        &fam.backend_addr(0),
+        8080,
+    );
+    dp.install_frontend(&first)?;
+    dp.install_frontend(&second)?;
+    let backend = SocketAddr::new(first.backends[0].addr, 8080);
+    let (vip1, vip2) = (fam.vip_socket(80), fam.vip_socket(81));
+    let client = fam.client();
+
+    let t0 = boot_ns()?;
+    let to_first = PacketSpec::new(client, vip1, start);
+    let out = run_counted(
+        &dp,
+        Hook::FromPod,
+        &to_first.build()?,
+        VERDICT_PASS,
+        Reason::DnatNewFlow,
+    )?;
+    same_bytes(&out.data, &to_first.clone().with_dst(backend).build()?)?;
+    let to_second = PacketSpec::new(client, vip2, start);
+    let out = run_counted(
+        &dp,
+        Hook::FromPod,
+        &to_second.build()?,
+        VERDICT_PASS,
+        Reason::DnatNewFlow,
+    )?;
+    let t1 = boot_ns()?;
+    let wire = rewritten_port(&dp, client, vip2, proto)?;
+    let wire_client = SocketAddr::new(client.ip(), wire);
+    same_bytes(
+        &out.data,
+        &to_second
+            .clone()
+            .with_dst(backend)
+            .with_src(wire_client)
+            .build()?,
+    )?;
+
+    let life = if proto == IPPROTO_TCP {
+        CONFIG.ct_tcp_syn_s
+    } else {
+        CONFIG.ct_other_s
+    };
+    let second_entry = |nat_port: u16| CtEntry {
+        service_id: SERVICE_ID + 1,
+        flags: CT_FLAG_PORT_NAT,
+        nat_port_be: nat_port.to_be(),
+        ..entry(100, 0, CT_STATE_NEW)
+    };
+    let mut expected = flow_entries(
+        client,
+        vip1,
+        backend,
+        proto,
+        entry(100, 0, CT_STATE_NEW),
+        life,
+    )?;
+    expected.push(ExpectCt {
+        record: ct_record(client, vip2, proto, CT_DIR_SERVICE, second_entry(wire))?,
+        lifetime_s: life,
+    });
+    expected.push(ExpectCt {
+        record: ct_record(
+            backend,
+            wire_client,
+            proto,
+            CT_DIR_REPLY,
+            second_entry(client.port()),
+        )?,
+        lifetime_s: life,
+    });
+    expect_conntrack(&dp, &expected, t0, t1)?;
+
+    let reply_second = PacketSpec::new(backend, wire_client, response);
+    let out = run_counted(
+        &dp,
+        Hook::ToPod,
+        &reply_second.build()?,
+        VERDICT_PASS,
+        Reason::RevNatReply,
+    )?;
+    same_bytes(
+        &out.data,
+        &reply_second
+            .clone()
+            .with_src(vip2)
+            .with_dst(client)
+            .build()?,
+    )?;
+    let reply_first = PacketSpec::new(backend, client, response);
+    let out = run_counted(
+        &dp,
+        Hook::ToPod,
+        &reply_first.build()?,
+        VERDICT_PASS,
+        Reason::RevNatReply,
+    )?;
+    same_bytes(&out.data, &reply_first.clone().with_src(vip1).build()?)
+}
+
+/// When every port of the range is taken toward that backend, the flow is dropped with
+/// its own reason and nothing is tracked for it.
+#[rstest]
+#[case::v4(Fam::V4)]
+#[case::v6(Fam::V6)]
+fn no_free_port_drops(#[case] fam: Fam) -> anyhow::Result<()> {
+    let Some(mut dp) = load("no_free_port_drops")? else {
+        return Ok(());
+    };
+    let backend: SocketAddr = SocketAddr::new(fam.backend_addr(0).parse()?, 8080);
+    let client = SocketAddr::new(fam.client().ip(), 100);
+    let live = CtEntry {
+        expires_ns: boot_ns()? + 600_000_000_000,
+        ..entry(100, 0, CT_STATE_NEW)
+    };
+    for port in port_range(client.port()) {
+        let taken = SocketAddr::new(client.ip(), port);
+        dp.insert_ct(ct_record(backend, taken, IPPROTO_UDP, CT_DIR_REPLY, live)?)?;
+    }
+    let before = dp.conntrack()?.len();
+    let direct = PacketSpec::new(client, backend, L4::Udp).build()?;
+    run_counted(
+        &dp,
+        Hook::FromPod,
+        &direct,
+        VERDICT_DROP,
+        Reason::DropNoFreePort,
+    )?;
+    let after = dp.conntrack()?.len();
+    ensure!(
+        after == before,
+        "conntrack went from {before} to {after} entries"
     );
     Ok(())
 }

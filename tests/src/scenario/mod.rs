@@ -25,9 +25,10 @@ use crate::servers::{HeldConnection, Servers};
 use crate::topology::{Cluster, ClusterSpec, Pod};
 use dataplane::{ClusterIp, Endpoint};
 pub use outcome::{
-    DirectCheck, FamilyOutcome, HeldCheck, IpFamily, NodeCounters, Outcome, Spread, Step,
+    DirectCheck, FamilyOutcome, HeldCheck, IpFamily, NodeCounters, Outcome, PortReuseCheck, Spread,
+    Step,
 };
-use traffic::{ask_many, ask_once, hold_one_per_backend, ping_held, Transport};
+use traffic::{ask_many, ask_once, ask_once_from, hold_one_per_backend, ping_held, Transport};
 
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x19, 0, 0, 0, 0, 0, 0x10);
@@ -41,6 +42,9 @@ pub const BACKENDS: [&str; 3] = ["b1", "b2", "b3"];
 pub const REMOVED: &str = "b3";
 /// The backend targeted by the direct (no Service) checks: on the other node.
 pub const DIRECT_TARGET: &str = "b2";
+/// Client ports of the port-reuse checks (below the ephemeral range, so no other socket of
+/// the client holds them): one per family and transport.
+const REUSED_PORTS: [u16; 4] = [23_000, 23_001, 23_002, 23_003];
 
 /// How much traffic the scenario sends.
 #[derive(Clone, Copy, Debug)]
@@ -209,6 +213,7 @@ impl Run<'_> {
             let connections = held.get_mut(&outcome.family).context("held connections")?;
             self.after_removal(outcome, connections)?;
             self.direct_checks(outcome)?;
+            self.port_reuse_checks(outcome)?;
         }
         drop(held);
 
@@ -326,6 +331,7 @@ impl Run<'_> {
             held_kept: Vec::new(),
             held_removed: None,
             direct: Vec::new(),
+            port_reuse: Vec::new(),
         })
     }
 
@@ -421,6 +427,56 @@ impl Run<'_> {
                 proto: transport.name(),
                 target: addr,
                 answer,
+            });
+        }
+        Ok(())
+    }
+
+    /// From one fixed client port: a call through the ClusterIP, then one straight to the
+    /// backend that answered. The second flow's reply tuple is the first one's (still
+    /// tracked), so service-lb must give it another source port for its replies to reach
+    /// the client un-translated.
+    fn port_reuse_checks(&mut self, outcome: &mut FamilyOutcome) -> Result<()> {
+        let client = self.cluster.pod(CLIENT)?;
+        let family = outcome.family;
+        let transports = [
+            (Transport::Tcp, outcome.tcp_vip, TCP_TARGET_PORT),
+            (Transport::Udp, outcome.udp_vip, UDP_TARGET_PORT),
+        ];
+        for (i, (transport, vip, target_port)) in transports.into_iter().enumerate() {
+            let port = REUSED_PORTS[usize::from(family.is_v6()) * 2 + i];
+            let via_service = ask_once_from(&client.ns, transport, vip, port);
+            let target = match &via_service {
+                Ok(answer) => Some(sa(
+                    self.cluster.pod(&answer.name)?.addr(family.is_v6()),
+                    target_port,
+                )),
+                Err(_) => None,
+            };
+            let direct = match target {
+                Some(addr) => ask_once_from(&client.ns, transport, addr, port),
+                None => Err(anyhow::anyhow!("no call through {vip} answered")),
+            };
+            let show = |answer: &Result<crate::servers::Answer>| match answer {
+                Ok(a) => format!(
+                    "{} answered from {} and saw the client as {}",
+                    a.name, a.server_seen_by_client, a.client_seen_by_server
+                ),
+                Err(e) => format!("failed: {e:#}"),
+            };
+            (self.report)(Step::Seen(format!(
+                "{family} {} from client port {port}: through {vip}, {}; then from the same port straight to {}, {}",
+                transport.name(),
+                show(&via_service),
+                target.map_or_else(|| "-".to_owned(), |t| t.to_string()),
+                show(&direct),
+            )));
+            outcome.port_reuse.push(PortReuseCheck {
+                proto: transport.name(),
+                port,
+                via_service: via_service.map_err(|e| format!("{e:#}")),
+                target,
+                direct: direct.map_err(|e| format!("{e:#}")),
             });
         }
         Ok(())

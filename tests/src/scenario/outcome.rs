@@ -128,6 +128,18 @@ pub struct DirectCheck {
     pub answer: Result<Answer, String>,
 }
 
+/// A client port used for a call through the ClusterIP, then at once for a call straight
+/// to the backend that answered (the ClusterIP flow still tracked).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortReuseCheck {
+    pub proto: &'static str,
+    pub port: u16,
+    pub via_service: Result<Answer, String>,
+    /// The pod address of the backend that answered through the ClusterIP.
+    pub target: Option<SocketAddr>,
+    pub direct: Result<Answer, String>,
+}
+
 /// Everything measured for one address family.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FamilyOutcome {
@@ -145,6 +157,7 @@ pub struct FamilyOutcome {
     /// required).
     pub held_removed: Option<HeldCheck>,
     pub direct: Vec<DirectCheck>,
+    pub port_reuse: Vec<PortReuseCheck>,
 }
 
 /// Data-path counters of one node, read from its pinned maps before cleanup.

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 
 use super::outcome::{HeldCheck, Spread};
 use crate::netns::{run_in, NetNs};
-use crate::servers::{tcp_ask, udp_ask, Answer, HeldConnection};
+use crate::servers::{tcp_ask, tcp_ask_from, udp_ask, udp_ask_from, Answer, HeldConnection};
 
 /// Upper bound on the wall time of one batch, whatever its size.
 const BATCH_DEADLINE: Duration = Duration::from_secs(20);
@@ -32,6 +32,13 @@ impl Transport {
         match self {
             Transport::Tcp => tcp_ask(addr),
             Transport::Udp => udp_ask(addr),
+        }
+    }
+
+    fn ask_from(self, addr: SocketAddr, port: u16) -> Result<Answer> {
+        match self {
+            Transport::Tcp => tcp_ask_from(addr, port),
+            Transport::Udp => udp_ask_from(addr, port),
         }
     }
 }
@@ -63,6 +70,16 @@ pub fn ask_many(
 /// One call, from inside `client_ns`.
 pub fn ask_once(client_ns: &NetNs, transport: Transport, addr: SocketAddr) -> Result<Answer> {
     run_in(client_ns, || transport.ask(addr))
+}
+
+/// One call from local port `port`, from inside `client_ns`.
+pub fn ask_once_from(
+    client_ns: &NetNs,
+    transport: Transport,
+    addr: SocketAddr,
+    port: u16,
+) -> Result<Answer> {
+    run_in(client_ns, || transport.ask_from(addr, port))
 }
 
 /// Opens connections to `vip` from inside `client_ns` until each of `backends` holds one

@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 use service_lb_common::conntrack::{
-    CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_BACKEND_GONE, CT_FLAG_CLOSING, CT_FLAG_NORTH_SOUTH,
-    CT_FLAG_SEEN_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_NEW,
+    CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_BACKEND_GONE, CT_FLAG_CLOSING, CT_FLAG_DIRECT,
+    CT_FLAG_NORTH_SOUTH, CT_FLAG_PORT_NAT, CT_FLAG_SEEN_REPLY, CT_STATE_CLOSING,
+    CT_STATE_ESTABLISHED, CT_STATE_NEW,
 };
 
 use super::services::proto_name;
@@ -26,6 +27,9 @@ pub struct ConntrackRow {
     pub service_id: u32,
     pub state: String,
     pub flags: Vec<&'static str>,
+    /// With the `port_nat` flag: the client's port on the wire (service entries) or its
+    /// own port (reply entries).
+    pub nat_port: Option<u16>,
     /// Negative: expired (the entry is dead, the LRU map has not reclaimed it yet).
     pub seconds_left: i64,
 }
@@ -40,6 +44,7 @@ impl TableRow for ConntrackRow {
         "service",
         "state",
         "flags",
+        "nat port",
         "expires in (s)",
     ];
     fn cells(&self) -> Vec<String> {
@@ -52,6 +57,8 @@ impl TableRow for ConntrackRow {
             self.service_id.to_string(),
             self.state.clone(),
             self.flags.join("|"),
+            self.nat_port
+                .map_or_else(|| "-".into(), |port| port.to_string()),
             self.seconds_left.to_string(),
         ]
     }
@@ -71,6 +78,8 @@ fn flag_names(flags: u16) -> Vec<&'static str> {
         (CT_FLAG_CLOSING, "closing"),
         (CT_FLAG_BACKEND_GONE, "backend_gone"),
         (CT_FLAG_NORTH_SOUTH, "north_south"),
+        (CT_FLAG_PORT_NAT, "port_nat"),
+        (CT_FLAG_DIRECT, "direct"),
     ]
     .into_iter()
     .filter(|(bit, _)| flags & bit != 0)
@@ -100,6 +109,8 @@ pub fn rows(records: &[CtRecord], now_ns: u64) -> Vec<ConntrackRow> {
                 other => format!("unknown({other})"),
             },
             flags: flag_names(r.entry.flags),
+            nat_port: (r.entry.flags & CT_FLAG_PORT_NAT != 0)
+                .then(|| u16::from_be(r.entry.nat_port_be)),
             seconds_left: (i128::from(r.entry.expires_ns) - i128::from(now_ns))
                 .div_euclid(1_000_000_000)
                 .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64,
@@ -128,7 +139,7 @@ mod tests {
                 service_id: 7,
                 flags: CT_FLAG_SEEN_REPLY | CT_FLAG_NORTH_SOUTH,
                 state: CT_STATE_ESTABLISHED,
-                _pad: [0; 5],
+                ..CtEntry::default()
             },
         };
         let rows = rows(&[record], 40_500_000_000);
@@ -139,6 +150,32 @@ mod tests {
         assert_eq!(rows[0].dir, "service");
         let expired = super::rows(&[record], 101_000_000_000);
         assert_eq!(expired[0].seconds_left, -1);
+        assert_eq!(rows[0].nat_port, None);
+        assert_eq!(rows[0].cells()[8], "-");
+    }
+
+    #[test]
+    fn shows_the_port_of_a_port_nat_entry() {
+        let record = CtRecord {
+            table: CtTable::Any,
+            saddr: "198.18.2.10".parse().unwrap(),
+            daddr: "198.18.1.2".parse().unwrap(),
+            sport: 5353,
+            dport: 61000,
+            proto: 17,
+            dir: CT_DIR_REPLY,
+            entry: CtEntry {
+                expires_ns: 100_000_000_000,
+                flags: CT_FLAG_PORT_NAT | CT_FLAG_DIRECT,
+                nat_port_be: 40000u16.to_be(),
+                ..CtEntry::default()
+            },
+        };
+        let rows = rows(&[record], 0);
+        assert_eq!(rows[0].flags, vec!["port_nat", "direct"]);
+        assert_eq!(rows[0].nat_port, Some(40000));
+        assert_eq!(rows[0].cells()[8], "40000");
+        assert_eq!(rows[0].dir, "reply");
     }
 
     #[test]
