@@ -1,6 +1,7 @@
 //! End to end in a one-node Cluster of namespaces: sequential connect + one small
 //! request/response from a client pod to (a) a pod IP directly, (b) a ClusterIP through
-//! service-lb, (c) the same through kube-proxy's iptables layout, (d) its nftables layout,
+//! service-lb, (c) the same through kube-proxy's iptables layout (on iptables' nf_tables and
+//! legacy back ends), (d) its nftables layout,
 //! with N services in place; and a bulk TCP stream via the ClusterIP against direct.
 //!
 //! Each (target, N) gets a cluster of its own; kube-proxy's rules are loaded only inside
@@ -48,15 +49,19 @@ const NODE_NAME: &str = "n1";
 pub enum Target {
     Direct,
     ServiceLb,
+    /// kube-proxy's iptables mode, nf_tables back end (`iptables-nft`).
     Iptables,
+    /// kube-proxy's iptables mode, legacy back end (`iptables-legacy`).
+    IptablesLegacy,
     Nftables,
 }
 
 impl Target {
-    pub const ALL: [Target; 4] = [
+    pub const ALL: [Target; 5] = [
         Target::Direct,
         Target::ServiceLb,
         Target::Iptables,
+        Target::IptablesLegacy,
         Target::Nftables,
     ];
 
@@ -64,8 +69,19 @@ impl Target {
         match self {
             Target::Direct => "pod IP (floor)",
             Target::ServiceLb => "ClusterIP via service-lb",
-            Target::Iptables => "ClusterIP via kube-proxy iptables",
+            Target::Iptables => "ClusterIP via kube-proxy iptables (nft back end)",
+            Target::IptablesLegacy => "ClusterIP via kube-proxy iptables (legacy back end)",
             Target::Nftables => "ClusterIP via kube-proxy nftables",
+        }
+    }
+
+    /// The kube-proxy layout of this target, if it is one.
+    pub fn layout(self) -> Option<Layout> {
+        match self {
+            Target::Direct | Target::ServiceLb => None,
+            Target::Iptables => Some(Layout::Iptables),
+            Target::IptablesLegacy => Some(Layout::IptablesLegacy),
+            Target::Nftables => Some(Layout::Nftables),
         }
     }
 }
@@ -267,12 +283,10 @@ fn prepare(target: Target, services: u32, bounds: LoopBounds) -> anyhow::Result<
                 Some(SocketAddr::V4(SocketAddrV4::new(*vip.ip(), BULK_PORT))),
             )
         }
-        Target::Iptables | Target::Nftables => {
-            let layout = if target == Target::Iptables {
-                Layout::Iptables
-            } else {
-                Layout::Nftables
-            };
+        Target::Iptables | Target::IptablesLegacy | Target::Nftables => {
+            let layout = target
+                .layout()
+                .context("a kube-proxy target has a layout")?;
             let node = fixture.cluster.node(1)?;
             let vip = load_kube_proxy(&node.ns, layout, services, &backends, bounds.load)?;
             wait_answer(fixture.cluster.pod("client")?, vip)?;

@@ -1,5 +1,11 @@
-//! Time for `iptables-restore` and `nft -f` to load kube-proxy's ruleset for N services
-//! of 10 endpoints (the generator's layout), each in a fresh namespace of this run.
+//! Time for `iptables-restore` (both back ends) and `nft -f` to load kube-proxy's ruleset
+//! for N services of 10 endpoints (the generator's layout), each in a fresh namespace of
+//! this run.
+//!
+//! kube-proxy's iptables mode writes the same rules through whichever iptables back end the
+//! node uses: nf_tables (`iptables-nft`, the default of current distributions) or the
+//! legacy x_tables (`iptables-legacy`). Their costs differ by far, so both are measured,
+//! each by its own command, whatever the machine's `iptables` alternative points at.
 
 use std::{
     io::Write as _,
@@ -18,23 +24,28 @@ use crate::{
 /// The kube-proxy layouts whose loading is timed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
+    /// kube-proxy's iptables mode on the nf_tables back end.
     Iptables,
+    /// kube-proxy's iptables mode on the legacy x_tables back end.
+    IptablesLegacy,
     Nftables,
 }
 
 impl Layout {
-    pub const ALL: [Layout; 2] = [Layout::Iptables, Layout::Nftables];
+    pub const ALL: [Layout; 3] = [Layout::Iptables, Layout::IptablesLegacy, Layout::Nftables];
 
     pub fn name(self) -> &'static str {
         match self {
-            Layout::Iptables => "iptables-restore",
+            Layout::Iptables => "iptables-nft-restore",
+            Layout::IptablesLegacy => "iptables-legacy-restore",
             Layout::Nftables => "nft -f",
         }
     }
 
     fn command(self) -> (&'static str, &'static [&'static str]) {
         match self {
-            Layout::Iptables => ("iptables-restore", &["-w", "5"]),
+            Layout::Iptables => ("iptables-nft-restore", &["-w", "5"]),
+            Layout::IptablesLegacy => ("iptables-legacy-restore", &["-w", "5"]),
             Layout::Nftables => ("nft", &["-f", "-"]),
         }
     }
@@ -43,7 +54,7 @@ impl Layout {
     pub fn input(self, services: u32) -> String {
         let rules = KubeProxyRules::new(Family::Ipv4, services, BACKENDS_PER_SERVICE);
         match self {
-            Layout::Iptables => rules.iptables_restore(),
+            Layout::Iptables | Layout::IptablesLegacy => rules.iptables_restore(),
             Layout::Nftables => rules.nft_script(),
         }
     }

@@ -44,6 +44,8 @@ pub fn run(config: &BenchConfig, out: &Path, command: &str) -> anyhow::Result<Ou
     let mut sync = sync_table(&sync_rows, &loads);
     sync.failures = sync_failures;
     let sections = vec![
+        latency_ratio_table(&e2e_rows),
+        sync_ratio_table(&sync_rows, &loads),
         per_packet_table(&per_packet_rows, config),
         fill_table(&per_packet_rows),
         sync,
@@ -173,14 +175,17 @@ fn sync_table(rows: &[SyncRow], loads: &[(u32, Layout, LoadTime)]) -> Section {
              every 20 ms; the pinned services map is then checked to hold all N x {} \
              entries), then the daemon's VmRSS and the memlock of the BPF maps it holds (from \
              /proc/<pid>/fdinfo). kube-proxy: the same N services in kube-proxy's layout \
-             (generated), loaded by `iptables-restore` / `nft -f` into an empty test namespace \
-             (wall time of the command).",
+             (generated), loaded into an empty test namespace by `iptables-restore` on each \
+             of iptables' back ends (nf_tables: `iptables-nft-restore`, the Debian default; \
+             legacy x_tables: `iptables-legacy-restore`; kube-proxy's iptables mode uses \
+             whichever the node has) and by `nft -f` (wall time of the command).",
             BACKENDS_PER_SERVICE + 1
         ),
         &[
             "services",
             "service-lb sync (s)",
-            "iptables-restore (s)",
+            "iptables-nft-restore (s)",
+            "iptables-legacy-restore (s)",
             "nft -f (s)",
             "daemon RSS (MiB)",
             "BPF map memory (MiB)",
@@ -197,6 +202,7 @@ fn sync_table(rows: &[SyncRow], loads: &[(u32, Layout, LoadTime)]) -> Section {
             count(u64::from(services)),
             row.map_or("–".into(), |r| format!("{:.3}", r.sync.as_secs_f64())),
             cell(Layout::Iptables),
+            cell(Layout::IptablesLegacy),
             cell(Layout::Nftables),
             row.map_or("–".into(), |r| {
                 format!("{:.1}", r.rss_kib as f64 / 1024.0)
@@ -383,14 +389,15 @@ fn e2e_table(rows: &[E2eRow]) -> Section {
     let mut section = Section::new(
         "End to end: connect + request/response",
         "A one-node cluster of namespaces per row (client pod, 4 backend pods on the same \
-         node); the four clusters of one N are built first and measured side by side. \
+         node); the clusters of one N (one per target) are built first and measured side by side. \
          Sequential connections from the client: connect, read the server's greeting, one \
          request line and its answer, close; warm-up first, then the measured count spread \
          over 10 rounds that take each target in turn (so a slow spell of the machine falls \
          on all of them alike; bounded in time). service-lb: the daemon with N services (N-1 with 10 unreachable \
          endpoints, the measured one last with the 4 pods). kube-proxy: its generated ruleset \
          for N services loaded in the node namespace, the measured service LAST in \
-         KUBE-SERVICES and its 10 endpoints pointed at the 4 pods. Ratios against the pod-IP \
+         KUBE-SERVICES and its 10 endpoints pointed at the 4 pods; the iptables layout on \
+         both of iptables' back ends (nf_tables and legacy). Ratios against the pod-IP \
          floor measured in the same run at the same N.",
         &[
             "target",
@@ -418,6 +425,61 @@ fn e2e_table(rows: &[E2eRow]) -> Section {
             count(row.connections as u64),
             row.errors.to_string(),
         ]);
+    }
+    println!("{}", section.text());
+    section
+}
+
+/// service-lb's connect + request/response latency against the floor and each kube-proxy
+/// layout (same run, same N).
+fn latency_ratio_table(e2e: &[E2eRow]) -> Section {
+    let mut section = Section::new(
+        "Headline: service-lb latency against the floor and each kube-proxy layout",
+        "service-lb's connect + request/response p50 and p99 divided by the other target's, \
+         at the same N in the same run (from the end-to-end table below; below 1: service-lb \
+         is faster).",
+        &["service-lb against", "services", "p50 ratio", "p99 ratio"],
+    );
+    for ours in e2e.iter().filter(|r| r.target == Target::ServiceLb) {
+        for theirs in e2e
+            .iter()
+            .filter(|r| r.services == ours.services && r.target != Target::ServiceLb)
+        {
+            section.push(vec![
+                theirs.target.name().into(),
+                count(u64::from(ours.services)),
+                ratio(ours.p50, theirs.p50),
+                ratio(ours.p99, theirs.p99),
+            ]);
+        }
+    }
+    println!("{}", section.text());
+    section
+}
+
+/// service-lb's full sync against each kube-proxy ruleset load of the same N.
+fn sync_ratio_table(sync: &[SyncRow], loads: &[(u32, Layout, LoadTime)]) -> Section {
+    let mut section = Section::new(
+        "Headline: service-lb full sync against each kube-proxy ruleset load",
+        "service-lb's time to program N services (full sync) divided by the time to load the \
+         same N services in kube-proxy's layout (from the control-plane table below; below 1: \
+         service-lb is faster).",
+        &["service-lb against", "services", "ratio"],
+    );
+    for ours in sync {
+        for layout in Layout::ALL {
+            let Some(theirs) = load_of(loads, ours.services, layout).and_then(LoadTime::seconds)
+            else {
+                continue;
+            };
+            if theirs > 0.0 {
+                section.push(vec![
+                    layout.name().into(),
+                    count(u64::from(ours.services)),
+                    format!("{:.2}×", ours.sync.as_secs_f64() / theirs),
+                ]);
+            }
+        }
     }
     println!("{}", section.text());
     section
