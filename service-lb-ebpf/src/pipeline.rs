@@ -124,7 +124,9 @@ fn established<F: Family>(
     if !direct {
         nat::rewrite::<F>(ctx, h, Side::Destination, backend)?;
     }
-    rewrite_client_port::<F>(ctx, h, wire_port(&entry, h.sport_be))?;
+    if entry.flags & CT_FLAG_PORT_NAT != 0 {
+        rewrite_client_port::<F>(ctx, h, entry.nat_port_be)?;
+    }
     Ok(Some(Verdict::Pass(if direct {
         Reason::NatPortClash
     } else {
@@ -209,9 +211,13 @@ fn new_flow<F: Family>(
     };
     let fresh = conntrack::new_entry(choice.backend_id, choice.service_id, flags);
     let backend = choice.backend;
-    let entry = track::<F>(h, backend, fresh, env)?;
+    let ct = F::conntrack(h.proto);
+    let new_port = ports::for_new_flow::<F>(ct, backend, h.saddr, h.sport_be, h.proto, env.now)?;
+    track::<F>(h, backend, fresh, new_port, env)?;
     nat::rewrite::<F>(ctx, h, Side::Destination, backend)?;
-    rewrite_client_port::<F>(ctx, h, wire_port(&entry, h.sport_be))?;
+    if let Some(port_be) = new_port {
+        rewrite_client_port::<F>(ctx, h, port_be)?;
+    }
     Ok(Verdict::Pass(Reason::DnatNewFlow))
 }
 
@@ -227,32 +233,36 @@ fn not_service<F: Family>(ctx: &TcContext, h: &Headers<F::Addr>, env: &Env) -> S
         addr: h.daddr,
         port_be: h.dport_be,
     };
-    let ct = F::conntrack(h.proto);
-    if !starts_a_flow || !ports::reply_taken::<F>(ct, peer, h.saddr, h.sport_be, h.proto, env.now) {
+    if !starts_a_flow {
         return Ok(Verdict::Pass(Reason::PassNotService));
     }
+    let ct = F::conntrack(h.proto);
+    let new_port = ports::for_new_flow::<F>(ct, peer, h.saddr, h.sport_be, h.proto, env.now)?;
+    let Some(port_be) = new_port else {
+        return Ok(Verdict::Pass(Reason::PassNotService));
+    };
     let fresh = conntrack::new_entry(0, 0, CT_FLAG_DIRECT);
-    let entry = track::<F>(h, peer, fresh, env)?;
-    rewrite_client_port::<F>(ctx, h, wire_port(&entry, h.sport_be))?;
+    track::<F>(h, peer, fresh, new_port, env)?;
+    rewrite_client_port::<F>(ctx, h, port_be)?;
     Ok(Verdict::Pass(Reason::NatPortClash))
 }
 
 /// Creates the reply and forward entries of a new flow from `h`'s source to `peer` (the
-/// backend after DNAT), from `fresh`. When a live flow already holds the reply tuple, the
-/// new flow gets another source port (`CT_FLAG_PORT_NAT`). Returns the forward entry.
+/// backend after DNAT), from `fresh`; with `new_port` (from `ports::for_new_flow`) the
+/// flow goes out with that source port (`CT_FLAG_PORT_NAT`).
 #[inline(always)]
 fn track<F: Family>(
     h: &Headers<F::Addr>,
     peer: Endpoint<F::Addr>,
     fresh: CtEntry,
+    new_port: Option<u16>,
     env: &Env,
-) -> Step<CtEntry> {
+) -> Step<()> {
     let ct = F::conntrack(h.proto);
     let mut forward = advanced(&env.cfg, h.proto, h.tcp_flags, fresh, env.now);
-    if ports::reply_taken::<F>(ct, peer, h.saddr, h.sport_be, h.proto, env.now) {
+    if let Some(port_be) = new_port {
         forward.flags |= CT_FLAG_PORT_NAT;
-        forward.nat_port_be =
-            ports::free_port::<F>(ct, peer, h.saddr, h.sport_be, h.proto, env.now)?;
+        forward.nat_port_be = port_be;
     }
     let reply_key = F::ct_key(
         peer.addr,
@@ -276,7 +286,7 @@ fn track<F: Family>(
         let _already_gone = ct.remove(&reply_key);
         return Err(verdict);
     }
-    Ok(forward)
+    Ok(())
 }
 
 /// A reply of a tracked flow: source back to the frontend (translated flows), the
@@ -324,11 +334,13 @@ fn reply<F: Family>(ctx: &TcContext, h: &Headers<F::Addr>, env: &Env) -> Step<Ve
     if !direct {
         nat::rewrite::<F>(ctx, h, Side::Source, frontend)?;
     }
-    let client = Endpoint {
-        addr: h.daddr,
-        port_be: client_port_be,
-    };
-    nat::rewrite::<F>(ctx, h, Side::Destination, client)?;
+    if entry.flags & CT_FLAG_PORT_NAT != 0 {
+        let client = Endpoint {
+            addr: h.daddr,
+            port_be: client_port_be,
+        };
+        nat::rewrite::<F>(ctx, h, Side::Destination, client)?;
+    }
     Ok(Verdict::Pass(if direct {
         Reason::NatPortClash
     } else {

@@ -20,45 +20,39 @@ use crate::{
 /// free, so the first one almost always is).
 const TRIES: u32 = 8;
 
-/// Whether a live flow's reply entry holds `peer -> client:port_be`.
+/// The source port `client`'s new flow from `port_be` to `peer` must go out with: `None`
+/// when no live flow's reply entry holds `peer -> client:port_be` (the client's own port
+/// serves), else a free port in the range of `port_be`.
 #[inline(always)]
-pub fn reply_taken<F: Family>(
+pub fn for_new_flow<F: Family>(
     ct: &LruHashMap<F::CtKey, CtEntry>,
     peer: Endpoint<F::Addr>,
     client: F::Addr,
     port_be: u16,
     proto: u8,
     now: u64,
-) -> bool {
-    let key = F::ct_key(
-        peer.addr,
-        client,
-        peer.port_be,
-        port_be,
-        proto,
-        CT_DIR_REPLY,
-    );
-    live(ct, &key, now).is_some()
-}
-
-/// A source port for `client`'s new flow to `peer` that no live flow's reply entry holds,
-/// in the range of `port_be` (the client's own port, already known to be taken).
-#[inline(always)]
-pub fn free_port<F: Family>(
-    ct: &LruHashMap<F::CtKey, CtEntry>,
-    peer: Endpoint<F::Addr>,
-    client: F::Addr,
-    port_be: u16,
-    proto: u8,
-    now: u64,
-) -> Step<u16> {
+) -> Step<Option<u16>> {
+    let taken = |port_be: u16| {
+        let key = F::ct_key(
+            peer.addr,
+            client,
+            peer.port_be,
+            port_be,
+            proto,
+            CT_DIR_REPLY,
+        );
+        live(ct, &key, now).is_some()
+    };
+    if !taken(port_be) {
+        return Ok(None);
+    }
     let (first, span) = port_range(u16::from_be(port_be));
     for _ in 0..TRIES {
         // SAFETY: helper without arguments.
         let random = unsafe { bpf_get_prandom_u32() };
         let candidate = ((first + random % span) as u16).to_be();
-        if !reply_taken::<F>(ct, peer, client, candidate, proto, now) {
-            return Ok(candidate);
+        if !taken(candidate) {
+            return Ok(Some(candidate));
         }
     }
     Err(Verdict::Drop(Reason::DropNoFreePort))
