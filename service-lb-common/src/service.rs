@@ -116,6 +116,10 @@ pub const BACKEND_STATE_ACTIVE: u8 = 0;
 pub const BACKEND_STATE_TERMINATING: u8 = 1;
 pub const BACKEND_STATE_QUARANTINED: u8 = 2;
 pub const BACKEND_STATE_MAINTENANCE: u8 = 3;
+/// In no slot of any frontend (its endpoint stopped serving new connections or left its
+/// slices): kept only for the tracked flows that still use it, never chosen for a new flow,
+/// deleted by the daemon's garbage collection once no live conntrack entry names it.
+pub const BACKEND_STATE_DRAINING: u8 = 4;
 
 /// The backend runs on this node.
 pub const BACKEND_FLAG_LOCAL: u8 = 1 << 0;

@@ -27,17 +27,17 @@ use rstest::rstest;
 use service_lb::{
     dataplane::{
         sync::{SyncReport, Syncer},
-        FakeMaps, Family, FrontendKey, L4Proto, MapStore, ServiceWriter,
+        FakeCt, FakeMaps, Family, FrontendKey, L4Proto, MapStore, ServiceWriter,
     },
     model::{ClusterState, ServiceDesired},
     source::manifests::parse::{parse_file, Object},
 };
 use service_lb_common::{
     service::{
-        BACKEND_FLAG_LOCAL, BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, SCOPE_EXTERNAL,
-        SCOPE_INTERNAL, SVC_FLAG_CLUSTER_IP,
+        BACKEND_FLAG_LOCAL, BACKEND_STATE_ACTIVE, BACKEND_STATE_DRAINING,
+        BACKEND_STATE_TERMINATING, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_CLUSTER_IP,
     },
-    CtEntry,
+    CtEntry, SvcValue,
 };
 
 /// This node, for `local` backends.
@@ -174,6 +174,7 @@ fn dump(syncer: &Syncer<FakeMaps>, desired: &[ServiceDesired]) -> String {
                     let state = match b.state() {
                         BACKEND_STATE_ACTIVE => "active".to_string(),
                         BACKEND_STATE_TERMINATING => "terminating".to_string(),
+                        BACKEND_STATE_DRAINING => "draining".to_string(),
                         other => format!("state {other}"),
                     };
                     let local = if b.flags() & BACKEND_FLAG_LOCAL != 0 {
@@ -224,13 +225,21 @@ fn dump(syncer: &Syncer<FakeMaps>, desired: &[ServiceDesired]) -> String {
             SocketAddr::new(value.addr(), value.port())
         );
     }
-    let unreferenced: Vec<_> = maps
+    let unreferenced: Vec<String> = maps
         .backends
-        .keys()
-        .filter(|k| !referenced.contains(k))
+        .iter()
+        .filter(|(k, _)| !referenced.contains(*k))
+        .map(|((_, id), b)| {
+            let state = if b.state() == BACKEND_STATE_DRAINING {
+                "draining"
+            } else {
+                "NOT DRAINING"
+            };
+            format!("{id} {} {state}", SocketAddr::new(b.addr(), b.port()))
+        })
         .collect();
     if !unreferenced.is_empty() {
-        let _ = writeln!(out, "unreferenced backends: {unreferenced:?}");
+        let _ = writeln!(out, "backends in no slot: {unreferenced:?}");
     }
     let skipped: Vec<String> = desired
         .iter()
@@ -316,13 +325,21 @@ fn scenario(#[case] name: &str) -> Result<()> {
     assert!(again.changed.is_empty(), "{again:?}");
     assert!(syncer.writer_mut().store_mut().take_ops().is_empty());
 
-    // Delete every object; the incremental apply must leave the maps empty.
+    // Delete every object; the incremental apply leaves no frontend, only drained
+    // backends; with no flow using them, garbage collection leaves the maps empty.
     state.take_dirty();
     for object in objects {
         delete(&mut state, object);
     }
     let report = apply_dirty(&mut state, &mut syncer);
     assert!(report.failed.is_empty(), "{report:?}");
+    let store = syncer.writer().store();
+    assert!(store.services.is_empty(), "{:?}", store.services);
+    assert!(store
+        .backends
+        .values()
+        .all(|b| b.state() == BACKEND_STATE_DRAINING));
+    syncer.collect_garbage(&mut SyncReport::default());
     assert_empty(syncer.writer().store());
     assert!(state.service_names().is_empty());
     Ok(())
@@ -367,8 +384,9 @@ fn by_identity(objects: Vec<Object>) -> BTreeMap<(String, String, String), Objec
         .collect()
 }
 
-/// `before` is listed and fully synced, one conntrack entry is seeded per backend, then
-/// `after` arrives as watch events (Apply for objects in it, Delete for the others).
+/// `before` is listed and fully synced, one live conntrack entry is seeded per slot (its
+/// frontend, backend and protocol), then `after` arrives as watch events (Apply for
+/// objects in it, Delete for the others).
 fn run_update(name: &str, maps: FakeMaps) -> Result<(Syncer<FakeMaps>, SyncReport, String)> {
     let dir = golden_dir().join("update");
     let before = load(&dir.join(format!("{name}.before.yaml")))?;
@@ -383,13 +401,23 @@ fn run_update(name: &str, maps: FakeMaps) -> Result<(Syncer<FakeMaps>, SyncRepor
     let mut out = format!("before:\n{}", dump(&syncer, &desired));
 
     let store = syncer.writer_mut().store_mut();
-    let backends: Vec<(Family, u32)> = store.backends.keys().copied().collect();
-    for (flow, (family, backend_id)) in backends.into_iter().enumerate() {
+    let slots: Vec<(Family, u8, SvcValue)> = store
+        .services
+        .iter()
+        .filter(|(k, _)| k.slot() != 0)
+        .map(|(k, v)| (k.family(), k.proto(), *v))
+        .collect();
+    for (flow, (family, proto, slot)) in slots.into_iter().enumerate() {
         store.conntrack.insert(
             (family, flow as u64),
-            CtEntry {
-                backend_id,
-                ..Default::default()
+            FakeCt {
+                proto,
+                entry: CtEntry {
+                    expires_ns: 1,
+                    backend_id: slot.backend_id,
+                    service_id: slot.service_id,
+                    ..Default::default()
+                },
             },
         );
     }
@@ -406,9 +434,9 @@ fn run_update(name: &str, maps: FakeMaps) -> Result<(Syncer<FakeMaps>, SyncRepor
     }
     let report = apply_dirty(&mut state, &mut syncer);
     let ops = syncer.writer_mut().store_mut().take_ops();
-    let _ = writeln!(out, "update:\n  changed {:?} unchanged {} upserted {} removed {} conntrack purged {} failed {:?}",
+    let _ = writeln!(out, "update:\n  changed {:?} unchanged {} upserted {} removed {} udp conntrack flushed {} failed {:?}",
         report.changed.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-        report.unchanged, report.frontends_upserted, report.frontends_removed, report.conntrack_purged, report.failed);
+        report.unchanged, report.frontends_upserted, report.frontends_removed, report.udp_conntrack_flushed, report.failed);
     out.push_str("ops:\n");
     for op in ops {
         let _ = writeln!(out, "  {op:?}");
@@ -418,7 +446,7 @@ fn run_update(name: &str, maps: FakeMaps) -> Result<(Syncer<FakeMaps>, SyncRepor
         .store()
         .conntrack
         .values()
-        .map(|e| e.backend_id)
+        .map(|e| e.entry.backend_id)
         .collect();
     let _ = writeln!(out, "conntrack entries left for backends {remaining:?}");
     out.push_str(&format!("after:\n{}", dump(&syncer, &all_desired(&state))));
@@ -427,9 +455,21 @@ fn run_update(name: &str, maps: FakeMaps) -> Result<(Syncer<FakeMaps>, SyncRepor
 
 #[test]
 fn update_backend_removed() -> Result<()> {
-    let (syncer, report, out) = run_update("backend_removed", FakeMaps::new())?;
-    assert_eq!(report.conntrack_purged, 1);
+    let (mut syncer, report, out) = run_update("backend_removed", FakeMaps::new())?;
+    // kube-proxy flushes the UDP flows of an endpoint that stopped serving, only those.
+    assert_eq!(report.udp_conntrack_flushed, 1);
     assert_eq!(syncer.writer().store().conntrack.len(), 2);
+    // Its backend entry drains (no slot names it), and goes once no flow names it.
+    let removed = syncer
+        .writer()
+        .backend_id("198.18.1.3:53".parse()?, L4Proto::Udp)
+        .context("the removed backend drains, it is not deleted at once")?;
+    assert!(syncer.writer().draining_backends().contains(&removed));
+    syncer.collect_garbage(&mut SyncReport::default());
+    assert!(syncer
+        .writer()
+        .backend_id("198.18.1.3:53".parse()?, L4Proto::Udp)
+        .is_none());
     settings("update/backend_removed.{before,after}.yaml, then the update as events")
         .bind(|| insta::assert_snapshot!("update_backend_removed", out));
     Ok(())

@@ -107,6 +107,17 @@ fn check_family(outcome: &Outcome, f: &FamilyOutcome) {
             held.backend, held.first_error
         );
     }
+    // kube-proxy never flushes TCP conntrack: the established connection to the endpoint
+    // that left the Service keeps its translation and keeps working.
+    let removed = f
+        .held_removed
+        .as_ref()
+        .unwrap_or_else(|| panic!("{family}: no held connection to {}", outcome.removed));
+    assert_eq!(
+        removed.answered, removed.pings,
+        "{family}: the held connection to the removed {} broke: {:?}",
+        outcome.removed, removed.first_error
+    );
 
     assert_eq!(f.direct.len(), 2, "{family}: direct checks");
     for direct in &f.direct {

@@ -221,7 +221,9 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
                 changed = report.changed.len(),
                 upserted = report.frontends_upserted,
                 removed = report.frontends_removed,
-                conntrack_purged = report.conntrack_purged,
+                udp_conntrack_flushed = report.udp_conntrack_flushed,
+                draining_backends = report.garbage.backends_kept,
+                collected_backends = report.garbage.backends,
                 failed = report.failed.len(),
                 took_ms = elapsed.as_secs_f64() * 1000.0,
                 "synced"

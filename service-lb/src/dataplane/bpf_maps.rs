@@ -2,7 +2,7 @@
 //! object: `Dataplane::open` pins every map), plus the read-only dumps `inspect` needs.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
@@ -14,9 +14,12 @@ use service_lb_common::{
 };
 
 use super::{
+    clock,
     error::DataplaneError,
     loader::Dataplane,
-    maps::{BackendValue, Family, MapStore, RevNatValue, StoreError, StoreOp, SvcKey},
+    maps::{
+        BackendValue, CtReferences, Family, MapStore, RevNatValue, StoreError, StoreOp, SvcKey,
+    },
     pin,
 };
 
@@ -261,15 +264,40 @@ fn list<K: aya::Pod, V: aya::Pod>(
     Ok(out)
 }
 
-/// Deletes, in one pass over `map`, the entries naming one of `backend_ids`.
-fn purge<K: aya::Pod>(
+/// Adds what the live entries of `map` name to `refs`.
+fn collect_references<K: aya::Pod>(
+    map: &Hash<K, CtEntry>,
+    name: &'static str,
+    now: u64,
+    refs: &mut CtReferences,
+) -> Result<(), StoreError> {
+    for (_, entry) in list(map, name)? {
+        if entry.expires_ns > now {
+            if entry.backend_id != 0 {
+                refs.backend_ids.insert(entry.backend_id);
+            }
+            if entry.service_id != 0 {
+                refs.service_ids.insert(entry.service_id);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes, in one pass over `map`, the entries of a frontend in `serving` whose backend
+/// is not in its set.
+fn flush_not_serving<K: aya::Pod>(
     map: &mut Hash<K, CtEntry>,
     name: &'static str,
-    backend_ids: &BTreeSet<u32>,
+    serving: &BTreeMap<u32, BTreeSet<u32>>,
 ) -> Result<usize, StoreError> {
     let doomed: Vec<K> = list(map, name)?
         .into_iter()
-        .filter(|(_, e)| backend_ids.contains(&e.backend_id))
+        .filter(|(_, e)| {
+            serving
+                .get(&e.service_id)
+                .is_some_and(|set| !set.contains(&e.backend_id))
+        })
         .map(|(k, _)| k)
         .collect();
     for k in &doomed {
@@ -385,20 +413,51 @@ impl MapStore for BpfMaps {
         })
     }
 
-    fn delete_conntrack_of_backends(
+    fn conntrack_references(&self) -> Result<CtReferences, StoreError> {
+        let now = clock::now_for(maps::CT4_TCP)?;
+        let mut refs = CtReferences::default();
+        collect_references(&self.ct4_tcp, maps::CT4_TCP, now, &mut refs)?;
+        collect_references(&self.ct4_any, maps::CT4_ANY, now, &mut refs)?;
+        collect_references(&self.ct6_tcp, maps::CT6_TCP, now, &mut refs)?;
+        collect_references(&self.ct6_any, maps::CT6_ANY, now, &mut refs)?;
+        Ok(refs)
+    }
+
+    fn flush_udp_conntrack(
         &mut self,
         family: Family,
-        backend_ids: &BTreeSet<u32>,
+        serving: &BTreeMap<u32, BTreeSet<u32>>,
     ) -> Result<usize, StoreError> {
-        Ok(match family {
-            Family::V4 => {
-                purge(&mut self.ct4_tcp, maps::CT4_TCP, backend_ids)?
-                    + purge(&mut self.ct4_any, maps::CT4_ANY, backend_ids)?
-            }
-            Family::V6 => {
-                purge(&mut self.ct6_tcp, maps::CT6_TCP, backend_ids)?
-                    + purge(&mut self.ct6_any, maps::CT6_ANY, backend_ids)?
-            }
-        })
+        if serving.is_empty() {
+            return Ok(0);
+        }
+        match family {
+            Family::V4 => flush_not_serving(&mut self.ct4_any, maps::CT4_ANY, serving),
+            Family::V6 => flush_not_serving(&mut self.ct6_any, maps::CT6_ANY, serving),
+        }
+    }
+
+    fn get_next_ids(&self) -> Result<(u32, u32), StoreError> {
+        let meta = self
+            .meta
+            .get(&0, 0)
+            .map_err(|e| failed(maps::META, StoreOp::Get, e))?;
+        Ok((meta.next_service_id, meta.next_backend_id))
+    }
+
+    fn put_next_ids(
+        &mut self,
+        next_service_id: u32,
+        next_backend_id: u32,
+    ) -> Result<(), StoreError> {
+        let mut meta = self
+            .meta
+            .get(&0, 0)
+            .map_err(|e| failed(maps::META, StoreOp::Get, e))?;
+        meta.next_service_id = next_service_id;
+        meta.next_backend_id = next_backend_id;
+        self.meta
+            .set(0, meta, 0)
+            .map_err(|e| failed(maps::META, StoreOp::Put, e))
     }
 }

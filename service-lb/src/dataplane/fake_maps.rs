@@ -6,9 +6,9 @@ use std::{
     collections::{BTreeMap, BTreeSet},
 };
 
-use service_lb_common::{CtEntry, SvcValue};
+use service_lb_common::{proto::IPPROTO_TCP, CtEntry, SvcValue};
 
-use super::maps::{BackendValue, Family, MapStore, RevNatValue, StoreError, SvcKey};
+use super::maps::{BackendValue, CtReferences, Family, MapStore, RevNatValue, StoreError, SvcKey};
 
 /// One write, as the fake saw it (reads are not logged).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,8 +28,10 @@ pub enum Op {
         count: u32,
     },
     DeleteMaster,
-    /// Conntrack entries of `backend_id` were deleted (one op per backend per purge).
-    DeleteConntrack {
+    /// UDP conntrack entries of (`service_id`, `backend_id`) were flushed (one op per
+    /// pair per flush).
+    FlushConntrack {
+        service_id: u32,
         backend_id: u32,
     },
 }
@@ -37,18 +39,29 @@ pub enum Op {
 /// A conntrack entry of the fake, keyed by an opaque flow number.
 pub type FakeFlow = u64;
 
+/// A conntrack entry of the fake: the protocol decides its table (TCP or the rest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FakeCt {
+    pub proto: u8,
+    pub entry: CtEntry,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct FakeMaps {
     pub services: BTreeMap<SvcKey, SvcValue>,
     pub backends: BTreeMap<(Family, u32), BackendValue>,
     pub revnat: BTreeMap<(Family, u32), RevNatValue>,
-    pub conntrack: BTreeMap<(Family, FakeFlow), CtEntry>,
+    pub conntrack: BTreeMap<(Family, FakeFlow), FakeCt>,
+    /// The conntrack clock: entries with `expires_ns <= now_ns` are dead.
+    pub now_ns: u64,
+    /// The meta map's id floors.
+    pub next_ids: (u32, u32),
     pub ops: Vec<Op>,
     /// Capacity of each services map (per family, like the kernel maps); `None` = unbounded.
     pub services_max: Option<usize>,
     pub backends_max: Option<usize>,
     pub revnat_max: Option<usize>,
-    /// Passes made over the conntrack maps (one per family per purge call).
+    /// Passes made over the conntrack maps (one per map read or flushed).
     pub conntrack_passes: usize,
     /// Calls of the `list_*` methods (whole-map reads).
     pub list_calls: Cell<usize>,
@@ -201,24 +214,64 @@ impl MapStore for FakeMaps {
             .collect())
     }
 
-    fn delete_conntrack_of_backends(
+    fn conntrack_references(&self) -> Result<CtReferences, StoreError> {
+        let mut refs = CtReferences::default();
+        for ct in self.conntrack.values() {
+            if ct.entry.expires_ns > self.now_ns {
+                if ct.entry.backend_id != 0 {
+                    refs.backend_ids.insert(ct.entry.backend_id);
+                }
+                if ct.entry.service_id != 0 {
+                    refs.service_ids.insert(ct.entry.service_id);
+                }
+            }
+        }
+        Ok(refs)
+    }
+
+    fn flush_udp_conntrack(
         &mut self,
         family: Family,
-        backend_ids: &BTreeSet<u32>,
+        serving: &BTreeMap<u32, BTreeSet<u32>>,
     ) -> Result<usize, StoreError> {
+        if serving.is_empty() {
+            return Ok(0);
+        }
         self.conntrack_passes += 1;
-        let mut removed: BTreeMap<u32, usize> = BTreeMap::new();
-        self.conntrack.retain(|(f, _), e| {
-            let doomed = *f == family && backend_ids.contains(&e.backend_id);
+        let mut removed: BTreeMap<(u32, u32), usize> = BTreeMap::new();
+        self.conntrack.retain(|(f, _), ct| {
+            let e = &ct.entry;
+            let doomed = *f == family
+                && ct.proto != IPPROTO_TCP
+                && serving
+                    .get(&e.service_id)
+                    .is_some_and(|set| !set.contains(&e.backend_id));
             if doomed {
-                *removed.entry(e.backend_id).or_default() += 1;
+                *removed.entry((e.service_id, e.backend_id)).or_default() += 1;
             }
             !doomed
         });
-        self.ops
-            .extend(removed.keys().map(|backend_id| Op::DeleteConntrack {
-                backend_id: *backend_id,
-            }));
+        self.ops.extend(
+            removed
+                .keys()
+                .map(|&(service_id, backend_id)| Op::FlushConntrack {
+                    service_id,
+                    backend_id,
+                }),
+        );
         Ok(removed.values().sum())
+    }
+
+    fn get_next_ids(&self) -> Result<(u32, u32), StoreError> {
+        Ok(self.next_ids)
+    }
+
+    fn put_next_ids(
+        &mut self,
+        next_service_id: u32,
+        next_backend_id: u32,
+    ) -> Result<(), StoreError> {
+        self.next_ids = (next_service_id, next_backend_id);
+        Ok(())
     }
 }

@@ -3,7 +3,7 @@
 //! in-memory fake (`FakeMaps`).
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -257,21 +257,33 @@ pub trait MapStore {
     ) -> Result<Option<RevNatValue>, StoreError>;
     fn list_revnat(&self, family: Family) -> Result<Vec<(u32, RevNatValue)>, StoreError>;
 
-    /// Deletes every conntrack entry (both directions, TCP and non-TCP maps) of `family`
-    /// that names one of `backend_ids`, in one pass over each map; returns how many were
-    /// deleted.
-    fn delete_conntrack_of_backends(
+    /// The backend and service ids that live conntrack entries (both families, both
+    /// tables, both directions) name: what garbage collection must keep. One pass over
+    /// each conntrack map.
+    fn conntrack_references(&self) -> Result<CtReferences, StoreError>;
+
+    /// kube-proxy's UDP conntrack clean-up, for the non-TCP conntrack map of `family`:
+    /// deletes the entries (both directions) whose `service_id` is a key of `serving` and
+    /// whose `backend_id` is not in that key's set. One pass; returns how many went.
+    fn flush_udp_conntrack(
         &mut self,
         family: Family,
-        backend_ids: &BTreeSet<u32>,
+        serving: &BTreeMap<u32, BTreeSet<u32>>,
     ) -> Result<usize, StoreError>;
 
-    /// `delete_conntrack_of_backends` for one backend.
-    fn delete_conntrack_of_backend(
+    /// The id floors persisted in the meta map: (next service id, next backend id),
+    /// 0 when never written.
+    fn get_next_ids(&self) -> Result<(u32, u32), StoreError>;
+    fn put_next_ids(
         &mut self,
-        family: Family,
-        backend_id: u32,
-    ) -> Result<usize, StoreError> {
-        self.delete_conntrack_of_backends(family, &BTreeSet::from([backend_id]))
-    }
+        next_service_id: u32,
+        next_backend_id: u32,
+    ) -> Result<(), StoreError>;
+}
+
+/// What live conntrack entries name (see `MapStore::conntrack_references`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CtReferences {
+    pub backend_ids: BTreeSet<u32>,
+    pub service_ids: BTreeSet<u32>,
 }

@@ -8,6 +8,7 @@
 //! - `writer`: `ServiceWriter`, the safe write order, ids, rollback.
 pub mod attach;
 pub mod bpf_maps;
+pub mod clock;
 pub mod error;
 pub mod fake_maps;
 pub mod interfaces;
@@ -28,9 +29,9 @@ mod writer_tests;
 pub use attach::{cleanup, detach_all, Attachment, Cleaned};
 pub use bpf_maps::{BpfMaps, CounterTotal, CtRecord, CtTable};
 pub use error::DataplaneError;
-pub use fake_maps::{FakeMaps, Op};
+pub use fake_maps::{FakeCt, FakeMaps, Op};
 pub use loader::Dataplane;
-pub use maps::{BackendValue, Family, MapStore, RevNatValue, StoreError, SvcKey};
+pub use maps::{BackendValue, CtReferences, Family, MapStore, RevNatValue, StoreError, SvcKey};
 pub use options::{DataplaneOptions, MapSizes, PinMismatch, DEFAULT_BPFFS};
 pub use sync::{SyncReport, Syncer};
 pub use writer::{

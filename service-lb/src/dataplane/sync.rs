@@ -6,13 +6,23 @@
 //! The Syncer remembers which frontends each Service owns and the spec last applied, so an
 //! `apply` of an unchanged Service costs nothing (not even a read), and a failure
 //! (full map, kernel error) puts every frontend the Service touched back to its previous
-//! spec. After the batch, the conntrack entries of every backend that left the maps are
-//! purged in one pass.
+//! spec.
+//!
+//! Conntrack, as kube-proxy does it: TCP entries are never flushed (a backend that leaves
+//! every slot is drained, not deleted, and keeps its established connections); after a
+//! batch, the UDP entries of a frontend whose DNAT target is no longer a *serving*
+//! endpoint of it are flushed (only for frontends that lost a serving endpoint, and only
+//! when one is left, as kube-proxy's `CleanStaleEntries`); a full sync applies that rule to
+//! every UDP frontend, repairs what a crash left behind, and collects the drained backends
+//! and retired reverse-NAT entries no live flow names any more.
 //!
 //! A frontend belongs to one Service: a Service that wants a frontend another Service owns
 //! fails (reported) until the owner lets it go.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::SocketAddr,
+};
 
 use service_lb_common::service::{
     BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, SCOPE_EXTERNAL, SCOPE_INTERNAL,
@@ -20,7 +30,10 @@ use service_lb_common::service::{
 };
 use tracing::{debug, error, warn};
 
-use super::{BackendSpec, FrontendKey, FrontendSpec, L4Proto, MapStore, ServiceWriter, WriteError};
+use super::{
+    writer::Garbage, BackendSpec, Family, FrontendKey, FrontendSpec, L4Proto, MapStore,
+    ServiceWriter, WriteError,
+};
 use crate::model::{DesiredFrontend, Protocol, Scope, ServiceDesired, ServiceName};
 
 /// What one `apply`/`full_sync` did.
@@ -31,8 +44,10 @@ pub struct SyncReport {
     pub unchanged: usize,
     pub frontends_upserted: usize,
     pub frontends_removed: usize,
-    /// Conntrack entries deleted because their backend left every frontend.
-    pub conntrack_purged: usize,
+    /// UDP conntrack entries flushed because their backend stopped serving the frontend.
+    pub udp_conntrack_flushed: usize,
+    /// What garbage collection deleted and kept (full syncs only).
+    pub garbage: Garbage,
     /// Services left at their last good state, with the error (full map, kernel error).
     pub failed: Vec<(ServiceName, String)>,
     /// Errors that belong to no Service (conntrack purge, stale frontends, orphan backends).
@@ -105,6 +120,8 @@ pub struct Syncer<M: MapStore> {
     /// The frontends of each Service, as last applied.
     owned: BTreeMap<ServiceName, Specs>,
     owners: HashMap<FrontendKey, ServiceName>,
+    /// The serving endpoints of each UDP frontend, as last applied.
+    udp_serving: HashMap<FrontendKey, BTreeSet<SocketAddr>>,
 }
 
 impl<M: MapStore> Syncer<M> {
@@ -113,6 +130,7 @@ impl<M: MapStore> Syncer<M> {
             writer,
             owned: BTreeMap::new(),
             owners: HashMap::new(),
+            udp_serving: HashMap::new(),
         }
     }
 
@@ -125,7 +143,8 @@ impl<M: MapStore> Syncer<M> {
             .map(|d| (d.name.clone(), specs_of(d)))
             .collect();
         self.apply_batch(batch, Mode::Incremental, &mut report);
-        self.purge_released(&mut report);
+        self.flush_udp(desired, Mode::Incremental, &mut report);
+        self.persist_ids(&mut report);
         report
     }
 
@@ -166,13 +185,35 @@ impl<M: MapStore> Syncer<M> {
             }
         }
         self.apply_batch(batch.into_iter().collect(), Mode::Full, &mut report);
-        if let Err(e) = self.writer.delete_unreferenced_backends() {
+        if let Err(e) = self.writer.drain_unreferenced_backends() {
             report
                 .errors
-                .push(format!("deleting unreferenced backends: {e}"));
+                .push(format!("draining unreferenced backends: {e}"));
         }
-        self.purge_released(&mut report);
+        self.flush_udp(desired, Mode::Full, &mut report);
+        self.collect_garbage(&mut report);
+        self.persist_ids(&mut report);
         report
+    }
+
+    /// Deletes the drained backends and retired reverse-NAT entries no live conntrack
+    /// entry names (see `ServiceWriter::collect_garbage`); the periodic full sync calls it.
+    pub fn collect_garbage(&mut self, report: &mut SyncReport) {
+        match self.writer.collect_garbage() {
+            Ok(garbage) => {
+                if garbage.backends + garbage.revnat > 0 {
+                    debug!(
+                        ?garbage,
+                        "collected backends and reverse-NAT entries no flow uses"
+                    );
+                }
+                report.garbage = garbage;
+            }
+            Err(e) => {
+                error!(error = %e, "garbage collection");
+                report.errors.push(e.to_string());
+            }
+        }
     }
 
     pub fn writer(&self) -> &ServiceWriter<M> {
@@ -272,6 +313,9 @@ impl<M: MapStore> Syncer<M> {
 
         for key in previous.keys().filter(|k| !wanted.contains_key(*k)) {
             self.owners.remove(key);
+            // A frontend that is gone gets no UDP rule, as with kube-proxy: the flows of
+            // a deleted Service (port) run out on their own.
+            self.udp_serving.remove(key);
         }
         for key in wanted.keys() {
             self.owners.insert(*key, name.clone());
@@ -347,15 +391,51 @@ impl<M: MapStore> Syncer<M> {
         }
     }
 
-    /// Purges, in one pass, the conntrack entries of the backends that left the maps.
-    fn purge_released(&mut self, report: &mut SyncReport) {
-        let released: BTreeSet<u32> = self.writer.take_released_backends().into_iter().collect();
-        match self.writer.purge_conntrack_many(&released) {
-            Ok(n) => report.conntrack_purged += n,
-            Err(e) => {
-                error!(error = %e, "purging conntrack of removed backends");
-                report.errors.push(e.to_string());
+    /// kube-proxy's UDP conntrack clean-up for the frontends of `desired` that were
+    /// applied: entries whose backend is not a serving endpoint of their frontend go, for
+    /// frontends with a serving endpoint left. Incremental: only frontends that lost a
+    /// serving endpoint since the last apply (no pass at all when none did); full: every
+    /// UDP frontend (repairs what a restart missed).
+    fn flush_udp(&mut self, desired: &[ServiceDesired], mode: Mode, report: &mut SyncReport) {
+        let failed: BTreeSet<&ServiceName> = report.failed.iter().map(|(n, _)| n).collect();
+        let mut rules: BTreeMap<Family, BTreeMap<u32, BTreeSet<u32>>> = BTreeMap::new();
+        for d in desired.iter().filter(|d| !failed.contains(&d.name)) {
+            for frontend in d.frontends.iter().filter(|f| f.protocol == Protocol::Udp) {
+                let spec = frontend_spec(frontend);
+                let serving: BTreeSet<SocketAddr> = frontend.serving.iter().copied().collect();
+                let previous = self.udp_serving.insert(spec.key, serving.clone());
+                let lost = previous.is_some_and(|p| p.difference(&serving).next().is_some());
+                if serving.is_empty() || (mode == Mode::Incremental && !lost) {
+                    continue;
+                }
+                let Some(service_id) = self.writer.service_id(&spec.key) else {
+                    continue;
+                };
+                let ids: BTreeSet<u32> = serving
+                    .iter()
+                    .filter_map(|addr| self.writer.backend_id(*addr, L4Proto::Udp))
+                    .collect();
+                rules
+                    .entry(spec.key.family())
+                    .or_default()
+                    .insert(service_id, ids);
             }
+        }
+        for (family, rules) in rules {
+            match self.writer.store_mut().flush_udp_conntrack(family, &rules) {
+                Ok(n) => report.udp_conntrack_flushed += n,
+                Err(e) => {
+                    error!(error = %e, "flushing UDP conntrack of endpoints that stopped serving");
+                    report.errors.push(e.to_string());
+                }
+            }
+        }
+    }
+
+    fn persist_ids(&mut self, report: &mut SyncReport) {
+        if let Err(e) = self.writer.persist_next_ids() {
+            error!(error = %e, "persisting the id floors");
+            report.errors.push(e.to_string());
         }
     }
 }

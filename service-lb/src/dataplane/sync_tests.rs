@@ -1,18 +1,22 @@
 //! `Syncer` on `FakeMaps`: conversion, ownership, no-op applies, per-Service failure and
-//! rollback, batched conntrack purge, full sync adoption and stale removal.
+//! rollback, conntrack as kube-proxy keeps it (TCP never flushed, drained backends and
+//! retired reverse NAT collected once no flow uses them, UDP flushed per frontend for
+//! endpoints that stopped serving), full sync adoption, stale and orphan removal.
 
 use std::net::SocketAddr;
 
 use service_lb_common::{
+    proto::{IPPROTO_TCP, IPPROTO_UDP},
     service::{
-        BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, SCOPE_EXTERNAL, SVC_FLAG_CLUSTER_IP,
+        BACKEND_STATE_ACTIVE, BACKEND_STATE_DRAINING, BACKEND_STATE_TERMINATING, SCOPE_EXTERNAL,
+        SVC_FLAG_CLUSTER_IP,
     },
     CtEntry,
 };
 
-use super::{frontend_spec, Syncer};
+use super::{frontend_spec, SyncReport, Syncer};
 use crate::{
-    dataplane::{FakeMaps, Family, FrontendKey, L4Proto, Op, ServiceWriter},
+    dataplane::{FakeCt, FakeMaps, Family, FrontendKey, L4Proto, Op, ServiceWriter},
     model::{DesiredBackend, DesiredFrontend, Protocol, Scope, ServiceDesired, ServiceName},
 };
 
@@ -38,7 +42,23 @@ fn frontend(addr: &str, port: u16, backends: &[&str]) -> DesiredFrontend {
                 local: false,
             })
             .collect(),
+        serving: backends
+            .iter()
+            .map(|b| b.parse().expect("test backend"))
+            .collect(),
         affinity_timeout_s: 0,
+    }
+}
+
+/// A UDP frontend: `backends` in the slots, `serving` the serving endpoints.
+fn udp_frontend(addr: &str, port: u16, backends: &[&str], serving: &[&str]) -> DesiredFrontend {
+    DesiredFrontend {
+        protocol: Protocol::Udp,
+        serving: serving
+            .iter()
+            .map(|b| b.parse().expect("test backend"))
+            .collect(),
+        ..frontend(addr, port, backends)
     }
 }
 
@@ -130,15 +150,72 @@ fn an_unchanged_service_costs_no_map_access_and_a_removed_frontend_is_deleted() 
     );
     assert_eq!(s.owner(&key("198.19.0.10", 80)), Some(&name("web")));
 
-    // Gone entirely.
+    // Gone entirely: no frontend is left; its backend drains and its reverse NAT stays
+    // until garbage collection finds no flow using them.
     s.apply(&[desired("web", vec![])]);
     let maps = s.writer().store();
-    assert!(maps.services.is_empty() && maps.backends.is_empty() && maps.revnat.is_empty());
+    assert!(maps.services.is_empty());
+    assert!(maps
+        .backends
+        .values()
+        .all(|b| b.state() == BACKEND_STATE_DRAINING));
     assert_eq!(s.owner(&key("198.19.0.10", 80)), None);
+    s.collect_garbage(&mut SyncReport::default());
+    let maps = s.writer().store();
+    assert!(maps.services.is_empty() && maps.backends.is_empty() && maps.revnat.is_empty());
+}
+
+/// The id of the backend at `addr` in the maps.
+fn backend_id_of(s: &Syncer<FakeMaps>, addr: &str) -> u32 {
+    let addr: SocketAddr = addr.parse().expect("test address");
+    s.writer()
+        .store()
+        .backends
+        .iter()
+        .find(|(_, v)| SocketAddr::new(v.addr(), v.port()) == addr)
+        .map(|((_, id), _)| *id)
+        .expect("backend in the maps")
+}
+
+fn backend_state(s: &Syncer<FakeMaps>, id: u32) -> Option<u8> {
+    s.writer()
+        .store()
+        .backends
+        .get(&(Family::V4, id))
+        .map(|v| v.state())
+}
+
+/// Puts a live conntrack entry of (service, backend) under `flow`.
+fn track(s: &mut Syncer<FakeMaps>, flow: u64, proto: u8, service_id: u32, backend_id: u32) {
+    s.writer_mut().store_mut().conntrack.insert(
+        (Family::V4, flow),
+        FakeCt {
+            proto,
+            entry: CtEntry {
+                expires_ns: 1_000,
+                backend_id,
+                service_id,
+                ..Default::default()
+            },
+        },
+    );
+}
+
+fn flows(s: &Syncer<FakeMaps>) -> Vec<u64> {
+    s.writer()
+        .store()
+        .conntrack
+        .keys()
+        .map(|(_, flow)| *flow)
+        .collect()
+}
+
+fn service_id(s: &Syncer<FakeMaps>, key: &FrontendKey) -> u32 {
+    s.writer().service_id(key).expect("programmed frontend")
 }
 
 #[test]
-fn removed_backends_have_their_conntrack_purged_in_one_pass() {
+fn tcp_flows_survive_endpoint_removal_and_their_backends_drain_until_unused() {
     let mut s = syncer(FakeMaps::new());
     s.apply(&[
         desired(
@@ -158,71 +235,244 @@ fn removed_backends_have_their_conntrack_purged_in_one_pass() {
             )],
         ),
     ]);
-    let ids_a = s
-        .writer()
-        .read_frontend(&key("198.19.0.10", 80))
-        .unwrap()
-        .unwrap();
-    let id_of = |addr: &str| {
-        let maps = s.writer().store();
-        maps.backends
-            .iter()
-            .find(|(_, v)| {
-                SocketAddr::new(v.addr(), v.port()) == addr.parse::<SocketAddr>().unwrap()
-            })
-            .map(|((_, id), _)| *id)
-            .expect("backend in the maps")
-    };
-    let (b2, b3, b4) = (
-        id_of("198.18.1.2:80"),
-        id_of("198.18.1.3:80"),
-        id_of("198.18.1.4:80"),
+    let (a, b) = (
+        service_id(&s, &key("198.19.0.10", 80)),
+        service_id(&s, &key("198.19.0.20", 80)),
     );
-    assert_eq!(ids_a.backends.len(), 2);
-    let maps = s.writer_mut().store_mut();
-    for (flow, backend_id) in [(1, b2), (2, b3), (3, b4), (4, b2)] {
-        maps.conntrack.insert(
-            (Family::V4, flow),
-            CtEntry {
-                backend_id,
-                ..Default::default()
-            },
-        );
+    let (b2, b3, b4) = (
+        backend_id_of(&s, "198.18.1.2:80"),
+        backend_id_of(&s, "198.18.1.3:80"),
+        backend_id_of(&s, "198.18.1.4:80"),
+    );
+    for (flow, service, backend) in [(1, a, b2), (2, a, b3), (3, b, b4), (4, b, b3)] {
+        track(&mut s, flow, IPPROTO_TCP, service, backend);
     }
-    maps.take_ops();
-    maps.conntrack_passes = 0;
+    s.writer_mut().store_mut().take_ops();
 
     // a loses .2 (gone from every frontend) and .3 (still used by b); b loses .4.
     let report = s.apply(&[
         desired("a", vec![frontend("198.19.0.10", 80, &[])]),
         desired("b", vec![frontend("198.19.0.20", 80, &["198.18.1.3:80"])]),
     ]);
-    assert_eq!(report.conntrack_purged, 3);
-    assert!(report.failed.is_empty() && report.errors.is_empty());
-    let maps = s.writer_mut().store_mut();
-    assert_eq!(
-        maps.conntrack_passes, 2,
-        "one pass per family for the whole batch"
+    assert!(
+        report.failed.is_empty() && report.errors.is_empty(),
+        "{report:?}"
     );
-    let ops = maps.take_ops();
-    let purges: Vec<&Op> = ops
-        .iter()
-        .filter(|op| matches!(op, Op::DeleteConntrack { .. }))
-        .collect();
+    assert_eq!(report.udp_conntrack_flushed, 0);
+    assert_eq!(flows(&s), [1, 2, 3, 4], "TCP conntrack is never flushed");
+    assert_eq!(backend_state(&s, b2), Some(BACKEND_STATE_DRAINING));
+    assert_eq!(backend_state(&s, b4), Some(BACKEND_STATE_DRAINING));
+    assert_eq!(backend_state(&s, b3), Some(BACKEND_STATE_ACTIVE));
     assert_eq!(
-        purges,
-        [
-            &Op::DeleteConntrack { backend_id: b2 },
-            &Op::DeleteConntrack { backend_id: b4 }
-        ]
-    );
-    assert_eq!(
-        maps.conntrack
-            .values()
-            .map(|e| e.backend_id)
+        s.writer()
+            .draining_backends()
+            .iter()
+            .copied()
             .collect::<Vec<_>>(),
-        [b3]
+        [b2, b4]
     );
+    assert!(
+        !s.writer_mut()
+            .store_mut()
+            .take_ops()
+            .iter()
+            .any(|op| matches!(op, Op::DeleteBackend(_))),
+        "no backend is deleted while flows may use it"
+    );
+
+    // The flow on .2 ends: the next full sync collects .2, keeps .4 (flow 3 is live).
+    s.writer_mut()
+        .store_mut()
+        .conntrack
+        .get_mut(&(Family::V4, 1))
+        .expect("flow 1")
+        .entry
+        .expires_ns = 0;
+    let report = s.full_sync(&[
+        desired("a", vec![frontend("198.19.0.10", 80, &[])]),
+        desired("b", vec![frontend("198.19.0.20", 80, &["198.18.1.3:80"])]),
+    ]);
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(
+        (report.garbage.backends, report.garbage.backends_kept),
+        (1, 1)
+    );
+    assert_eq!(backend_state(&s, b2), None);
+    assert_eq!(backend_state(&s, b4), Some(BACKEND_STATE_DRAINING));
+
+    // .4 comes back: the same id, active again, no longer draining.
+    s.apply(&[desired(
+        "b",
+        vec![frontend(
+            "198.19.0.20",
+            80,
+            &["198.18.1.3:80", "198.18.1.4:80"],
+        )],
+    )]);
+    assert_eq!(backend_id_of(&s, "198.18.1.4:80"), b4);
+    assert_eq!(backend_state(&s, b4), Some(BACKEND_STATE_ACTIVE));
+    assert!(s.writer().draining_backends().is_empty());
+}
+
+#[test]
+fn udp_flows_are_flushed_per_frontend_for_endpoints_that_stopped_serving() {
+    let mut s = syncer(FakeMaps::new());
+    let both = ["198.18.1.2:53", "198.18.1.3:53"];
+    s.apply(&[
+        desired("a", vec![udp_frontend("198.19.0.10", 53, &both, &both)]),
+        desired(
+            "b",
+            vec![udp_frontend(
+                "198.19.0.20",
+                53,
+                &["198.18.1.3:53"],
+                &["198.18.1.3:53"],
+            )],
+        ),
+    ]);
+    let (a, b) = (
+        service_id(
+            &s,
+            &FrontendKey {
+                proto: L4Proto::Udp,
+                ..key("198.19.0.10", 53)
+            },
+        ),
+        service_id(
+            &s,
+            &FrontendKey {
+                proto: L4Proto::Udp,
+                ..key("198.19.0.20", 53)
+            },
+        ),
+    );
+    let (b2, b3) = (
+        backend_id_of(&s, "198.18.1.2:53"),
+        backend_id_of(&s, "198.18.1.3:53"),
+    );
+    for (flow, service, backend) in [(1, a, b2), (2, a, b3), (3, b, b3), (4, a, b2)] {
+        track(&mut s, flow, IPPROTO_UDP, service, backend);
+    }
+    // A TCP flow with the same ids (another table) is never flushed.
+    track(&mut s, 5, IPPROTO_TCP, a, b2);
+
+    // .2 stops serving (not ready, not terminating: gone from a's serving set).
+    let report = s.apply(&[desired(
+        "a",
+        vec![udp_frontend(
+            "198.19.0.10",
+            53,
+            &["198.18.1.3:53"],
+            &["198.18.1.3:53"],
+        )],
+    )]);
+    assert_eq!(report.udp_conntrack_flushed, 2, "{report:?}");
+    assert_eq!(flows(&s), [2, 3, 5], "only a's UDP flows to .2 go");
+    assert_eq!(
+        s.writer_mut()
+            .store_mut()
+            .take_ops()
+            .into_iter()
+            .filter(|op| matches!(op, Op::FlushConntrack { .. }))
+            .collect::<Vec<_>>(),
+        [Op::FlushConntrack {
+            service_id: a,
+            backend_id: b2
+        }]
+    );
+
+    // A serving endpoint that is not eligible (terminating while ready ones exist) keeps
+    // its UDP flows, like kube-proxy.
+    track(&mut s, 6, IPPROTO_UDP, a, b2);
+    let report = s.apply(&[desired(
+        "a",
+        vec![udp_frontend("198.19.0.10", 53, &["198.18.1.3:53"], &both)],
+    )]);
+    assert_eq!(report.udp_conntrack_flushed, 0);
+    assert!(flows(&s).contains(&6));
+
+    // No serving endpoint left at all: nothing is flushed (kube-proxy skips such Services).
+    let report = s.apply(&[desired(
+        "a",
+        vec![udp_frontend("198.19.0.10", 53, &[], &[])],
+    )]);
+    assert_eq!(report.udp_conntrack_flushed, 0);
+    assert_eq!(flows(&s), [2, 3, 5, 6]);
+    assert_eq!(
+        s.writer().store().conntrack_passes,
+        1,
+        "one pass, for the one loss"
+    );
+}
+
+#[test]
+fn a_full_sync_flushes_udp_flows_to_non_serving_backends_left_from_before_a_restart() {
+    let mut s = syncer(FakeMaps::new());
+    let both = ["198.18.1.2:53", "198.18.1.3:53"];
+    let web = desired("a", vec![udp_frontend("198.19.0.10", 53, &both, &both)]);
+    s.apply(std::slice::from_ref(&web));
+    let a = service_id(
+        &s,
+        &FrontendKey {
+            proto: L4Proto::Udp,
+            ..key("198.19.0.10", 53)
+        },
+    );
+    let (b2, b3) = (
+        backend_id_of(&s, "198.18.1.2:53"),
+        backend_id_of(&s, "198.18.1.3:53"),
+    );
+    track(&mut s, 1, IPPROTO_UDP, a, b2);
+    track(&mut s, 2, IPPROTO_UDP, a, b3);
+
+    // Restart; meanwhile .2 stopped serving.
+    let maps = s.writer().store().clone();
+    let mut s = syncer(maps);
+    let report = s.full_sync(&[desired(
+        "a",
+        vec![udp_frontend(
+            "198.19.0.10",
+            53,
+            &["198.18.1.3:53"],
+            &["198.18.1.3:53"],
+        )],
+    )]);
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(report.udp_conntrack_flushed, 1);
+    assert_eq!(flows(&s), [2]);
+}
+
+#[test]
+fn a_removed_frontend_keeps_its_reverse_nat_for_live_flows_and_its_id_if_it_returns() {
+    let mut s = syncer(FakeMaps::new());
+    let web = desired("web", vec![frontend("198.19.0.10", 80, &["198.18.1.2:80"])]);
+    s.apply(std::slice::from_ref(&web));
+    let id = service_id(&s, &key("198.19.0.10", 80));
+    let b = backend_id_of(&s, "198.18.1.2:80");
+    track(&mut s, 1, IPPROTO_TCP, id, b);
+
+    s.apply(&[desired("web", vec![])]);
+    let maps = s.writer().store();
+    assert!(maps.services.is_empty());
+    assert!(
+        maps.revnat.contains_key(&(Family::V4, id)),
+        "replies of flow 1 still translate"
+    );
+    assert_eq!(s.writer().retired_services().collect::<Vec<_>>(), [id]);
+
+    // It comes back while retired: the same service id (flow 1 stays consistent).
+    s.apply(std::slice::from_ref(&web));
+    assert_eq!(service_id(&s, &key("198.19.0.10", 80)), id);
+    assert_eq!(s.writer().retired_services().count(), 0);
+
+    // Gone again, and the flow ends: the full sync collects the reverse NAT and backend.
+    s.apply(&[desired("web", vec![])]);
+    s.writer_mut().store_mut().conntrack.clear();
+    let report = s.full_sync(&[]);
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!((report.garbage.revnat, report.garbage.backends), (1, 1));
+    let maps = s.writer().store();
+    assert!(maps.services.is_empty() && maps.backends.is_empty() && maps.revnat.is_empty());
 }
 
 #[test]
@@ -360,11 +610,24 @@ fn full_sync_after_a_restart_adopts_what_is_wanted_and_removes_the_rest() {
     assert_eq!(report.unchanged, 1, "{report:?}");
     assert!(report.changed.is_empty());
     let ops = s.writer_mut().store_mut().take_ops();
+    let old_backend = s
+        .writer()
+        .backend_id("198.18.1.7:80".parse().unwrap(), L4Proto::Tcp);
+    assert!(old_backend.is_none(), "collected: no flow uses it");
     assert!(
         ops.iter().all(|op| matches!(
             op,
-            Op::DeleteMaster | Op::DeleteSlot(_) | Op::DeleteRevNat(_) | Op::DeleteBackend(_)
-        )),
+            Op::DeleteMaster
+                | Op::DeleteSlot(_)
+                | Op::DeleteRevNat(_)
+                | Op::DeleteBackend(_)
+                // The drain of the old backend before it was collected.
+                | Op::PutBackend(_)
+        )) && ops
+            .iter()
+            .filter(|op| matches!(op, Op::PutBackend(_)))
+            .count()
+            == 1,
         "the wanted frontend is not rewritten: {ops:?}"
     );
     assert_eq!(s.writer().service_id(&key("198.19.0.10", 80)), web_id);

@@ -1,13 +1,21 @@
 //! Writes frontends into a `MapStore` in the order that keeps every reader consistent
 //! (design.md): backends first, then the reverse-NAT entry and the slots, then the master
-//! count last; on shrink the master count first, then the extra slots, then the backends
-//! no frontend uses any more. A failed insert (full map) rolls back what the call wrote.
+//! count last; on shrink the master count first, then the extra slots. A failed insert
+//! (full map) rolls back what the call wrote.
+//!
+//! Connections outlive the frontends that made them (kube-proxy never flushes TCP
+//! conntrack): a backend no slot names any more is not deleted but *drained* (state
+//! `DRAINING`: never chosen for a new flow, still there for the flows conntrack keeps on
+//! it), and a removed frontend keeps its reverse-NAT entry (*retired*), so replies of its
+//! live flows are still translated. `collect_garbage` deletes the drained backends and
+//! retired reverse-NAT entries that no live conntrack entry names.
 //!
 //! Ids: service ids (one per frontend key) and backend ids (one per backend address,
 //! port and protocol, shared by frontends) are recovered from the maps when the writer
 //! opens, reused for the same frontend/backend, and new ones are handed out in increasing
-//! order after the highest id seen (so a freed id is not reused soon: conntrack entries
-//! may still name it). Ids are never 0 and are unique across both families.
+//! order after the highest id seen and after the floor persisted in the meta map (so a
+//! freed id is not reused soon, not even after a restart: conntrack entries may still name
+//! it). Ids are never 0 and are unique across both families.
 //!
 //! Cost: the writer keeps, in memory, how many slots name each backend (recovered at open),
 //! so a write reads and writes only the entries of the frontend it changes (never a whole
@@ -21,7 +29,7 @@ use std::{
 
 use service_lb_common::{
     proto::{IPPROTO_TCP, IPPROTO_UDP},
-    service::BACKEND_FLAG_LOCAL,
+    service::{BACKEND_FLAG_LOCAL, BACKEND_STATE_DRAINING},
     SvcValue,
 };
 use tracing::{debug, error, warn};
@@ -156,18 +164,12 @@ pub enum WriteError {
     },
     #[error("recovering ids from the maps: {0}")]
     Recover(#[source] StoreError),
-    #[error("purging conntrack of backend {backend_id}: {source}")]
-    Purge {
-        backend_id: u32,
-        #[source]
-        source: StoreError,
-    },
-    #[error("purging conntrack of {backends} backends: {source}")]
-    PurgeMany {
-        backends: usize,
-        #[source]
-        source: StoreError,
-    },
+    #[error("reading conntrack for garbage collection: {0}")]
+    Conntrack(#[source] StoreError),
+    #[error("deleting a reverse-NAT entry no flow uses: {0}")]
+    Gc(#[source] StoreError),
+    #[error("writing the id floors into the meta map: {0}")]
+    Meta(#[source] StoreError),
     #[error("reading frontend {frontend}: backend {backend_id} of slot {slot} is missing")]
     MissingBackend {
         frontend: FrontendKey,
@@ -205,9 +207,13 @@ struct Ids {
 }
 
 impl Ids {
-    fn recovered(in_use: BTreeSet<u32>) -> Self {
+    /// Ids in use, and the floor persisted by an earlier run (0 = none).
+    fn recovered(in_use: BTreeSet<u32>, floor: u32) -> Self {
         let next = in_use.last().map_or(1, |max| max.wrapping_add(1).max(1));
-        Self { next, in_use }
+        Self {
+            next: next.max(floor).max(1),
+            in_use,
+        }
     }
 
     fn allocate(&mut self, what: &'static str) -> Result<u32, WriteError> {
@@ -238,6 +244,20 @@ pub struct ServiceWriter<M: MapStore> {
     backend_refs: HashMap<u32, u32>,
     service_ids: Ids,
     backend_ids: Ids,
+    /// Backend ids in the maps that no slot names: kept for their tracked flows (state
+    /// `DRAINING` once `drain` wrote it) until `collect_garbage` finds none.
+    draining: BTreeSet<u32>,
+    /// Service ids of removed frontends whose reverse-NAT entry is kept for their tracked
+    /// flows; `collect_garbage` deletes it. By frontend, when this writer removed it (a
+    /// frontend that comes back gets its id again).
+    retired: BTreeMap<u32, Family>,
+    retired_by_key: HashMap<FrontendKey, u32>,
+    /// Slot entries with no master or beyond their master's count (a crash between
+    /// writes), found at open; the first full sync deletes them.
+    orphan_slots: Vec<SvcKey>,
+    /// The id floors last persisted into the meta map.
+    persisted_next_ids: (u32, u32),
+    /// Backend ids deleted from the maps since the last `take_released_backends`.
     released: Vec<u32>,
     /// Puts and deletes made on the store (rollbacks included).
     writes: u64,
@@ -252,10 +272,28 @@ impl<M: MapStore> ServiceWriter<M> {
         let mut backend_refs: HashMap<u32, u32> = HashMap::new();
         let mut service_in_use = BTreeSet::new();
         let mut backend_in_use = BTreeSet::new();
+        let mut retired = BTreeMap::new();
+        let mut orphan_slots = Vec::new();
         for family in Family::ALL {
-            for (key, value) in store.list_services(family).map_err(WriteError::Recover)? {
+            let entries = store.list_services(family).map_err(WriteError::Recover)?;
+            let counts: HashMap<SvcKey, u32> = entries
+                .iter()
+                .filter(|(k, _)| k.slot() == 0)
+                .map(|(k, v)| (*k, v.count))
+                .collect();
+            let mut masters = BTreeSet::new();
+            for (key, value) in entries {
                 service_in_use.insert(value.service_id);
+                if key.slot() != 0
+                    && counts
+                        .get(&key.with_slot(0))
+                        .is_none_or(|count| u32::from(key.slot()) > *count)
+                {
+                    orphan_slots.push(key);
+                    continue;
+                }
                 if key.slot() == 0 {
+                    masters.insert(value.service_id);
                     match FrontendKey::from_svc_key(&key) {
                         Some(frontend) => {
                             services.insert(frontend, value.service_id);
@@ -272,6 +310,9 @@ impl<M: MapStore> ServiceWriter<M> {
             }
             for (id, _) in store.list_revnat(family).map_err(WriteError::Recover)? {
                 service_in_use.insert(id);
+                if !masters.contains(&id) {
+                    retired.insert(id, family);
+                }
             }
             for (id, value) in store.list_backends(family).map_err(WriteError::Recover)? {
                 backend_in_use.insert(id);
@@ -287,19 +328,36 @@ impl<M: MapStore> ServiceWriter<M> {
         }
         service_in_use.remove(&0);
         backend_in_use.remove(&0);
+        retired.remove(&0);
+        let draining: BTreeSet<u32> = backend_identity
+            .keys()
+            .filter(|id| !backend_refs.contains_key(id))
+            .copied()
+            .collect();
+        let (service_floor, backend_floor) = store.get_next_ids().map_err(WriteError::Recover)?;
         debug!(
             frontends = services.len(),
             backends = backends.len(),
+            draining = draining.len(),
+            retired = retired.len(),
+            orphan_slots = orphan_slots.len(),
             "recovered ids from the maps"
         );
+        let service_ids = Ids::recovered(service_in_use, service_floor);
+        let backend_ids = Ids::recovered(backend_in_use, backend_floor);
         Ok(Self {
             store,
             services,
             backends,
             backend_identity,
             backend_refs,
-            service_ids: Ids::recovered(service_in_use),
-            backend_ids: Ids::recovered(backend_in_use),
+            persisted_next_ids: (service_floor, backend_floor),
+            service_ids,
+            backend_ids,
+            draining,
+            retired,
+            retired_by_key: HashMap::new(),
+            orphan_slots,
             released: Vec::new(),
             writes: 0,
         })
@@ -375,8 +433,7 @@ impl<M: MapStore> ServiceWriter<M> {
         }))
     }
 
-    /// Backend ids deleted from the maps since the last call (their conntrack entries
-    /// can be purged with `purge_conntrack`).
+    /// Backend ids deleted from the maps (by `collect_garbage`) since the last call.
     pub fn take_released_backends(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.released)
     }
@@ -448,8 +505,13 @@ impl<M: MapStore> ServiceWriter<M> {
                 self.drop_ref(old, &mut dropped);
             }
         }
-        // Shrink: the master already has the new count; drop the extra slots, then the
-        // backends no frontend names any more.
+        // A draining backend that is in a slot again is live again (its state was
+        // rewritten with the spec's).
+        for id in &ids.backend_ids {
+            self.draining.remove(id);
+        }
+        // Shrink: the master already has the new count; drop the extra slots, then drain
+        // the backends no frontend names any more.
         let new_count = spec.backends.len();
         for slot in (new_count + 1)..=old_slots.len() {
             self.writes += 1;
@@ -458,12 +520,13 @@ impl<M: MapStore> ServiceWriter<M> {
                 .map_err(store_err)?;
             self.drop_ref(old_slots[slot - 1], &mut dropped);
         }
-        self.delete_unused_backends(&key, family, dropped)?;
+        self.drain_unused_backends(&key, family, dropped)?;
         Ok(ids)
     }
 
-    /// Removes a frontend: master first, then its slots, its reverse-NAT entry and the
-    /// backends no other frontend uses. Removing an unknown frontend does nothing.
+    /// Removes a frontend: master first, then its slots; its reverse-NAT entry is retired
+    /// and the backends no other frontend uses are drained (both stay for the frontend's
+    /// tracked flows until `collect_garbage`). Removing an unknown frontend does nothing.
     pub fn remove(&mut self, key: &FrontendKey) -> Result<(), WriteError> {
         let store_err = |source| WriteError::Store {
             frontend: *key,
@@ -488,76 +551,126 @@ impl<M: MapStore> ServiceWriter<M> {
                 .map_err(store_err)?;
             self.drop_ref(id, &mut dropped);
         }
-        self.writes += 1;
-        self.store
-            .delete_revnat(key.family(), master.service_id)
-            .map_err(store_err)?;
         self.services.remove(key);
-        self.service_ids.release(master.service_id);
-        self.delete_unused_backends(key, key.family(), dropped)
+        self.retired.insert(master.service_id, key.family());
+        self.retired_by_key.insert(*key, master.service_id);
+        self.drain_unused_backends(key, key.family(), dropped)
     }
 
-    /// Deletes every conntrack entry (both families) naming `backend_id`.
-    pub fn purge_conntrack(&mut self, backend_id: u32) -> Result<usize, WriteError> {
-        let mut removed = 0;
-        for family in Family::ALL {
-            removed += self
-                .store
-                .delete_conntrack_of_backend(family, backend_id)
-                .map_err(|source| WriteError::Purge { backend_id, source })?;
-        }
-        Ok(removed)
-    }
-
-    /// Deletes every conntrack entry (both families) naming any of `backend_ids`, in ONE
-    /// pass over each conntrack map; nothing is read when the set is empty.
-    pub fn purge_conntrack_many(
-        &mut self,
-        backend_ids: &BTreeSet<u32>,
-    ) -> Result<usize, WriteError> {
-        if backend_ids.is_empty() {
-            return Ok(0);
-        }
-        let mut removed = 0;
-        for family in Family::ALL {
-            removed += self
-                .store
-                .delete_conntrack_of_backends(family, backend_ids)
-                .map_err(|source| WriteError::PurgeMany {
-                    backends: backend_ids.len(),
-                    source,
-                })?;
-        }
-        Ok(removed)
-    }
-
-    /// Deletes the backends that no slot names (left by a crash between writes, or by
-    /// another writer); they are reported by `take_released_backends` like any other.
-    pub fn delete_unreferenced_backends(&mut self) -> Result<usize, WriteError> {
-        let mut orphans: Vec<(u32, BackendIdentity)> = self
-            .backend_identity
-            .iter()
-            .filter(|(id, _)| self.backend_refs.get(id).copied().unwrap_or(0) == 0)
-            .map(|(id, identity)| (*id, *identity))
-            .collect();
-        orphans.sort();
-        for (id, identity) in &orphans {
-            let family = Family::of(&identity.0.ip());
+    /// Drains the backends that no slot names (left by a crash between writes, by a
+    /// previous run, or by another writer) and deletes the orphan slots found at open:
+    /// the first full sync's repair. Returns how many backends it drained.
+    pub fn drain_unreferenced_backends(&mut self) -> Result<usize, WriteError> {
+        for key in std::mem::take(&mut self.orphan_slots) {
             self.writes += 1;
-            self.store
-                .delete_backend(family, *id)
-                .map_err(|source| WriteError::Store {
+            if let Err(source) = self.store.delete_service(&key) {
+                return Err(WriteError::Store {
                     frontend: FrontendKey {
-                        addr: identity.0.ip(),
-                        port: identity.0.port(),
-                        proto: identity.1,
-                        scope: 0,
+                        addr: key.addr(),
+                        port: key.port(),
+                        proto: L4Proto::from_number(key.proto()).unwrap_or(L4Proto::Tcp),
+                        scope: key.scope(),
                     },
                     source,
-                })?;
-            self.forget_backend(*id);
+                });
+            }
+            debug!(slot = key.slot(), addr = %key.addr(), port = key.port(), "deleted an orphan slot");
         }
-        Ok(orphans.len())
+        let unreferenced: Vec<u32> = self
+            .backend_identity
+            .keys()
+            .filter(|id| self.backend_refs.get(id).copied().unwrap_or(0) == 0)
+            .copied()
+            .collect();
+        let mut drained = 0;
+        for id in unreferenced {
+            if self.drain_backend(id)? {
+                drained += 1;
+            }
+        }
+        Ok(drained)
+    }
+
+    /// Backend ids no slot names, kept for their tracked flows.
+    pub fn draining_backends(&self) -> &BTreeSet<u32> {
+        &self.draining
+    }
+
+    /// Service ids of removed frontends whose reverse-NAT entry is kept.
+    pub fn retired_services(&self) -> impl Iterator<Item = u32> + '_ {
+        self.retired.keys().copied()
+    }
+
+    /// The id of a backend (address, port, protocol) the maps hold, live or draining.
+    pub fn backend_id(&self, addr: SocketAddr, proto: L4Proto) -> Option<u32> {
+        self.backends.get(&(addr, proto)).copied()
+    }
+
+    /// Deletes the draining backends and retired reverse-NAT entries that no live
+    /// conntrack entry names (one pass over the conntrack maps; nothing is read when
+    /// there is nothing to collect).
+    pub fn collect_garbage(&mut self) -> Result<Garbage, WriteError> {
+        if self.draining.is_empty() && self.retired.is_empty() {
+            return Ok(Garbage::default());
+        }
+        let refs = self
+            .store
+            .conntrack_references()
+            .map_err(WriteError::Conntrack)?;
+        let mut garbage = Garbage::default();
+        let doomed: Vec<u32> = self
+            .draining
+            .iter()
+            .filter(|id| !refs.backend_ids.contains(id))
+            .copied()
+            .collect();
+        for id in doomed {
+            let Some(identity) = self.backend_identity.get(&id).copied() else {
+                self.draining.remove(&id);
+                continue;
+            };
+            self.writes += 1;
+            self.store
+                .delete_backend(Family::of(&identity.0.ip()), id)
+                .map_err(|source| WriteError::Store {
+                    frontend: frontend_of_backend(identity),
+                    source,
+                })?;
+            self.forget_backend(id);
+            garbage.backends += 1;
+        }
+        garbage.backends_kept = self.draining.len();
+        let doomed: Vec<(u32, Family)> = self
+            .retired
+            .iter()
+            .filter(|(id, _)| !refs.service_ids.contains(id))
+            .map(|(id, family)| (*id, *family))
+            .collect();
+        for (id, family) in doomed {
+            self.writes += 1;
+            self.store
+                .delete_revnat(family, id)
+                .map_err(WriteError::Gc)?;
+            self.retired.remove(&id);
+            self.retired_by_key.retain(|_, retired| *retired != id);
+            self.service_ids.release(id);
+            garbage.revnat += 1;
+        }
+        garbage.revnat_kept = self.retired.len();
+        Ok(garbage)
+    }
+
+    /// Writes the id floors into the meta map when they moved since the last write.
+    pub fn persist_next_ids(&mut self) -> Result<(), WriteError> {
+        let next = (self.service_ids.next, self.backend_ids.next);
+        if next == self.persisted_next_ids {
+            return Ok(());
+        }
+        self.store
+            .put_next_ids(next.0, next.1)
+            .map_err(WriteError::Meta)?;
+        self.persisted_next_ids = next;
+        Ok(())
     }
 
     /// Backend ids of slots `1..=count` as stored (0 for a missing slot).
@@ -588,9 +701,11 @@ impl<M: MapStore> ServiceWriter<M> {
     ) -> Result<FrontendIds, WriteError> {
         let key = spec.key;
         let family = key.family();
+        let retired = self.retired_by_key.get(&key).copied();
         let service_id = match old_master
             .map(|m| m.service_id)
             .or_else(|| self.services.get(&key).copied())
+            .or(retired)
         {
             Some(id) => id,
             None => {
@@ -600,6 +715,10 @@ impl<M: MapStore> ServiceWriter<M> {
             }
         };
         self.services.insert(key, service_id);
+        if retired == Some(service_id) {
+            self.retired_by_key.remove(&key);
+            self.retired.remove(&service_id);
+        }
 
         let mut backend_ids = Vec::with_capacity(spec.backends.len());
         for b in &spec.backends {
@@ -754,28 +873,56 @@ impl<M: MapStore> ServiceWriter<M> {
         }
     }
 
-    /// Deletes the backends of `candidates` that no slot names any more (from the
+    /// Drains the backends of `candidates` that no slot names any more (from the
     /// in-memory reference counts: no map is listed).
-    fn delete_unused_backends(
+    fn drain_unused_backends(
         &mut self,
         frontend: &FrontendKey,
-        family: Family,
+        _family: Family,
         candidates: BTreeSet<u32>,
     ) -> Result<(), WriteError> {
         for id in candidates {
             if self.backend_refs.get(&id).copied().unwrap_or(0) != 0 {
                 continue;
             }
-            self.writes += 1;
-            self.store
-                .delete_backend(family, id)
-                .map_err(|source| WriteError::Store {
+            self.drain_backend(id).map_err(|e| match e {
+                WriteError::Store { source, .. } => WriteError::Store {
                     frontend: *frontend,
                     source,
-                })?;
-            self.forget_backend(id);
+                },
+                other => other,
+            })?;
         }
         Ok(())
+    }
+
+    /// Marks backend `id` draining and writes state `DRAINING` into its entry (when the
+    /// maps hold it). Returns whether anything changed (state written or newly marked).
+    fn drain_backend(&mut self, id: u32) -> Result<bool, WriteError> {
+        let Some(identity) = self.backend_identity.get(&id).copied() else {
+            return Ok(false);
+        };
+        let family = Family::of(&identity.0.ip());
+        let store_err = |source| WriteError::Store {
+            frontend: frontend_of_backend(identity),
+            source,
+        };
+        let mut changed = false;
+        if let Some(value) = self.store.get_backend(family, id).map_err(store_err)? {
+            if value.state() != BACKEND_STATE_DRAINING {
+                changed = true;
+                let drained = BackendValue::new(
+                    value.addr(),
+                    value.port(),
+                    value.proto(),
+                    BACKEND_STATE_DRAINING,
+                    value.flags(),
+                );
+                self.writes += 1;
+                self.store.put_backend(id, &drained).map_err(store_err)?;
+            }
+        }
+        Ok(self.draining.insert(id) || changed)
     }
 
     /// A backend deleted from the maps: its id is released and reported.
@@ -786,8 +933,32 @@ impl<M: MapStore> ServiceWriter<M> {
             }
         }
         self.backend_refs.remove(&id);
+        self.draining.remove(&id);
         self.backend_ids.release(id);
         self.released.push(id);
+    }
+}
+
+/// What one `collect_garbage` deleted and kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Garbage {
+    /// Draining backends deleted (no live flow named them).
+    pub backends: usize,
+    /// Draining backends kept (live flows still use them).
+    pub backends_kept: usize,
+    /// Reverse-NAT entries of removed frontends deleted.
+    pub revnat: usize,
+    /// Reverse-NAT entries of removed frontends kept for their live flows.
+    pub revnat_kept: usize,
+}
+
+/// A frontend-shaped key for errors about a backend (no frontend is involved).
+fn frontend_of_backend(identity: BackendIdentity) -> FrontendKey {
+    FrontendKey {
+        addr: identity.0.ip(),
+        port: identity.0.port(),
+        proto: identity.1,
+        scope: 0,
     }
 }
 

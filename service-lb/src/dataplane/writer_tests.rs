@@ -2,13 +2,15 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use service_lb_common::service::{BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, SCOPE_EXTERNAL};
-use service_lb_common::{CtEntry, SvcValue};
+use service_lb_common::service::{
+    BACKEND_STATE_ACTIVE, BACKEND_STATE_DRAINING, BACKEND_STATE_TERMINATING, SCOPE_EXTERNAL,
+};
+use service_lb_common::{proto::IPPROTO_TCP, CtEntry, SvcValue};
 
 use super::{
-    fake_maps::{FakeMaps, Op},
+    fake_maps::{FakeCt, FakeMaps, Op},
     maps::{Family, MapStore, SvcKey},
-    writer::{BackendSpec, FrontendKey, FrontendSpec, L4Proto, ServiceWriter, WriteError},
+    writer::{BackendSpec, FrontendKey, FrontendSpec, Garbage, L4Proto, ServiceWriter, WriteError},
 };
 
 fn frontend(addr: &str, port: u16) -> FrontendKey {
@@ -76,6 +78,14 @@ fn resolved(maps: &FakeMaps, key: &FrontendKey) -> Vec<SocketAddr> {
 
 fn addrs(list: &[&str]) -> Vec<SocketAddr> {
     list.iter().map(|a| a.parse().unwrap()).collect()
+}
+
+/// The state of backend `id` (either family) as the maps hold it.
+fn backend_state(maps: &FakeMaps, id: u32) -> Option<u8> {
+    Family::ALL
+        .iter()
+        .find_map(|f| maps.backends.get(&(*f, id)))
+        .map(|v| v.state())
 }
 
 #[test]
@@ -149,7 +159,7 @@ fn grow_writes_the_new_backend_and_slot_before_the_master() {
 }
 
 #[test]
-fn shrink_writes_the_master_first_then_deletes_slots_then_unused_backends() {
+fn shrink_writes_the_master_first_then_deletes_slots_then_drains_unused_backends() {
     let mut w = ServiceWriter::open(FakeMaps::new()).unwrap();
     let key = frontend("198.19.0.10", 80);
     let ids = w
@@ -173,16 +183,29 @@ fn shrink_writes_the_master_first_then_deletes_slots_then_unused_backends() {
             Op::PutMaster { count: 1 },
             Op::DeleteSlot(2),
             Op::DeleteSlot(3),
-            Op::DeleteBackend(b1),
-            Op::DeleteBackend(b2),
+            Op::PutBackend(b1),
+            Op::PutBackend(b2),
         ]
     );
     assert_eq!(resolved(w.store(), &key), addrs(&["198.18.1.4:80"]));
+    for id in [b1, b2] {
+        assert_eq!(backend_state(w.store(), id), Some(BACKEND_STATE_DRAINING));
+    }
+    assert!(
+        w.take_released_backends().is_empty(),
+        "drained, not deleted"
+    );
+    // No flow uses them: garbage collection deletes both.
+    assert_eq!(w.collect_garbage().unwrap().backends, 2);
     assert_eq!(w.take_released_backends(), vec![b1, b2]);
+    assert_eq!(
+        w.store_mut().take_ops(),
+        vec![Op::DeleteBackend(b1), Op::DeleteBackend(b2)]
+    );
 }
 
 #[test]
-fn delete_removes_master_first_and_leaves_nothing() {
+fn delete_removes_master_first_and_garbage_collection_leaves_nothing() {
     let mut w = ServiceWriter::open(FakeMaps::new()).unwrap();
     let key = frontend("198.19.0.10", 80);
     let ids = w
@@ -199,9 +222,18 @@ fn delete_removes_master_first_and_leaves_nothing() {
             Op::DeleteMaster,
             Op::DeleteSlot(1),
             Op::DeleteSlot(2),
-            Op::DeleteRevNat(ids.service_id),
+            Op::PutBackend(b1),
+            Op::PutBackend(b2),
+        ]
+    );
+    assert!(w.store().revnat.contains_key(&(Family::V4, ids.service_id)));
+    w.collect_garbage().unwrap();
+    assert_eq!(
+        w.store_mut().take_ops(),
+        vec![
             Op::DeleteBackend(b1),
             Op::DeleteBackend(b2),
+            Op::DeleteRevNat(ids.service_id),
         ]
     );
     let maps = w.store();
@@ -224,7 +256,7 @@ fn a_frontend_without_endpoints_has_a_master_with_count_zero() {
 }
 
 #[test]
-fn shared_backends_are_deleted_only_when_no_frontend_uses_them() {
+fn shared_backends_drain_only_when_no_frontend_uses_them() {
     let mut w = ServiceWriter::open(FakeMaps::new()).unwrap();
     let a = frontend("198.19.0.10", 80);
     let b = frontend("198.19.0.20", 80);
@@ -241,12 +273,19 @@ fn shared_backends_are_deleted_only_when_no_frontend_uses_them() {
     assert_ne!(ids_a.service_id, ids_b.service_id);
 
     w.remove(&a).unwrap();
-    assert_eq!(w.take_released_backends(), vec![ids_a.backend_ids[0]]);
-    assert!(w.store().get_backend(Family::V4, shared).unwrap().is_some());
+    assert_eq!(
+        w.draining_backends().iter().copied().collect::<Vec<_>>(),
+        vec![ids_a.backend_ids[0]]
+    );
+    assert_eq!(backend_state(w.store(), shared), Some(0));
     assert_eq!(resolved(w.store(), &b), addrs(&["198.18.1.3:80"]));
 
     w.remove(&b).unwrap();
-    assert_eq!(w.take_released_backends(), vec![shared]);
+    assert_eq!(
+        w.draining_backends().iter().copied().collect::<Vec<_>>(),
+        vec![ids_a.backend_ids[0], shared]
+    );
+    w.collect_garbage().unwrap();
     assert!(w.store().backends.is_empty());
 }
 
@@ -463,22 +502,77 @@ fn ipv6_frontends_use_the_v6_maps() {
 }
 
 #[test]
-fn purge_conntrack_deletes_only_entries_of_that_backend() {
-    let mut maps = FakeMaps::new();
-    let entry = |backend_id| CtEntry {
-        backend_id,
-        service_id: 1,
-        ..Default::default()
+fn garbage_collection_keeps_what_live_flows_name_and_ignores_expired_entries() {
+    let mut w = ServiceWriter::open(FakeMaps::new()).unwrap();
+    let a = frontend("198.19.0.10", 80);
+    let b = frontend("198.19.0.20", 80);
+    let ids_a = w.upsert(&spec(a, &["198.18.1.2:80"])).unwrap();
+    let ids_b = w.upsert(&spec(b, &["198.18.1.3:80"])).unwrap();
+    let entry = |service_id, backend_id, expires_ns| FakeCt {
+        proto: IPPROTO_TCP,
+        entry: CtEntry {
+            expires_ns,
+            backend_id,
+            service_id,
+            ..Default::default()
+        },
     };
-    maps.conntrack.insert((Family::V4, 1), entry(7));
-    maps.conntrack.insert((Family::V4, 2), entry(7));
-    maps.conntrack.insert((Family::V4, 3), entry(8));
-    maps.conntrack.insert((Family::V6, 4), entry(7));
-    let mut w = ServiceWriter::open(maps).unwrap();
-    assert_eq!(w.purge_conntrack(7).unwrap(), 3);
+    let maps = w.store_mut();
+    maps.now_ns = 500;
+    // a's flow is live; b's flow expired (an expired entry keeps nothing alive).
+    maps.conntrack.insert(
+        (Family::V4, 1),
+        entry(ids_a.service_id, ids_a.backend_ids[0], 900),
+    );
+    maps.conntrack.insert(
+        (Family::V6, 2),
+        entry(ids_b.service_id, ids_b.backend_ids[0], 400),
+    );
+    w.remove(&a).unwrap();
+    w.remove(&b).unwrap();
+    let garbage = w.collect_garbage().unwrap();
     assert_eq!(
-        w.store().conntrack.keys().copied().collect::<Vec<_>>(),
-        vec![(Family::V4, 3)]
+        garbage,
+        Garbage {
+            backends: 1,
+            backends_kept: 1,
+            revnat: 1,
+            revnat_kept: 1
+        }
+    );
+    let maps = w.store();
+    assert!(maps
+        .backends
+        .contains_key(&(Family::V4, ids_a.backend_ids[0])));
+    assert!(maps.revnat.contains_key(&(Family::V4, ids_a.service_id)));
+    assert!(!maps.revnat.contains_key(&(Family::V4, ids_b.service_id)));
+    // Nothing to collect: the conntrack maps are not even read.
+    let mut w = ServiceWriter::open(FakeMaps::new()).unwrap();
+    w.upsert(&spec(a, &["198.18.1.2:80"])).unwrap();
+    w.store_mut()
+        .conntrack
+        .insert((Family::V4, 1), entry(1, 1, 900));
+    assert_eq!(w.collect_garbage().unwrap(), Garbage::default());
+}
+
+#[test]
+fn id_floors_persist_so_a_restart_never_reuses_an_id_conntrack_may_name() {
+    let mut w = ServiceWriter::open(FakeMaps::new()).unwrap();
+    let a = frontend("198.19.0.10", 80);
+    let ids = w.upsert(&spec(a, &["198.18.1.2:80"])).unwrap();
+    w.persist_next_ids().unwrap();
+    w.remove(&a).unwrap();
+    w.collect_garbage().unwrap();
+    // The maps hold nothing that names the old ids any more...
+    let maps = w.into_store();
+    assert!(maps.services.is_empty() && maps.backends.is_empty() && maps.revnat.is_empty());
+    // ...yet after a restart new ids come after them.
+    let mut w = ServiceWriter::open(maps).unwrap();
+    let again = w.upsert(&spec(a, &["198.18.1.2:80"])).unwrap();
+    assert!(again.service_id > ids.service_id, "{again:?} vs {ids:?}");
+    assert!(
+        again.backend_ids[0] > ids.backend_ids[0],
+        "{again:?} vs {ids:?}"
     );
 }
 
@@ -498,16 +592,15 @@ fn writes_never_list_a_whole_map_and_refcounts_survive_a_reopen() {
     let mut w = ServiceWriter::open(w.into_store()).unwrap();
     w.store().list_calls.set(0);
     w.upsert(&spec(a, &["198.18.1.2:80"])).unwrap();
-    assert!(w.take_released_backends().is_empty(), "b still uses .3");
+    assert!(w.draining_backends().is_empty(), "b still uses .3");
     assert!(w.store().get_backend(Family::V4, shared).unwrap().is_some());
     w.remove(&b).unwrap();
     assert_eq!(
-        w.take_released_backends(),
+        w.draining_backends().iter().copied().collect::<Vec<_>>(),
         vec![shared, ids_b.backend_ids[1]]
     );
     w.remove(&a).unwrap();
-    assert_eq!(w.take_released_backends().len(), 1);
-    assert!(w.store().backends.is_empty());
+    assert_eq!(w.draining_backends().len(), 3);
     assert_eq!(w.store().list_calls.get(), 0, "no whole-map read per write");
 }
 
@@ -540,54 +633,33 @@ fn read_frontend_returns_what_upsert_wrote() {
 }
 
 #[test]
-fn purge_conntrack_many_makes_one_pass_per_family() {
-    let mut maps = FakeMaps::new();
-    let entry = |backend_id| CtEntry {
-        backend_id,
-        ..Default::default()
-    };
-    for (flow, id) in [(1, 7), (2, 8), (3, 9), (4, 7)] {
-        maps.conntrack.insert((Family::V4, flow), entry(id));
-    }
-    maps.conntrack.insert((Family::V6, 5), entry(8));
-    let mut w = ServiceWriter::open(maps).unwrap();
-    assert_eq!(w.purge_conntrack_many(&Default::default()).unwrap(), 0);
-    assert_eq!(w.store().conntrack_passes, 0, "an empty set reads nothing");
-    assert_eq!(w.purge_conntrack_many(&[7, 8].into()).unwrap(), 4);
-    assert_eq!(w.store().conntrack_passes, 2);
-    assert_eq!(
-        w.store()
-            .conntrack
-            .values()
-            .map(|e| e.backend_id)
-            .collect::<Vec<_>>(),
-        vec![9]
-    );
-    assert_eq!(
-        w.store_mut().take_ops(),
-        vec![
-            Op::DeleteConntrack { backend_id: 7 },
-            Op::DeleteConntrack { backend_id: 8 },
-            Op::DeleteConntrack { backend_id: 8 },
-        ]
-    );
-}
-
-#[test]
-fn unreferenced_backends_are_deleted_on_request() {
+fn a_crash_s_leftovers_are_drained_and_collected_by_the_repair() {
     let mut w = ServiceWriter::open(FakeMaps::new()).unwrap();
     let key = frontend("198.19.0.10", 80);
     let ids = w.upsert(&spec(key, &["198.18.1.2:80"])).unwrap();
     let mut maps = w.into_store();
-    // A backend no slot names (a crash between the backend write and the slot write).
+    // A backend no slot names (a crash between the backend write and the slot write),
+    // a slot beyond the master's count (a crash during a shrink) and a slot of a frontend
+    // whose master was already deleted (a crash during a removal).
     let orphan = super::maps::BackendValue::new("198.18.1.9".parse().unwrap(), 80, 6, 0, 0);
     maps.put_backend(99, &orphan).unwrap();
+    let beyond = SvcKey::new(key.addr, key.port, IPPROTO_TCP, key.scope, 2);
+    maps.put_service(&beyond, &SvcValue::slot(99, ids.service_id))
+        .unwrap();
+    let headless = SvcKey::new("198.19.0.77".parse().unwrap(), 80, IPPROTO_TCP, 0, 1);
+    maps.put_service(&headless, &SvcValue::slot(99, 1234))
+        .unwrap();
     let mut w = ServiceWriter::open(maps).unwrap();
-    assert_eq!(w.delete_unreferenced_backends().unwrap(), 1);
+    assert_eq!(w.drain_unreferenced_backends().unwrap(), 1);
+    assert!(w.store().get_service(&beyond).unwrap().is_none());
+    assert!(w.store().get_service(&headless).unwrap().is_none());
+    assert_eq!(backend_state(w.store(), 99), Some(BACKEND_STATE_DRAINING));
+    assert_eq!(w.collect_garbage().unwrap().backends, 1);
     assert_eq!(w.take_released_backends(), vec![99]);
     assert_eq!(
         w.store().backends.keys().copied().collect::<Vec<_>>(),
         vec![(Family::V4, ids.backend_ids[0])]
     );
-    assert_eq!(w.delete_unreferenced_backends().unwrap(), 0);
+    assert_eq!(w.drain_unreferenced_backends().unwrap(), 0);
+    assert_eq!(resolved(w.store(), &key), addrs(&["198.18.1.2:80"]));
 }

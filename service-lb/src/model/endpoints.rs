@@ -7,7 +7,9 @@
 //!   (first slice by name wins, unless a later one is on this node, like kube-proxy);
 //! - the ready endpoints (nil ready = ready); when none is ready, those serving AND
 //!   terminating (KEP-1669), marked terminating; never the others;
-//! - sorted by address for a deterministic slot order.
+//! - sorted by address for a deterministic slot order;
+//! - besides, every *serving* endpoint (serving condition, nil = true): kube-proxy's UDP
+//!   conntrack clean-up keeps flows to those and flushes flows to any other.
 
 use std::{
     collections::BTreeMap,
@@ -60,7 +62,7 @@ pub(super) fn select(
     slices: &[&SliceView],
     node_name: Option<&str>,
     skipped: &mut Vec<Skip>,
-) -> Vec<DesiredBackend> {
+) -> Selected {
     let is_local = |c: &Candidate| node_name.is_some() && c.node_name.as_deref() == node_name;
     let mut candidates: BTreeMap<SocketAddr, Candidate> = BTreeMap::new();
     for slice in slices {
@@ -105,7 +107,7 @@ pub(super) fn select(
     }
 
     let any_ready = candidates.values().any(|c| c.ready);
-    candidates
+    let backends = candidates
         .iter()
         .filter(|(_, c)| {
             if any_ready {
@@ -119,7 +121,22 @@ pub(super) fn select(
             terminating: !any_ready,
             local: is_local(c),
         })
-        .collect()
+        .collect();
+    let serving = candidates
+        .iter()
+        .filter(|(_, c)| c.serving)
+        .map(|(addr, _)| *addr)
+        .collect();
+    Selected { backends, serving }
+}
+
+/// The endpoints of one frontend, as the data plane uses them.
+pub(super) struct Selected {
+    /// Eligible for new connections, in slot order.
+    pub backends: Vec<DesiredBackend>,
+    /// Every serving endpoint (ready or not, terminating or not), sorted: kube-proxy keeps
+    /// the UDP flows of these and flushes the others.
+    pub serving: Vec<SocketAddr>,
 }
 
 /// The slice's port for `wanted`, if the slice is of the wanted family and has one.

@@ -72,7 +72,12 @@ pub struct DesiredFrontend {
     pub scope: Scope,
     /// The Service port's name ("" when unnamed), for logs and inspect.
     pub port_name: String,
+    /// Eligible for new connections (the slots), in a stable order.
     pub backends: Vec<DesiredBackend>,
+    /// Every serving endpoint, sorted (a superset of `backends` unless only terminating
+    /// ones are left): the UDP flows of any other backend are flushed, as kube-proxy's
+    /// conntrack clean-up does. TCP flows are never flushed.
+    pub serving: Vec<SocketAddr>,
     /// sessionAffinity ClientIP timeout in seconds, 0 = none.
     pub affinity_timeout_s: u32,
 }

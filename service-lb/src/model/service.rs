@@ -49,7 +49,7 @@ pub(super) fn desired(
     let ports = service_ports(name, spec, skipped);
     for addr in ips {
         for port in &ports {
-            let backends = endpoints::select(
+            let selected = endpoints::select(
                 endpoints::Wanted {
                     ipv6: addr.is_ipv6(),
                     port_name: &port.name,
@@ -65,7 +65,8 @@ pub(super) fn desired(
                 protocol: port.protocol,
                 scope: Scope::External,
                 port_name: port.name.clone(),
-                backends,
+                backends: selected.backends,
+                serving: selected.serving,
                 affinity_timeout_s,
             });
         }

@@ -1,12 +1,15 @@
 //! Driving service-lb on a test node: load + attach inside the node's namespace, program
 //! frontends through the pinned maps, read the counters back.
 
-use std::net::SocketAddr;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+};
 
 use anyhow::{Context, Result};
 use service_lb::dataplane::{
-    Attachment, BackendSpec, BpfMaps, Dataplane, DataplaneOptions, FrontendKey, FrontendSpec,
-    L4Proto, MapSizes, ServiceWriter,
+    Attachment, BackendSpec, BpfMaps, Dataplane, DataplaneOptions, Family, FrontendKey,
+    FrontendSpec, L4Proto, MapSizes, MapStore, ServiceWriter,
 };
 use service_lb_common::service::{BACKEND_STATE_ACTIVE, SCOPE_EXTERNAL, SVC_FLAG_CLUSTER_IP};
 
@@ -87,28 +90,35 @@ impl ClusterIp {
     }
 }
 
-/// Creates or updates `services` in the node's pinned maps. Like the daemon, it then
-/// purges the conntrack entries of backends no frontend uses any more (a reused client
-/// port must not land on a deleted backend). Returns how many entries were purged.
+/// Creates or updates `services` in the node's pinned maps. Like the daemon (and
+/// kube-proxy), it then flushes the UDP conntrack entries of each UDP frontend whose
+/// backend is no longer one of its endpoints; TCP entries are never flushed (a backend
+/// that leaves every frontend drains: its established connections go on). Returns how
+/// many entries were flushed.
 pub fn program(node: &Node, services: &[ClusterIp]) -> Result<usize> {
     let maps = BpfMaps::open_pinned(node.bpffs.path())
         .with_context(|| format!("opening the pinned maps of node {}", node.name))?;
     let mut writer = ServiceWriter::open(maps).context("reading the programmed services")?;
+    let mut serving: BTreeMap<Family, BTreeMap<u32, BTreeSet<u32>>> = BTreeMap::new();
     for service in services {
-        writer
+        let ids = writer
             .upsert(&service.spec_for(node.index))
             .with_context(|| format!("programming {} on node {}", service.key(), node.name))?;
+        if service.proto == L4Proto::Udp && !ids.backend_ids.is_empty() {
+            serving
+                .entry(service.key().family())
+                .or_default()
+                .insert(ids.service_id, ids.backend_ids.into_iter().collect());
+        }
     }
-    let mut purged = 0;
-    for backend_id in writer.take_released_backends() {
-        purged += writer.purge_conntrack(backend_id).with_context(|| {
-            format!(
-                "purging conntrack of backend {backend_id} on node {}",
-                node.name
-            )
-        })?;
+    let mut flushed = 0;
+    for (family, rules) in serving {
+        flushed += writer
+            .store_mut()
+            .flush_udp_conntrack(family, &rules)
+            .with_context(|| format!("flushing UDP conntrack on node {}", node.name))?;
     }
-    Ok(purged)
+    Ok(flushed)
 }
 
 /// Every counter of the node's data path, summed over CPUs.

@@ -196,15 +196,15 @@ impl Run<'_> {
         }
 
         let remaining = self.services(&backends, Some(REMOVED));
-        let purged = self.program_all(&remaining)?;
-        let purged: Vec<String> = purged
+        let flushed = self.program_all(&remaining)?;
+        let flushed: Vec<String> = flushed
             .iter()
             .map(|(node, n)| format!("{n} on {node}"))
             .collect();
         (self.report)(Step::Change(format!(
             "removed {REMOVED} from every ClusterIP on both nodes (upsert with the other backends), \
-             then purged its conntrack entries as the daemon does ({})",
-            purged.join(", ")
+             then flushed its UDP conntrack entries as the daemon and kube-proxy do; TCP ones stay ({})",
+            flushed.join(", ")
         )));
 
         self.show_inspect(" after the removal")?;
@@ -295,7 +295,7 @@ impl Run<'_> {
         services
     }
 
-    /// Programs every node; returns the conntrack entries purged per node.
+    /// Programs every node; returns the UDP conntrack entries flushed per node.
     fn program_all(&mut self, services: &[ClusterIp]) -> Result<Vec<(String, usize)>> {
         self.cluster
             .nodes
