@@ -221,6 +221,8 @@ pub struct EndpointSpec {
     pub addr: IpAddr,
     pub node: String,
     pub ready: bool,
+    /// The pod is shutting down (still serving, as a terminating pod is until it exits).
+    pub terminating: bool,
 }
 
 /// An EndpointSlice of one address family.
@@ -265,8 +267,8 @@ impl SliceManifest {
         }
         for e in &self.endpoints {
             out.push_str(&format!(
-                "- addresses: [\"{}\"]\n  nodeName: {}\n  conditions:\n    ready: {}\n    serving: {}\n    terminating: false\n",
-                e.addr, e.node, e.ready, e.ready
+                "- addresses: [\"{}\"]\n  nodeName: {}\n  conditions:\n    ready: {}\n    serving: {}\n    terminating: {}\n",
+                e.addr, e.node, e.ready, e.ready || e.terminating, e.terminating
             ));
         }
         out
@@ -612,6 +614,7 @@ mod tests {
                 addr: "198.18.1.11".parse().expect("ip"),
                 node: "n1".into(),
                 ready: true,
+                terminating: false,
             }],
             trigger_time: Some("2024-01-01T00:00:00Z".into()),
         };

@@ -264,6 +264,47 @@ pub fn udp_ask_from(addr: SocketAddr, port: u16) -> Result<Answer> {
     parse_answer(&String::from_utf8_lossy(&buf[..n]), from)
 }
 
+/// One UDP client socket kept across many queries (one flow, like a DNS client that
+/// keeps its socket), connected to `addr`.
+pub struct UdpClient {
+    socket: UdpSocket,
+    addr: SocketAddr,
+}
+
+impl UdpClient {
+    /// Binds an ephemeral port and connects. Call from inside the client's namespace; the
+    /// socket can then be used from any thread.
+    pub fn open(addr: SocketAddr) -> Result<Self> {
+        let socket = UdpSocket::bind(unspecified(addr, 0)).context("binding a udp client")?;
+        socket
+            .connect(addr)
+            .with_context(|| format!("udp connect {addr}"))?;
+        Ok(Self { socket, addr })
+    }
+
+    /// Sends one query and waits up to `wait` for its answer: `None` when none came
+    /// (UDP gives no other sign of a lost datagram).
+    pub fn query(&self, wait: Duration) -> Result<Option<Answer>> {
+        self.socket.set_read_timeout(Some(wait))?;
+        self.socket
+            .send(b"q\n")
+            .with_context(|| format!("udp send to {}", self.addr))?;
+        let mut buf = [0u8; MAX_LINE];
+        match self.socket.recv(&mut buf) {
+            Ok(n) => parse_answer(&String::from_utf8_lossy(&buf[..n]), self.addr).map(Some),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e).with_context(|| format!("udp recv from {}", self.addr)),
+        }
+    }
+}
+
 /// The unspecified address of `addr`'s family, port `port`.
 fn unspecified(addr: SocketAddr, port: u16) -> SocketAddr {
     let ip: std::net::IpAddr = if addr.is_ipv4() {

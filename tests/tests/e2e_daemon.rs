@@ -132,6 +132,7 @@ impl Fixture {
                     addr: pod.addr(v6),
                     node: "n1".into(),
                     ready: true,
+                    terminating: false,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -579,6 +580,7 @@ fn e2e_daemon_bad_input_keeps_the_last_good_state() -> Result<()> {
             addr: IpAddr::from([198, 18, 1, 100 + k]),
             node: "n1".into(),
             ready: true,
+            terminating: false,
         });
     }
     f.manifests.write(

@@ -201,6 +201,10 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
 
         let elapsed = started.elapsed();
         self.metrics.observe_sync(kind, elapsed.as_secs_f64());
+        self.metrics.observe_conntrack(
+            report.udp_conntrack_flushed,
+            (kind == SyncKind::Full).then_some(&report.garbage),
+        );
         let now = SystemTime::now();
         if kind == SyncKind::Incremental {
             self.observe_programming_latency(&desired, &report, now);

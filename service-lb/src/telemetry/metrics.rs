@@ -26,6 +26,8 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use crate::dataplane::writer::Garbage;
+
 /// `kind` of a sync: the periodic/first full sync or an incremental one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SyncKind {
@@ -69,6 +71,10 @@ pub struct Metrics {
     source_events: Family<KindLabel, Counter>,
     services: Gauge,
     interface_failures: Counter,
+    udp_conntrack_flushed: Counter,
+    backends_draining: Gauge,
+    revnat_retired: Gauge,
+    garbage_collected: Family<KindLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -88,6 +94,10 @@ impl Metrics {
             source_events: Family::default(),
             services: Gauge::default(),
             interface_failures: Counter::default(),
+            udp_conntrack_flushed: Counter::default(),
+            backends_draining: Gauge::default(),
+            revnat_retired: Gauge::default(),
+            garbage_collected: Family::default(),
         };
         registry.register_with_unit(
             "service_lb_sync_duration",
@@ -131,7 +141,44 @@ impl Metrics {
             "Interfaces that appeared (or changed) and could not get the programs attached",
             metrics.interface_failures.clone(),
         );
+        registry.register(
+            "service_lb_udp_conntrack_flushed",
+            "UDP conntrack entries flushed because their backend stopped serving the frontend (kube-proxy's conntrack clean-up)",
+            metrics.udp_conntrack_flushed.clone(),
+        );
+        registry.register(
+            "service_lb_backends_draining",
+            "Backends in no frontend's slots kept for the connections conntrack still holds on them (at the last full sync)",
+            metrics.backends_draining.clone(),
+        );
+        registry.register(
+            "service_lb_revnat_retired",
+            "Reverse-NAT entries of removed frontends kept for their live connections (at the last full sync)",
+            metrics.revnat_retired.clone(),
+        );
+        registry.register(
+            "service_lb_garbage_collected",
+            "Draining backends (kind=backend) and retired reverse-NAT entries (kind=revnat) deleted once no live connection named them",
+            metrics.garbage_collected.clone(),
+        );
         metrics
+    }
+
+    /// The conntrack side of a sync: UDP flushes, and (full syncs) garbage collection.
+    pub fn observe_conntrack(&self, flushed: usize, garbage: Option<&Garbage>) {
+        self.udp_conntrack_flushed
+            .inc_by(u64::try_from(flushed).unwrap_or(u64::MAX));
+        let Some(garbage) = garbage else {
+            return;
+        };
+        let clamp = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.backends_draining.set(clamp(garbage.backends_kept));
+        self.revnat_retired.set(clamp(garbage.revnat_kept));
+        for (kind, n) in [("backend", garbage.backends), ("revnat", garbage.revnat)] {
+            self.garbage_collected
+                .get_or_create(&KindLabel { kind })
+                .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+        }
     }
 
     pub fn observe_sync(&self, kind: SyncKind, seconds: f64) {

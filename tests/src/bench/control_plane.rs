@@ -168,6 +168,7 @@ fn slice(set: ServiceSet, i: u32, endpoints: u32) -> SliceManifest {
                 addr: (*set.backend(i, slot).1.ip()).into(),
                 node: NODE_NAME.into(),
                 ready: true,
+                terminating: false,
             })
             .collect(),
         trigger_time: None,

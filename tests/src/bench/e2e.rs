@@ -392,6 +392,7 @@ fn slice_doc(i: u32, addrs: &[Ipv4Addr], target_ports: &[(&str, u16)]) -> String
                 addr: (*a).into(),
                 node: NODE_NAME.into(),
                 ready: true,
+                terminating: false,
             })
             .collect(),
         trigger_time: None,

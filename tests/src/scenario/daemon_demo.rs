@@ -214,6 +214,7 @@ fn slice(cluster: &Cluster, backends: &[&str]) -> Result<SliceManifest> {
                 addr: pod.v4.into(),
                 node: format!("n{}", pod.node),
                 ready: true,
+                terminating: false,
             })
         })
         .collect::<Result<Vec<_>>>()?;

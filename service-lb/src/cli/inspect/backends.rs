@@ -1,11 +1,13 @@
-//! `inspect backends`: every backend by id.
+//! `inspect backends`: every backend by id, its state (a `draining` backend is in no
+//! frontend's slots any more and only serves the flows conntrack keeps on it) and its live
+//! connections (forward conntrack entries that name it).
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
 use service_lb_common::service::{
-    BACKEND_FLAG_LOCAL, BACKEND_STATE_ACTIVE, BACKEND_STATE_MAINTENANCE, BACKEND_STATE_QUARANTINED,
-    BACKEND_STATE_TERMINATING,
+    BACKEND_FLAG_LOCAL, BACKEND_STATE_ACTIVE, BACKEND_STATE_DRAINING, BACKEND_STATE_MAINTENANCE,
+    BACKEND_STATE_QUARANTINED, BACKEND_STATE_TERMINATING,
 };
 
 use super::services::proto_name;
@@ -22,10 +24,13 @@ pub struct BackendRow {
     pub proto: String,
     pub state: String,
     pub local: bool,
+    /// Live connections (forward conntrack entries) that name this backend.
+    pub flows: u64,
 }
 
 impl TableRow for BackendRow {
-    const HEADER: &'static [&'static str] = &["id", "addr", "port", "proto", "state", "local"];
+    const HEADER: &'static [&'static str] =
+        &["id", "addr", "port", "proto", "state", "local", "flows"];
     fn cells(&self) -> Vec<String> {
         vec![
             self.id.to_string(),
@@ -34,6 +39,7 @@ impl TableRow for BackendRow {
             self.proto.clone(),
             self.state.clone(),
             self.local.to_string(),
+            self.flows.to_string(),
         ]
     }
 }
@@ -44,11 +50,16 @@ pub fn state_name(state: u8) -> String {
         BACKEND_STATE_TERMINATING => "terminating".into(),
         BACKEND_STATE_QUARANTINED => "quarantined".into(),
         BACKEND_STATE_MAINTENANCE => "maintenance".into(),
+        BACKEND_STATE_DRAINING => "draining".into(),
         other => format!("unknown({other})"),
     }
 }
 
-pub fn rows(store: &impl MapStore) -> Result<Vec<BackendRow>, StoreError> {
+/// Every backend; `flows` = live connections per backend id (see `conntrack::live_flows`).
+pub fn rows(
+    store: &impl MapStore,
+    flows: &BTreeMap<u32, u64>,
+) -> Result<Vec<BackendRow>, StoreError> {
     let mut rows = Vec::new();
     for family in Family::ALL {
         let mut list = store.list_backends(family)?;
@@ -60,6 +71,7 @@ pub fn rows(store: &impl MapStore) -> Result<Vec<BackendRow>, StoreError> {
             proto: proto_name(b.proto()),
             state: state_name(b.state()),
             local: b.flags() & BACKEND_FLAG_LOCAL != 0,
+            flows: flows.get(&id).copied().unwrap_or(0),
         }));
     }
     Ok(rows)
@@ -79,17 +91,34 @@ mod tests {
             &BackendValue::new(addr, 8080, 6, BACKEND_STATE_TERMINATING, BACKEND_FLAG_LOCAL),
         )
         .unwrap();
-        let rows = rows(&maps).unwrap();
+        maps.put_backend(
+            9,
+            &BackendValue::new(addr, 8081, 17, BACKEND_STATE_DRAINING, 0),
+        )
+        .unwrap();
+        let rows = rows(&maps, &BTreeMap::from([(9, 3)])).unwrap();
         assert_eq!(
             rows,
-            vec![BackendRow {
-                id: 4,
-                addr,
-                port: 8080,
-                proto: "tcp".into(),
-                state: "terminating".into(),
-                local: true
-            }]
+            vec![
+                BackendRow {
+                    id: 4,
+                    addr,
+                    port: 8080,
+                    proto: "tcp".into(),
+                    state: "terminating".into(),
+                    local: true,
+                    flows: 0,
+                },
+                BackendRow {
+                    id: 9,
+                    addr,
+                    port: 8081,
+                    proto: "udp".into(),
+                    state: "draining".into(),
+                    local: false,
+                    flows: 3,
+                }
+            ]
         );
         let json = crate::cli::output::render(&rows, crate::cli::output::Format::Json).unwrap();
         assert!(json.contains("\"addr\": \"fd00:18:0:1::2\""), "{json}");

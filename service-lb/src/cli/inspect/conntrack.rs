@@ -72,6 +72,21 @@ pub fn boottime_ns() -> anyhow::Result<u64> {
     Ok(secs.saturating_mul(1_000_000_000).saturating_add(nanos))
 }
 
+/// Live connections per backend id: the forward (`CT_DIR_SERVICE`) entries that have not
+/// expired at `now`, one per connection; direct flows (backend id 0) are not counted.
+pub fn live_flows(records: &[CtRecord], now: u64) -> std::collections::BTreeMap<u32, u64> {
+    let mut flows = std::collections::BTreeMap::new();
+    for record in records {
+        if record.dir == CT_DIR_SERVICE
+            && record.entry.backend_id != 0
+            && record.entry.expires_ns > now
+        {
+            *flows.entry(record.entry.backend_id).or_default() += 1;
+        }
+    }
+    flows
+}
+
 fn flag_names(flags: u16) -> Vec<&'static str> {
     [
         (CT_FLAG_SEEN_REPLY, "seen_reply"),
@@ -122,6 +137,35 @@ pub fn rows(records: &[CtRecord], now_ns: u64) -> Vec<ConntrackRow> {
 mod tests {
     use super::*;
     use service_lb_common::CtEntry;
+
+    #[test]
+    fn live_flows_count_forward_entries_that_have_not_expired() {
+        let record = |dir, backend_id, expires_ns| CtRecord {
+            table: CtTable::Tcp,
+            saddr: "198.18.1.2".parse().unwrap(),
+            daddr: "198.19.0.10".parse().unwrap(),
+            sport: 40000,
+            dport: 80,
+            proto: 6,
+            dir,
+            entry: CtEntry {
+                expires_ns,
+                backend_id,
+                ..CtEntry::default()
+            },
+        };
+        let records = [
+            record(CT_DIR_SERVICE, 3, 200),
+            record(CT_DIR_REPLY, 3, 200),
+            record(CT_DIR_SERVICE, 3, 300),
+            record(CT_DIR_SERVICE, 4, 50),
+            record(CT_DIR_SERVICE, 0, 300),
+        ];
+        assert_eq!(
+            live_flows(&records, 100),
+            std::collections::BTreeMap::from([(3, 2)])
+        );
+    }
 
     #[test]
     fn decodes_and_computes_seconds_left() {

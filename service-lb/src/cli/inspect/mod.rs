@@ -30,7 +30,7 @@ pub struct InspectArgs {
 pub enum What {
     /// One row per frontend with its backends.
     Services,
-    /// Every backend by id.
+    /// Every backend by id: state (active, terminating, draining) and live connections.
     Backends,
     /// Every entry of the four conntrack maps.
     Conntrack,
@@ -53,7 +53,11 @@ pub fn run(args: &InspectArgs) -> Result<(), Failure> {
         .with_context(|| format!("opening the pinned maps under {}", args.bpffs.display()))?;
     let text = match args.what {
         What::Services => super::output::render(&services::rows(&maps)?, args.output)?,
-        What::Backends => super::output::render(&backends::rows(&maps)?, args.output)?,
+        What::Backends => {
+            let now = conntrack::boottime_ns()?;
+            let flows = conntrack::live_flows(&maps.conntrack()?, now);
+            super::output::render(&backends::rows(&maps, &flows)?, args.output)?
+        }
         What::Conntrack => {
             let now = conntrack::boottime_ns()?;
             super::output::render(&conntrack::rows(&maps.conntrack()?, now), args.output)?
