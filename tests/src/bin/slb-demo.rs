@@ -6,8 +6,8 @@
 use std::process::ExitCode;
 
 use service_lb_tests::scenario::daemon_demo::{
-    daemon_demo, DemoOutcome, HttpSpread, DEMO_BACKENDS, DEMO_CLIENT, DEMO_PORT, DEMO_REMOVED,
-    DEMO_REQUESTS, DEMO_TARGET_PORT, DEMO_VIP,
+    daemon_demo, DemoOutcome, HttpSpread, DEMO_BACKENDS, DEMO_CLIENT, DEMO_KEPT_ALIVE_REQUESTS,
+    DEMO_PORT, DEMO_REMOVED, DEMO_REQUESTS, DEMO_TARGET_PORT, DEMO_VIP,
 };
 
 fn main() -> ExitCode {
@@ -80,6 +80,11 @@ fn explain(outcome: &DemoOutcome) -> bool {
         .all(|b| outcome.after.answers(b) > 0);
     let fast = outcome.change_took.as_secs_f64() < 1.0;
     let kept_serving = outcome.served_after_stop == 10;
+    let graceful = outcome.kept_alive_after.len() == DEMO_KEPT_ALIVE_REQUESTS
+        && outcome
+            .kept_alive_after
+            .iter()
+            .all(|a| a.as_deref() == Ok(DEMO_REMOVED));
     verdict(failures == 0, &format!("{failures} requests failed"));
     verdict(
         spread_evenly,
@@ -89,6 +94,13 @@ fn explain(outcome: &DemoOutcome) -> bool {
         removed_unused && others_used,
         &format!(
             "after the edit, no request reached {DEMO_REMOVED} and the other backends shared them"
+        ),
+    );
+    verdict(
+        graceful,
+        &format!(
+            "the connection already open to {DEMO_REMOVED} kept working after {DEMO_REMOVED} left the Service \
+             (rolling updates never cut established connections; `inspect backends` showed it draining)"
         ),
     );
     verdict(
@@ -104,7 +116,7 @@ fn explain(outcome: &DemoOutcome) -> bool {
     );
     println!("\nEverything the demo created (namespaces, pinned maps and links, the manifests folder) has been removed.");
     println!("Try `service-lb run --manifests DIR` yourself, and `service-lb inspect` to see a node's maps.");
-    failures == 0 && spread_evenly && removed_unused && others_used && kept_serving
+    failures == 0 && spread_evenly && removed_unused && others_used && kept_serving && graceful
 }
 
 fn verdict(ok: bool, what: &str) {

@@ -1,6 +1,7 @@
 //! The daemon demo (`slb-demo`, `cargo xtask demo`): the real `service-lb run
 //! --manifests` on two namespace nodes, HTTP backends, a manifests edit that removes a
-//! backend, and the spread of 300 requests before and after.
+//! backend, the spread of 300 requests before and after, and a kept-alive connection to
+//! the removed backend that keeps working (graceful termination, as kube-proxy does it).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::http::{get_name, HttpServer};
+use super::http::{get_name, HttpServer, KeptAlive};
 use super::outcome::Step;
 use crate::daemon::{
     frontends, service_lb_binary, Daemon, DaemonOptions, EndpointSpec, ManifestDir, PortSpec,
@@ -53,7 +54,13 @@ pub struct DemoOutcome {
     pub change_took: Duration,
     /// Requests answered after both daemons were stopped (the data plane stays).
     pub served_after_stop: u32,
+    /// Who answered each request sent, after the edit, on a connection that was opened to
+    /// the removed backend before it (an error's text when a request failed).
+    pub kept_alive_after: Vec<std::result::Result<String, String>>,
 }
+
+/// Requests sent on the kept-alive connection after the edit.
+pub const DEMO_KEPT_ALIVE_REQUESTS: usize = 5;
 
 /// Runs the demo; everything it creates is removed before it returns.
 pub fn daemon_demo(report: &mut dyn FnMut(Step)) -> Result<DemoOutcome> {
@@ -150,7 +157,12 @@ fn run(
         "{DEMO_REQUESTS} HTTP requests from pod {DEMO_CLIENT} to http://{vip}/: {}",
         describe(&outcome.before)
     )));
-    show_inspect(cluster, binary, "", report)?;
+    show_inspect(cluster, binary, "services", "", report)?;
+
+    let mut kept = open_to_removed(cluster, vip)?;
+    report(Step::Setup(format!(
+        "pod {DEMO_CLIENT} opened a kept-alive HTTP connection to http://{vip}/ that {DEMO_REMOVED} answered (think of a long download or a websocket)"
+    )));
 
     manifests.write("web-endpoints.yaml", &slice(cluster, &["b1", "b2"])?.yaml())?;
     let written = Instant::now();
@@ -186,7 +198,21 @@ fn run(
         "{DEMO_REQUESTS} more requests: {}",
         describe(&outcome.after)
     )));
-    show_inspect(cluster, binary, " after the edit", report)?;
+    show_inspect(cluster, binary, "services", " after the edit", report)?;
+    outcome.kept_alive_after = (0..DEMO_KEPT_ALIVE_REQUESTS)
+        .map(|_| kept.get().map_err(|e| format!("{e:#}")))
+        .collect();
+    let answered = outcome
+        .kept_alive_after
+        .iter()
+        .filter(|a| a.as_deref() == Ok(DEMO_REMOVED))
+        .count();
+    report(Step::Seen(format!(
+        "the kept-alive connection opened before the edit: {answered}/{DEMO_KEPT_ALIVE_REQUESTS} more requests on it answered by {DEMO_REMOVED}: \
+         an endpoint that leaves a Service keeps its established connections (only new ones avoid it), as with kube-proxy"
+    )));
+    show_inspect(cluster, binary, "backends", " after the edit", report)?;
+    drop(kept);
 
     for (daemon, node) in daemons.iter_mut().zip(&cluster.nodes) {
         let status = daemon.stop()?;
@@ -203,6 +229,20 @@ fn run(
         "with no daemon running, {still}/10 requests were still answered: the data plane keeps serving; `service-lb cleanup` is what removes it"
     )));
     Ok(outcome)
+}
+
+/// A kept-alive connection through `vip` that the removed backend answered: connections
+/// are opened until one lands there (each lands on a random backend).
+fn open_to_removed(cluster: &Cluster, vip: SocketAddr) -> Result<KeptAlive> {
+    run_in(&cluster.pod(DEMO_CLIENT)?.ns, || {
+        for _ in 0..100 {
+            let kept = KeptAlive::open(vip)?;
+            if kept.first == DEMO_REMOVED {
+                return Ok(kept);
+            }
+        }
+        bail!("100 connections to {vip}, none answered by {DEMO_REMOVED}")
+    })
 }
 
 fn slice(cluster: &Cluster, backends: &[&str]) -> Result<SliceManifest> {
@@ -258,18 +298,20 @@ pub fn describe(spread: &HttpSpread) -> String {
     text
 }
 
+/// Runs `service-lb inspect <what>` on node n1 and reports its table.
 fn show_inspect(
     cluster: &Cluster,
     binary: &Path,
+    what: &str,
     when: &str,
     report: &mut dyn FnMut(Step),
 ) -> Result<()> {
     let node = cluster.node(1)?;
     let out = Command::new(binary)
-        .args(["inspect", "services", "--bpffs"])
+        .args(["inspect", what, "--bpffs"])
         .arg(node.bpffs.path())
         .output()
-        .context("running service-lb inspect services")?;
+        .with_context(|| format!("running service-lb inspect {what}"))?;
     if !out.status.success() {
         bail!(
             "service-lb inspect failed: {}",
@@ -281,7 +323,7 @@ fn show_inspect(
         .map(|l| format!("             {l}"))
         .collect();
     report(Step::Seen(format!(
-        "`service-lb inspect services --bpffs {}` (node {}{when}, read from its pinned maps):\n{}",
+        "`service-lb inspect {what} --bpffs {}` (node {}{when}, read from its pinned maps):\n{}",
         node.bpffs.path().display(),
         node.name,
         table.join("\n")

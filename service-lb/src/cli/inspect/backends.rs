@@ -1,6 +1,6 @@
 //! `inspect backends`: every backend by id, its state (a `draining` backend is in no
 //! frontend's slots any more and only serves the flows conntrack keeps on it) and its live
-//! connections (forward conntrack entries that name it).
+//! open connections (forward conntrack entries that name it and are not closing).
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -24,13 +24,21 @@ pub struct BackendRow {
     pub proto: String,
     pub state: String,
     pub local: bool,
-    /// Live connections (forward conntrack entries) that name this backend.
-    pub flows: u64,
+    /// Open connections (live, not closing, forward conntrack entries) that name this
+    /// backend.
+    pub connections: u64,
 }
 
 impl TableRow for BackendRow {
-    const HEADER: &'static [&'static str] =
-        &["id", "addr", "port", "proto", "state", "local", "flows"];
+    const HEADER: &'static [&'static str] = &[
+        "id",
+        "addr",
+        "port",
+        "proto",
+        "state",
+        "local",
+        "connections",
+    ];
     fn cells(&self) -> Vec<String> {
         vec![
             self.id.to_string(),
@@ -39,7 +47,7 @@ impl TableRow for BackendRow {
             self.proto.clone(),
             self.state.clone(),
             self.local.to_string(),
-            self.flows.to_string(),
+            self.connections.to_string(),
         ]
     }
 }
@@ -55,7 +63,7 @@ pub fn state_name(state: u8) -> String {
     }
 }
 
-/// Every backend; `flows` = live connections per backend id (see `conntrack::live_flows`).
+/// Every backend; `flows` = open connections per backend id (see `conntrack::live_flows`).
 pub fn rows(
     store: &impl MapStore,
     flows: &BTreeMap<u32, u64>,
@@ -71,7 +79,7 @@ pub fn rows(
             proto: proto_name(b.proto()),
             state: state_name(b.state()),
             local: b.flags() & BACKEND_FLAG_LOCAL != 0,
-            flows: flows.get(&id).copied().unwrap_or(0),
+            connections: flows.get(&id).copied().unwrap_or(0),
         }));
     }
     Ok(rows)
@@ -107,7 +115,7 @@ mod tests {
                     proto: "tcp".into(),
                     state: "terminating".into(),
                     local: true,
-                    flows: 0,
+                    connections: 0,
                 },
                 BackendRow {
                     id: 9,
@@ -116,7 +124,7 @@ mod tests {
                     proto: "udp".into(),
                     state: "draining".into(),
                     local: false,
-                    flows: 3,
+                    connections: 3,
                 }
             ]
         );

@@ -72,13 +72,15 @@ pub fn boottime_ns() -> anyhow::Result<u64> {
     Ok(secs.saturating_mul(1_000_000_000).saturating_add(nanos))
 }
 
-/// Live connections per backend id: the forward (`CT_DIR_SERVICE`) entries that have not
-/// expired at `now`, one per connection; direct flows (backend id 0) are not counted.
+/// Open connections per backend id: the forward (`CT_DIR_SERVICE`) entries that have not
+/// expired at `now` and are not closing (a FIN or RST seen), one per connection; direct
+/// flows (backend id 0) are not counted.
 pub fn live_flows(records: &[CtRecord], now: u64) -> std::collections::BTreeMap<u32, u64> {
     let mut flows = std::collections::BTreeMap::new();
     for record in records {
         if record.dir == CT_DIR_SERVICE
             && record.entry.backend_id != 0
+            && record.entry.state != CT_STATE_CLOSING
             && record.entry.expires_ns > now
         {
             *flows.entry(record.entry.backend_id).or_default() += 1;
@@ -139,7 +141,7 @@ mod tests {
     use service_lb_common::CtEntry;
 
     #[test]
-    fn live_flows_count_forward_entries_that_have_not_expired() {
+    fn live_flows_count_forward_entries_that_are_neither_expired_nor_closing() {
         let record = |dir, backend_id, expires_ns| CtRecord {
             table: CtTable::Tcp,
             saddr: "198.18.1.2".parse().unwrap(),
@@ -160,6 +162,13 @@ mod tests {
             record(CT_DIR_SERVICE, 3, 300),
             record(CT_DIR_SERVICE, 4, 50),
             record(CT_DIR_SERVICE, 0, 300),
+            CtRecord {
+                entry: CtEntry {
+                    state: CT_STATE_CLOSING,
+                    ..record(CT_DIR_SERVICE, 3, 300).entry
+                },
+                ..record(CT_DIR_SERVICE, 3, 300)
+            },
         ];
         assert_eq!(
             live_flows(&records, 100),
