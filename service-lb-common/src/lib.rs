@@ -19,6 +19,7 @@ pub mod maps;
 pub mod meta;
 pub mod proto;
 pub mod service;
+pub mod vip;
 
 #[cfg(feature = "user")]
 mod pod;
@@ -28,3 +29,4 @@ pub use conntrack::{CtEntry, CtKey4, CtKey6};
 pub use counters::{Counter, Hook, Reason};
 pub use meta::Meta;
 pub use service::{Backend4, Backend6, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue};
+pub use vip::VipValue;

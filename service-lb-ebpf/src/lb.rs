@@ -21,8 +21,9 @@ pub struct Choice<A> {
 
 /// Looks up the frontend the packet is sent to and picks one of its backends.
 ///
-/// Not a frontend: pass (`PassNotService`). A frontend without backends, a torn slot
-/// list or a missing backend: drop with the matching reason.
+/// Not a frontend: pass (`PassNotService`, the pipeline then checks the ClusterIP maps).
+/// A frontend without backends: `DropNoBackend`, which the pipeline turns into a refusal
+/// (`reject`). A torn slot list or a missing backend: drop with the matching reason.
 #[inline(always)]
 pub fn choose<F: Family>(hook: Hook, h: &Headers<F::Addr>) -> Step<Choice<F::Addr>> {
     let services = F::services();

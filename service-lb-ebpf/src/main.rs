@@ -13,6 +13,7 @@ mod nat;
 mod packet;
 mod pipeline;
 mod ports;
+mod reject;
 mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};

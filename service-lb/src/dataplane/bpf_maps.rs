@@ -7,10 +7,11 @@ use std::{
     path::Path,
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{lpm_trie, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use service_lb_common::{
-    counters::counter_index, maps, Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Hook,
-    Meta, Reason, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue,
+    counters::counter_index, maps, vip::SERVICE_CIDR_ALLOCATED, Backend4, Backend6, Counter,
+    CtEntry, CtKey4, CtKey6, Hook, Meta, Reason, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue,
+    VipValue,
 };
 
 use super::{
@@ -18,9 +19,11 @@ use super::{
     loader::Dataplane,
     maps::{BackendValue, Family, MapStore, RevNatValue, StoreError, StoreOp, SvcKey},
     pin,
+    vips::Cidr,
 };
 
 type Hash<K, V> = HashMap<MapData, K, V>;
+type Trie<K> = LpmTrie<MapData, K, u32>;
 
 /// The pinned maps of a data plane.
 pub struct BpfMaps {
@@ -36,6 +39,10 @@ pub struct BpfMaps {
     ct6_any: Hash<CtKey6, CtEntry>,
     counters: PerCpuArray<MapData, Counter>,
     meta: Array<MapData, Meta>,
+    vip4: Hash<[u8; 4], VipValue>,
+    vip6: Hash<[u8; 16], VipValue>,
+    scidr4: Trie<[u8; 4]>,
+    scidr6: Trie<[u8; 16]>,
 }
 
 fn open_map(bpffs: &Path, name: &'static str) -> Result<Map, DataplaneError> {
@@ -69,6 +76,12 @@ impl BpfMaps {
                 .map_err(|e| DataplaneError::map(maps::COUNTERS, e))?,
             meta: Array::try_from(open_map(bpffs, maps::META)?)
                 .map_err(|e| DataplaneError::map(maps::META, e))?,
+            vip4: open_hash(bpffs, maps::VIPS4)?,
+            vip6: open_hash(bpffs, maps::VIPS6)?,
+            scidr4: LpmTrie::try_from(open_map(bpffs, maps::SERVICE_CIDRS4)?)
+                .map_err(|e| DataplaneError::map(maps::SERVICE_CIDRS4, e))?,
+            scidr6: LpmTrie::try_from(open_map(bpffs, maps::SERVICE_CIDRS6)?)
+                .map_err(|e| DataplaneError::map(maps::SERVICE_CIDRS6, e))?,
         })
     }
 
@@ -400,5 +413,106 @@ impl MapStore for BpfMaps {
                     + purge(&mut self.ct6_any, maps::CT6_ANY, backend_ids)?
             }
         })
+    }
+
+    fn put_vip(&mut self, addr: IpAddr, value: &VipValue) -> Result<(), StoreError> {
+        match addr {
+            IpAddr::V4(a) => put(&mut self.vip4, maps::VIPS4, &a.octets(), value),
+            IpAddr::V6(a) => put(&mut self.vip6, maps::VIPS6, &a.octets(), value),
+        }
+    }
+
+    fn delete_vip(&mut self, addr: IpAddr) -> Result<(), StoreError> {
+        match addr {
+            IpAddr::V4(a) => delete(&mut self.vip4, maps::VIPS4, &a.octets()),
+            IpAddr::V6(a) => delete(&mut self.vip6, maps::VIPS6, &a.octets()),
+        }
+    }
+
+    fn list_vips(&self, family: Family) -> Result<Vec<(IpAddr, VipValue)>, StoreError> {
+        Ok(match family {
+            Family::V4 => list(&self.vip4, maps::VIPS4)?
+                .into_iter()
+                .map(|(a, v)| (Ipv4Addr::from(a).into(), v))
+                .collect(),
+            Family::V6 => list(&self.vip6, maps::VIPS6)?
+                .into_iter()
+                .map(|(a, v)| (Ipv6Addr::from(a).into(), v))
+                .collect(),
+        })
+    }
+
+    fn put_service_cidr(&mut self, cidr: &Cidr) -> Result<(), StoreError> {
+        let len = u32::from(cidr.prefix_len());
+        let full = |e: MapError, name| {
+            if is_full(&e) {
+                StoreError::Full { map: name }
+            } else {
+                failed(name, StoreOp::Put, e)
+            }
+        };
+        match cidr.addr() {
+            IpAddr::V4(a) => self
+                .scidr4
+                .insert(
+                    &lpm_trie::Key::new(len, a.octets()),
+                    SERVICE_CIDR_ALLOCATED,
+                    0,
+                )
+                .map_err(|e| full(e, maps::SERVICE_CIDRS4)),
+            IpAddr::V6(a) => self
+                .scidr6
+                .insert(
+                    &lpm_trie::Key::new(len, a.octets()),
+                    SERVICE_CIDR_ALLOCATED,
+                    0,
+                )
+                .map_err(|e| full(e, maps::SERVICE_CIDRS6)),
+        }
+    }
+
+    fn delete_service_cidr(&mut self, cidr: &Cidr) -> Result<(), StoreError> {
+        let len = u32::from(cidr.prefix_len());
+        let (result, name) = match cidr.addr() {
+            IpAddr::V4(a) => (
+                self.scidr4.remove(&lpm_trie::Key::new(len, a.octets())),
+                maps::SERVICE_CIDRS4,
+            ),
+            IpAddr::V6(a) => (
+                self.scidr6.remove(&lpm_trie::Key::new(len, a.octets())),
+                maps::SERVICE_CIDRS6,
+            ),
+        };
+        match result {
+            Err(e) if !is_missing(&e) => Err(failed(name, StoreOp::Delete, e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn list_service_cidrs(&self, family: Family) -> Result<Vec<Cidr>, StoreError> {
+        fn walk<K: aya::Pod, A: Into<IpAddr>>(
+            trie: &Trie<K>,
+            name: &'static str,
+            to_addr: impl Fn(K) -> A,
+        ) -> Result<Vec<Cidr>, StoreError> {
+            let mut out = Vec::new();
+            for item in trie.keys() {
+                match item {
+                    Ok(key) => {
+                        let len = u8::try_from(key.prefix_len()).unwrap_or(u8::MAX);
+                        if let Some(cidr) = Cidr::new(to_addr(key.data()).into(), len) {
+                            out.push(cidr);
+                        }
+                    }
+                    Err(e) if is_missing(&e) => {}
+                    Err(e) => return Err(failed(name, StoreOp::List, e)),
+                }
+            }
+            Ok(out)
+        }
+        match family {
+            Family::V4 => walk(&self.scidr4, maps::SERVICE_CIDRS4, Ipv4Addr::from),
+            Family::V6 => walk(&self.scidr6, maps::SERVICE_CIDRS6, Ipv6Addr::from),
+        }
     }
 }

@@ -4,11 +4,13 @@
 use std::{
     cell::Cell,
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
 };
 
-use service_lb_common::{CtEntry, SvcValue};
+use service_lb_common::{CtEntry, SvcValue, VipValue};
 
 use super::maps::{BackendValue, Family, MapStore, RevNatValue, StoreError, SvcKey};
+use super::vips::Cidr;
 
 /// One write, as the fake saw it (reads are not logged).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +54,10 @@ pub struct FakeMaps {
     pub conntrack_passes: usize,
     /// Calls of the `list_*` methods (whole-map reads).
     pub list_calls: Cell<usize>,
+    /// The VIP maps (writes are not in `ops`: tests read this map).
+    pub vips: BTreeMap<IpAddr, VipValue>,
+    /// The service-CIDR tries.
+    pub service_cidrs: BTreeSet<Cidr>,
 }
 
 impl FakeMaps {
@@ -220,5 +226,45 @@ impl MapStore for FakeMaps {
                 backend_id: *backend_id,
             }));
         Ok(removed.values().sum())
+    }
+
+    fn put_vip(&mut self, addr: IpAddr, value: &VipValue) -> Result<(), StoreError> {
+        self.vips.insert(addr, *value);
+        Ok(())
+    }
+
+    fn delete_vip(&mut self, addr: IpAddr) -> Result<(), StoreError> {
+        self.vips.remove(&addr);
+        Ok(())
+    }
+
+    fn list_vips(&self, family: Family) -> Result<Vec<(IpAddr, VipValue)>, StoreError> {
+        self.list_calls.set(self.list_calls.get() + 1);
+        Ok(self
+            .vips
+            .iter()
+            .filter(|(a, _)| Family::of(a) == family)
+            .map(|(a, v)| (*a, *v))
+            .collect())
+    }
+
+    fn put_service_cidr(&mut self, cidr: &Cidr) -> Result<(), StoreError> {
+        self.service_cidrs.insert(*cidr);
+        Ok(())
+    }
+
+    fn delete_service_cidr(&mut self, cidr: &Cidr) -> Result<(), StoreError> {
+        self.service_cidrs.remove(cidr);
+        Ok(())
+    }
+
+    fn list_service_cidrs(&self, family: Family) -> Result<Vec<Cidr>, StoreError> {
+        self.list_calls.set(self.list_calls.get() + 1);
+        Ok(self
+            .service_cidrs
+            .iter()
+            .filter(|c| c.family() == family)
+            .copied()
+            .collect())
     }
 }

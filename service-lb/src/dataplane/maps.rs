@@ -7,7 +7,11 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use service_lb_common::{maps, Backend4, Backend6, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue};
+use service_lb_common::{
+    maps, Backend4, Backend6, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue, VipValue,
+};
+
+use super::vips::Cidr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -274,4 +278,14 @@ pub trait MapStore {
     ) -> Result<usize, StoreError> {
         self.delete_conntrack_of_backends(family, &BTreeSet::from([backend_id]))
     }
+
+    /// ClusterIP addresses (VIP maps): every address a ClusterIP frontend is programmed on.
+    fn put_vip(&mut self, addr: IpAddr, value: &VipValue) -> Result<(), StoreError>;
+    fn delete_vip(&mut self, addr: IpAddr) -> Result<(), StoreError>;
+    fn list_vips(&self, family: Family) -> Result<Vec<(IpAddr, VipValue)>, StoreError>;
+
+    /// Service CIDRs (LPM tries).
+    fn put_service_cidr(&mut self, cidr: &Cidr) -> Result<(), StoreError>;
+    fn delete_service_cidr(&mut self, cidr: &Cidr) -> Result<(), StoreError>;
+    fn list_service_cidrs(&self, family: Family) -> Result<Vec<Cidr>, StoreError>;
 }

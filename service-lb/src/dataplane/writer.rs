@@ -28,6 +28,8 @@ use tracing::{debug, error, warn};
 
 use super::maps::{BackendValue, Family, MapStore, RevNatValue, StoreError, SvcKey};
 
+mod vips;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum L4Proto {
@@ -241,6 +243,8 @@ pub struct ServiceWriter<M: MapStore> {
     released: Vec<u32>,
     /// Puts and deletes made on the store (rollbacks included).
     writes: u64,
+    /// ClusterIP frontends per address: what the VIP maps hold (`vips`).
+    cluster_ips: BTreeMap<IpAddr, BTreeSet<FrontendKey>>,
 }
 
 impl<M: MapStore> ServiceWriter<M> {
@@ -252,6 +256,7 @@ impl<M: MapStore> ServiceWriter<M> {
         let mut backend_refs: HashMap<u32, u32> = HashMap::new();
         let mut service_in_use = BTreeSet::new();
         let mut backend_in_use = BTreeSet::new();
+        let mut cluster_ips = BTreeMap::new();
         for family in Family::ALL {
             for (key, value) in store.list_services(family).map_err(WriteError::Recover)? {
                 service_in_use.insert(value.service_id);
@@ -259,6 +264,7 @@ impl<M: MapStore> ServiceWriter<M> {
                     match FrontendKey::from_svc_key(&key) {
                         Some(frontend) => {
                             services.insert(frontend, value.service_id);
+                            vips::note(&mut cluster_ips, frontend, value.flags);
                         }
                         None => warn!(
                             proto = key.proto(),
@@ -292,7 +298,7 @@ impl<M: MapStore> ServiceWriter<M> {
             backends = backends.len(),
             "recovered ids from the maps"
         );
-        Ok(Self {
+        let mut writer = Self {
             store,
             services,
             backends,
@@ -302,7 +308,10 @@ impl<M: MapStore> ServiceWriter<M> {
             backend_ids: Ids::recovered(backend_in_use),
             released: Vec::new(),
             writes: 0,
-        })
+            cluster_ips,
+        };
+        writer.recover_vips()?;
+        Ok(writer)
     }
 
     pub fn store(&self) -> &M {
@@ -459,6 +468,7 @@ impl<M: MapStore> ServiceWriter<M> {
             self.drop_ref(old_slots[slot - 1], &mut dropped);
         }
         self.delete_unused_backends(&key, family, dropped)?;
+        self.vip_upserted(spec)?;
         Ok(ids)
     }
 
@@ -494,7 +504,8 @@ impl<M: MapStore> ServiceWriter<M> {
             .map_err(store_err)?;
         self.services.remove(key);
         self.service_ids.release(master.service_id);
-        self.delete_unused_backends(key, key.family(), dropped)
+        self.delete_unused_backends(key, key.family(), dropped)?;
+        self.vip_removed(key)
     }
 
     /// Deletes every conntrack entry (both families) naming `backend_id`.

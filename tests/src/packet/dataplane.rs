@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use anyhow::{anyhow, bail, ensure, Context as _};
 use aya::{
-    maps::{HashMap, Map, MapData, PerCpuArray},
+    maps::{lpm_trie, HashMap, LpmTrie, Map, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
     Ebpf, EbpfLoader, Pod,
 };
@@ -16,11 +16,11 @@ use service_lb_common::{
     maps,
     service::{SCOPE_EXTERNAL, SVC_FLAG_CLUSTER_IP},
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, DataplaneConfig, Hook, Reason, RevNat4,
-    RevNat6, Svc4Key, Svc6Key, SvcValue,
+    RevNat6, Svc4Key, Svc6Key, SvcValue, VipValue,
 };
 
 /// Map sizes for tests: small, so many objects can be loaded at once.
-const TEST_MAP_SIZES: [(&str, u32); 10] = [
+const TEST_MAP_SIZES: [(&str, u32); 12] = [
     (maps::SERVICES4, 1024),
     (maps::SERVICES6, 1024),
     (maps::BACKENDS4, 1024),
@@ -31,6 +31,8 @@ const TEST_MAP_SIZES: [(&str, u32); 10] = [
     (maps::CT4_ANY, 16_384),
     (maps::CT6_TCP, 16_384),
     (maps::CT6_ANY, 16_384),
+    (maps::VIPS4, 1024),
+    (maps::VIPS6, 1024),
 ];
 
 /// Room for what a program may add to a packet (it adds nothing today).
@@ -319,6 +321,34 @@ impl Dataplane {
             IpAddr::V4(_) => self.remove::<u32, RevNat4>(maps::REVNAT4, &f.service_id),
             IpAddr::V6(_) => self.remove::<u32, RevNat6>(maps::REVNAT6, &f.service_id),
         }
+    }
+
+    /// Writes `addr` into the VIP map of its family (a ClusterIP address with `frontends`
+    /// programmed frontends), as the daemon's writer does.
+    pub fn install_vip(&mut self, addr: IpAddr, frontends: u32) -> anyhow::Result<()> {
+        let value = VipValue::cluster_ip(frontends);
+        match addr {
+            IpAddr::V4(a) => self.insert(maps::VIPS4, a.octets(), value),
+            IpAddr::V6(a) => self.insert(maps::VIPS6, a.octets(), value),
+        }
+    }
+
+    /// Writes `addr/prefix_len` into the service-CIDR trie of its family.
+    pub fn install_service_cidr(&mut self, addr: IpAddr, prefix_len: u32) -> anyhow::Result<()> {
+        let allocated = service_lb_common::vip::SERVICE_CIDR_ALLOCATED;
+        match addr {
+            IpAddr::V4(a) => {
+                let mut trie: LpmTrie<&mut MapData, [u8; 4], u32> =
+                    LpmTrie::try_from(self.map_mut(maps::SERVICE_CIDRS4)?)?;
+                trie.insert(&lpm_trie::Key::new(prefix_len, a.octets()), allocated, 0)
+            }
+            IpAddr::V6(a) => {
+                let mut trie: LpmTrie<&mut MapData, [u8; 16], u32> =
+                    LpmTrie::try_from(self.map_mut(maps::SERVICE_CIDRS6)?)?;
+                trie.insert(&lpm_trie::Key::new(prefix_len, a.octets()), allocated, 0)
+            }
+        }
+        .context("insert into a service-CIDR trie")
     }
 
     /// Writes a conntrack entry directly (e.g. an already expired one).
