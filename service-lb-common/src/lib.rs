@@ -12,6 +12,7 @@
 //! The `user` feature adds `aya::Pod` impls and std-only helpers for the daemon.
 #![no_std]
 
+pub mod affinity;
 pub mod config;
 pub mod conntrack;
 pub mod counters;

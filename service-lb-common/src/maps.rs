@@ -30,9 +30,13 @@ pub const SERVICE_CIDRS4: &str = "SLB_SCIDR4_V1";
 pub const SERVICE_CIDRS6: &str = "SLB_SCIDR6_V1";
 /// Per-CPU scratch buffer of the programs (`vip::Scratch`), never read by userspace.
 pub const SCRATCH: &str = "SLB_SCRATCH_V1";
+/// sessionAffinity ClientIP (`affinity`): LRU per family, and the membership map.
+pub const AFFINITY4: &str = "SLB_AFF4_V1";
+pub const AFFINITY6: &str = "SLB_AFF6_V1";
+pub const MEMBERS: &str = "SLB_MEMBER_V1";
 
 /// Every map the object defines, in the order `inspect` and the layout check list them.
-pub const ALL: [&str; 17] = [
+pub const ALL: [&str; 20] = [
     SERVICES4,
     SERVICES6,
     BACKENDS4,
@@ -50,6 +54,9 @@ pub const ALL: [&str; 17] = [
     SERVICE_CIDRS4,
     SERVICE_CIDRS6,
     SCRATCH,
+    AFFINITY4,
+    AFFINITY6,
+    MEMBERS,
 ];
 
 /// Default capacity of each services map: master + slot entries of all frontends.

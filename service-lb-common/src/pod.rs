@@ -23,3 +23,8 @@ unsafe impl aya::Pod for Meta {}
 unsafe impl aya::Pod for DataplaneConfig {}
 unsafe impl aya::Pod for VipValue {}
 unsafe impl aya::Pod for crate::vip::Scratch {}
+unsafe impl aya::Pod for crate::affinity::Affinity4Key {}
+unsafe impl aya::Pod for crate::affinity::Affinity6Key {}
+unsafe impl aya::Pod for crate::affinity::AffinityValue {}
+unsafe impl aya::Pod for crate::affinity::MemberKey {}
+unsafe impl aya::Pod for crate::affinity::MemberValue {}

@@ -7,6 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use service_lb_common::{
+    affinity::{
+        Affinity4Key, Affinity6Key, AffinityValue, MemberKey, MemberValue, DEFAULT_AFFINITY_MAX,
+    },
     counters::COUNTERS_LEN,
     maps::{
         DEFAULT_BACKENDS_MAX, DEFAULT_CT_ANY_MAX, DEFAULT_CT_TCP_MAX, DEFAULT_REVNAT_MAX,
@@ -71,3 +74,15 @@ pub static SLB_SCIDR6_V1: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(SER
 /// Where answers are built (`reject`): the BPF stack is too small for them.
 #[map]
 pub static SLB_SCRATCH_V1: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// sessionAffinity ClientIP (`service_lb_common::affinity`).
+#[map]
+pub static SLB_AFF4_V1: LruHashMap<Affinity4Key, AffinityValue> =
+    LruHashMap::with_max_entries(DEFAULT_AFFINITY_MAX, 0);
+#[map]
+pub static SLB_AFF6_V1: LruHashMap<Affinity6Key, AffinityValue> =
+    LruHashMap::with_max_entries(DEFAULT_AFFINITY_MAX, 0);
+/// (service id, backend id) of every backend in a frontend's slots.
+#[map]
+pub static SLB_MEMBER_V1: HashMap<MemberKey, MemberValue> =
+    HashMap::with_max_entries(DEFAULT_SERVICES_MAX, 0);

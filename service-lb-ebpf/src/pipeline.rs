@@ -20,6 +20,7 @@ use service_lb_common::{
 };
 
 use crate::{
+    affinity::Sticky,
     config,
     conntrack::{self, advanced, live, now_ns, put, reply_of, wire_port, worth_writing},
     family::{Endpoint, Family, Side, V4, V6},
@@ -54,7 +55,11 @@ struct Env {
 }
 
 #[inline(always)]
-fn translate_family<F: Refuse>(ctx: &TcContext, hook: Hook, h: &Headers<F::Addr>) -> Step<Verdict> {
+fn translate_family<F: Refuse + Sticky>(
+    ctx: &TcContext,
+    hook: Hook,
+    h: &Headers<F::Addr>,
+) -> Step<Verdict> {
     let env = Env {
         cfg: config::get(),
         now: now_ns(),

@@ -9,9 +9,12 @@ use std::{
 
 use aya::maps::{lpm_trie, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use service_lb_common::{
-    counters::counter_index, maps, vip::SERVICE_CIDR_ALLOCATED, Backend4, Backend6, Counter,
-    CtEntry, CtKey4, CtKey6, Hook, Meta, Reason, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue,
-    VipValue,
+    affinity::{Affinity4Key, Affinity6Key, AffinityValue, MemberKey, MemberValue},
+    counters::counter_index,
+    maps,
+    vip::SERVICE_CIDR_ALLOCATED,
+    Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Hook, Meta, Reason, RevNat4, RevNat6,
+    Svc4Key, Svc6Key, SvcValue, VipValue,
 };
 
 use super::{
@@ -43,6 +46,18 @@ pub struct BpfMaps {
     vip6: Hash<[u8; 16], VipValue>,
     scidr4: Trie<[u8; 4]>,
     scidr6: Trie<[u8; 16]>,
+    aff4: Hash<Affinity4Key, AffinityValue>,
+    aff6: Hash<Affinity6Key, AffinityValue>,
+    members: Hash<MemberKey, MemberValue>,
+}
+
+/// One sessionAffinity entry (`inspect affinity`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityRecord {
+    pub client: IpAddr,
+    pub service_id: u32,
+    pub backend_id: u32,
+    pub last_used_ns: u64,
 }
 
 fn open_map(bpffs: &Path, name: &'static str) -> Result<Map, DataplaneError> {
@@ -82,6 +97,9 @@ impl BpfMaps {
                 .map_err(|e| DataplaneError::map(maps::SERVICE_CIDRS4, e))?,
             scidr6: LpmTrie::try_from(open_map(bpffs, maps::SERVICE_CIDRS6)?)
                 .map_err(|e| DataplaneError::map(maps::SERVICE_CIDRS6, e))?,
+            aff4: open_hash(bpffs, maps::AFFINITY4)?,
+            aff6: open_hash(bpffs, maps::AFFINITY6)?,
+            members: open_hash(bpffs, maps::MEMBERS)?,
         })
     }
 
@@ -134,6 +152,28 @@ impl BpfMaps {
                     entry,
                 });
             }
+        }
+        Ok(out)
+    }
+
+    /// Every entry of both affinity maps.
+    pub fn affinity(&self) -> Result<Vec<AffinityRecord>, DataplaneError> {
+        let mut out = Vec::new();
+        for (k, v) in list(&self.aff4, maps::AFFINITY4)? {
+            out.push(AffinityRecord {
+                client: Ipv4Addr::from(k.client).into(),
+                service_id: k.service_id,
+                backend_id: v.backend_id,
+                last_used_ns: v.last_used_ns,
+            });
+        }
+        for (k, v) in list(&self.aff6, maps::AFFINITY6)? {
+            out.push(AffinityRecord {
+                client: Ipv6Addr::from(k.client).into(),
+                service_id: k.service_id,
+                backend_id: v.backend_id,
+                last_used_ns: v.last_used_ns,
+            });
         }
         Ok(out)
     }
@@ -514,5 +554,17 @@ impl MapStore for BpfMaps {
             Family::V4 => walk(&self.scidr4, maps::SERVICE_CIDRS4, Ipv4Addr::from),
             Family::V6 => walk(&self.scidr6, maps::SERVICE_CIDRS6, Ipv6Addr::from),
         }
+    }
+
+    fn put_member(&mut self, key: &MemberKey, value: &MemberValue) -> Result<(), StoreError> {
+        put(&mut self.members, maps::MEMBERS, key, value)
+    }
+
+    fn delete_member(&mut self, key: &MemberKey) -> Result<(), StoreError> {
+        delete(&mut self.members, maps::MEMBERS, key)
+    }
+
+    fn list_members(&self) -> Result<Vec<(MemberKey, MemberValue)>, StoreError> {
+        list(&self.members, maps::MEMBERS)
     }
 }

@@ -7,7 +7,10 @@ use std::{
     net::IpAddr,
 };
 
-use service_lb_common::{CtEntry, SvcValue, VipValue};
+use service_lb_common::{
+    affinity::{MemberKey, MemberValue},
+    CtEntry, SvcValue, VipValue,
+};
 
 use super::maps::{BackendValue, Family, MapStore, RevNatValue, StoreError, SvcKey};
 use super::vips::Cidr;
@@ -58,6 +61,8 @@ pub struct FakeMaps {
     pub vips: BTreeMap<IpAddr, VipValue>,
     /// The service-CIDR tries.
     pub service_cidrs: BTreeSet<Cidr>,
+    /// The membership map (writes are not in `ops`).
+    pub members: BTreeMap<MemberKey, MemberValue>,
 }
 
 impl FakeMaps {
@@ -266,5 +271,20 @@ impl MapStore for FakeMaps {
             .filter(|c| c.family() == family)
             .copied()
             .collect())
+    }
+
+    fn put_member(&mut self, key: &MemberKey, value: &MemberValue) -> Result<(), StoreError> {
+        self.members.insert(*key, *value);
+        Ok(())
+    }
+
+    fn delete_member(&mut self, key: &MemberKey) -> Result<(), StoreError> {
+        self.members.remove(key);
+        Ok(())
+    }
+
+    fn list_members(&self) -> Result<Vec<(MemberKey, MemberValue)>, StoreError> {
+        self.list_calls.set(self.list_calls.get() + 1);
+        Ok(self.members.iter().map(|(k, v)| (*k, *v)).collect())
     }
 }

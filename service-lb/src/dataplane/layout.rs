@@ -6,6 +6,9 @@ use std::{fmt, mem::size_of};
 
 use aya::maps::MapType;
 use service_lb_common::{
+    affinity::{
+        Affinity4Key, Affinity6Key, AffinityValue, MemberKey, MemberValue, DEFAULT_AFFINITY_MAX,
+    },
     counters::COUNTERS_LEN,
     maps,
     vip::{Scratch, SERVICE_CIDRS_MAX},
@@ -124,6 +127,10 @@ pub fn wanted(name: &str, sizes: &MapSizes) -> Option<MapLayout> {
         maps::SERVICE_CIDRS4 => layout::<(u32, [u8; 4]), u32>(LpmTrie, SERVICE_CIDRS_MAX),
         maps::SERVICE_CIDRS6 => layout::<LpmKey6, u32>(LpmTrie, SERVICE_CIDRS_MAX),
         maps::SCRATCH => layout::<u32, Scratch>(PerCpuArray, 1),
+        maps::AFFINITY4 => layout::<Affinity4Key, AffinityValue>(LruHash, DEFAULT_AFFINITY_MAX),
+        maps::AFFINITY6 => layout::<Affinity6Key, AffinityValue>(LruHash, DEFAULT_AFFINITY_MAX),
+        // One entry per (frontend, backend) pair: at most one per slot entry.
+        maps::MEMBERS => layout::<MemberKey, MemberValue>(Hash, sizes.services),
         _ => return None,
     };
     Some(l)
@@ -136,7 +143,9 @@ pub fn sized_by_options(name: &str, sizes: &MapSizes) -> Option<u32> {
         | maps::META
         | maps::SERVICE_CIDRS4
         | maps::SERVICE_CIDRS6
-        | maps::SCRATCH => None,
+        | maps::SCRATCH
+        | maps::AFFINITY4
+        | maps::AFFINITY6 => None,
         _ => wanted(name, sizes).map(|l| l.max_entries),
     }
 }

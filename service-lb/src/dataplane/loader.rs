@@ -9,8 +9,12 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use service_lb_common::{
-    config::CONFIG_GLOBAL, maps, vip::Scratch, Backend4, Backend6, Counter, CtEntry, CtKey4,
-    CtKey6, Hook, Meta, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue, VipValue,
+    affinity::{Affinity4Key, Affinity6Key, AffinityValue, MemberKey, MemberValue},
+    config::CONFIG_GLOBAL,
+    maps,
+    vip::Scratch,
+    Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Hook, Meta, RevNat4, RevNat6, Svc4Key,
+    Svc6Key, SvcValue, VipValue,
 };
 use tracing::{debug, info};
 
@@ -189,6 +193,9 @@ fn typed_check(name: &'static str, map: &Map) -> Result<(), MapError> {
         maps::SERVICE_CIDRS4 => LpmTrie::<&MapData, [u8; 4], u32>::try_from(map).map(drop),
         maps::SERVICE_CIDRS6 => LpmTrie::<&MapData, [u8; 16], u32>::try_from(map).map(drop),
         maps::SCRATCH => PerCpuArray::<&MapData, Scratch>::try_from(map).map(drop),
+        maps::AFFINITY4 => hash::<Affinity4Key, AffinityValue>(map),
+        maps::AFFINITY6 => hash::<Affinity6Key, AffinityValue>(map),
+        maps::MEMBERS => hash::<MemberKey, MemberValue>(map),
         _ => Ok(()),
     }
 }

@@ -8,6 +8,7 @@ use std::{
 };
 
 use service_lb_common::{
+    affinity::{MemberKey, MemberValue},
     maps, Backend4, Backend6, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue, VipValue,
 };
 
@@ -288,4 +289,10 @@ pub trait MapStore {
     fn put_service_cidr(&mut self, cidr: &Cidr) -> Result<(), StoreError>;
     fn delete_service_cidr(&mut self, cidr: &Cidr) -> Result<(), StoreError>;
     fn list_service_cidrs(&self, family: Family) -> Result<Vec<Cidr>, StoreError>;
+
+    /// Membership map (sessionAffinity): (service id, backend id) of every backend in a
+    /// frontend's slots.
+    fn put_member(&mut self, key: &MemberKey, value: &MemberValue) -> Result<(), StoreError>;
+    fn delete_member(&mut self, key: &MemberKey) -> Result<(), StoreError>;
+    fn list_members(&self) -> Result<Vec<(MemberKey, MemberValue)>, StoreError>;
 }

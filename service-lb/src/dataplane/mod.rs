@@ -28,7 +28,7 @@ pub mod writer;
 mod writer_tests;
 
 pub use attach::{cleanup, detach_all, Attachment, Cleaned};
-pub use bpf_maps::{BpfMaps, CounterTotal, CtRecord, CtTable};
+pub use bpf_maps::{AffinityRecord, BpfMaps, CounterTotal, CtRecord, CtTable};
 pub use error::DataplaneError;
 pub use fake_maps::{FakeMaps, Op};
 pub use loader::Dataplane;

@@ -28,6 +28,7 @@ use tracing::{debug, error, warn};
 
 use super::maps::{BackendValue, Family, MapStore, RevNatValue, StoreError, SvcKey};
 
+mod members;
 mod vips;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -245,6 +246,8 @@ pub struct ServiceWriter<M: MapStore> {
     writes: u64,
     /// ClusterIP frontends per address: what the VIP maps hold (`vips`).
     cluster_ips: BTreeMap<IpAddr, BTreeSet<FrontendKey>>,
+    /// Backend ids in each service id's slots: what the membership map holds (`members`).
+    members: BTreeMap<u32, BTreeSet<u32>>,
 }
 
 impl<M: MapStore> ServiceWriter<M> {
@@ -257,6 +260,7 @@ impl<M: MapStore> ServiceWriter<M> {
         let mut service_in_use = BTreeSet::new();
         let mut backend_in_use = BTreeSet::new();
         let mut cluster_ips = BTreeMap::new();
+        let mut members: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
         for family in Family::ALL {
             for (key, value) in store.list_services(family).map_err(WriteError::Recover)? {
                 service_in_use.insert(value.service_id);
@@ -274,6 +278,10 @@ impl<M: MapStore> ServiceWriter<M> {
                 } else {
                     backend_in_use.insert(value.backend_id);
                     *backend_refs.entry(value.backend_id).or_default() += 1;
+                    members
+                        .entry(value.service_id)
+                        .or_default()
+                        .insert(value.backend_id);
                 }
             }
             for (id, _) in store.list_revnat(family).map_err(WriteError::Recover)? {
@@ -309,8 +317,10 @@ impl<M: MapStore> ServiceWriter<M> {
             released: Vec::new(),
             writes: 0,
             cluster_ips,
+            members,
         };
         writer.recover_vips()?;
+        writer.recover_members()?;
         Ok(writer)
     }
 
@@ -435,6 +445,8 @@ impl<M: MapStore> ServiceWriter<M> {
             Ok(ids) => ids,
             Err(e) => {
                 self.roll_back(&key, undo);
+                let service_id = old_master.map(|m| m.service_id).or(new_service_id);
+                self.members_after_failure(&key, service_id, &old_slots);
                 if let Some(id) = new_service_id {
                     self.services.remove(&key);
                     self.service_ids.release(id);
@@ -468,6 +480,7 @@ impl<M: MapStore> ServiceWriter<M> {
             self.drop_ref(old_slots[slot - 1], &mut dropped);
         }
         self.delete_unused_backends(&key, family, dropped)?;
+        self.keep_members(&key, ids.service_id, &ids.backend_ids)?;
         self.vip_upserted(spec)?;
         Ok(ids)
     }
@@ -504,6 +517,7 @@ impl<M: MapStore> ServiceWriter<M> {
             .map_err(store_err)?;
         self.services.remove(key);
         self.service_ids.release(master.service_id);
+        self.keep_members(key, master.service_id, &[])?;
         self.delete_unused_backends(key, key.family(), dropped)?;
         self.vip_removed(key)
     }
@@ -668,6 +682,7 @@ impl<M: MapStore> ServiceWriter<M> {
             });
         }
 
+        self.add_members(key, service_id, &backend_ids)?;
         for (index, id) in backend_ids.iter().enumerate() {
             let slot_key = key.svc_key(index as u16 + 1);
             self.put_if_changed(key, slot_key, SvcValue::slot(*id, service_id), undo)?;
