@@ -230,3 +230,118 @@ fn e2e_verdicts() -> Result<()> {
     eprintln!("drop_service_cidr counted {dropped} packets (SYNs and retransmissions)");
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------
+// sessionAffinity ClientIP.
+
+/// Connections per batch.
+const AFFINITY_CALLS: usize = 24;
+/// The short timeout of the expiry phase, and how many expiries are tried.
+const SHORT_TIMEOUT_S: u32 = 1;
+const EXPIRY_ROUNDS: usize = 10;
+
+/// Names of the backends that answered `calls` TCP connections from the client.
+fn ask_batch(
+    ns: &service_lb_tests::netns::NetNs,
+    vip: SocketAddr,
+    calls: usize,
+) -> Result<Vec<String>> {
+    run_in(ns, || {
+        (0..calls)
+            .map(|_| tcp_ask(vip).map(|a| a.name))
+            .collect::<Result<Vec<_>>>()
+    })
+}
+
+fn distinct(names: &[String]) -> std::collections::BTreeSet<&str> {
+    names.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn e2e_affinity() -> Result<()> {
+    use service_lb::dataplane::{BackendSpec, FrontendKey, FrontendSpec, ServiceWriter};
+    use service_lb_common::service::{BACKEND_STATE_ACTIVE, SCOPE_EXTERNAL, SVC_FLAG_CLUSTER_IP};
+
+    if !require_root("e2e_affinity") {
+        return Ok(());
+    }
+    let cluster = Cluster::new(&ClusterSpec::new(&[&["client", "a1", "a2", "a3"]]))
+        .context("building the namespace topology")?;
+    let node = cluster.node(1)?;
+    let client = cluster.pod("client")?;
+    dataplane::install(node)?;
+    let mut servers = Vec::new();
+    for f in families() {
+        let v6 = f.served.is_ipv6();
+        let mut backends = Vec::new();
+        for name in ["a1", "a2", "a3"] {
+            let pod = cluster.pod(name)?;
+            let addr = SocketAddr::new(pod.addr(v6), BACKEND_PORT);
+            servers.push(Servers::start(&pod.ns, name, &[addr], &[])?);
+            backends.push(BackendSpec {
+                addr,
+                state: BACKEND_STATE_ACTIVE,
+                local: true,
+            });
+        }
+        let family = f.family;
+        let vip = SocketAddr::new(f.served, 80);
+        let spec = |timeout_s: u32| FrontendSpec {
+            key: FrontendKey {
+                addr: vip.ip(),
+                port: vip.port(),
+                proto: L4Proto::Tcp,
+                scope: SCOPE_EXTERNAL,
+            },
+            backends: backends.clone(),
+            flags: SVC_FLAG_CLUSTER_IP,
+            affinity_timeout_s: timeout_s,
+        };
+        let program = |timeout_s: u32| -> Result<()> {
+            let maps = BpfMaps::open_pinned(node.bpffs.path())?;
+            ServiceWriter::open(maps)?.upsert(&spec(timeout_s))?;
+            Ok(())
+        };
+
+        // ClientIP with kube-proxy's default timeout: every connection to one backend.
+        program(10_800)?;
+        let sticky = ask_batch(&client.ns, vip, AFFINITY_CALLS)?;
+        eprintln!("{family} affinity on: {:?}", distinct(&sticky));
+        assert_eq!(distinct(&sticky).len(), 1, "{family}: {sticky:?}");
+
+        let maps = BpfMaps::open_pinned(node.bpffs.path())?;
+        let now = service_lb::cli::inspect::conntrack::boottime_ns()?;
+        let rows = service_lb::cli::inspect::affinity::rows(&maps.affinity()?, &maps, now)?;
+        let table = service_lb::cli::output::render(&rows, service_lb::cli::output::Format::Table)?;
+        eprintln!("`service-lb inspect affinity`:\n{table}");
+        let row = rows
+            .iter()
+            .find(|r| r.client == client.addr(v6))
+            .context("the client's affinity entry")?;
+        assert!(row.live, "{family}: {row:?}");
+        assert_eq!(row.frontend.as_deref(), Some(format!("{vip}/tcp").as_str()));
+
+        // Switched off: new connections spread (all 24 on one of three: 3^-23).
+        program(0)?;
+        let spread = ask_batch(&client.ns, vip, AFFINITY_CALLS)?;
+        eprintln!("{family} affinity off: {:?}", distinct(&spread));
+        assert!(distinct(&spread).len() > 1, "{family}: {spread:?}");
+
+        // A short timeout: after it the next connection may go elsewhere.
+        program(SHORT_TIMEOUT_S)?;
+        let mut after_expiry = ask_batch(&client.ns, vip, 1)?;
+        for _ in 0..EXPIRY_ROUNDS {
+            std::thread::sleep(Duration::from_millis(
+                u64::from(SHORT_TIMEOUT_S) * 1000 + 200,
+            ));
+            after_expiry.extend(ask_batch(&client.ns, vip, 1)?);
+        }
+        eprintln!("{family} one connection per expired timeout: {after_expiry:?}");
+        assert!(
+            distinct(&after_expiry).len() > 1,
+            "{family}: expired entries kept their backend: {after_expiry:?}"
+        );
+    }
+    drop(servers);
+    Ok(())
+}
