@@ -63,7 +63,8 @@ pub enum Reason {
     /// Packet of a direct flow (to a pod, no frontend) whose reply tuple a translated flow
     /// held: its source port rewritten (forward) or restored (reply).
     NatPortClash = 7,
-    /// Frontend with zero backends.
+    /// Frontend with zero backends. No longer counted by the programs (such packets are
+    /// refused, `RejectNoEndpoint`); kept so the numbering stays stable.
     DropNoBackend = 8,
     /// Truncated or inconsistent headers.
     DropMalformed = 9,
@@ -79,11 +80,21 @@ pub enum Reason {
     DropRevNatMissing = 14,
     /// A flow's reply tuple was taken and no free source port was found for it.
     DropNoFreePort = 15,
+    /// New flow to a frontend with no usable endpoint: answered at once (TCP reset, ICMP
+    /// port unreachable) and redirected back to the client.
+    RejectNoEndpoint = 16,
+    /// New flow to a ClusterIP on a port its Service does not define: answered as above.
+    RejectNoPort = 17,
+    /// Packet to an address inside a service CIDR that no Service owns.
+    DropServiceCidr = 18,
+    /// A packet that is refused but gets no answer: a TCP reset (never answered), IPv4
+    /// with options, or a helper that failed while building the answer.
+    DropRefusedNoAnswer = 19,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 16;
-    pub const ALL: [Reason; 16] = [
+    pub const COUNT: u32 = 20;
+    pub const ALL: [Reason; 20] = [
         Reason::PassNotIp,
         Reason::PassOtherProto,
         Reason::PassFragment,
@@ -100,6 +111,10 @@ impl Reason {
         Reason::DropNatFailed,
         Reason::DropRevNatMissing,
         Reason::DropNoFreePort,
+        Reason::RejectNoEndpoint,
+        Reason::RejectNoPort,
+        Reason::DropServiceCidr,
+        Reason::DropRefusedNoAnswer,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -120,11 +135,23 @@ impl Reason {
             Reason::DropNatFailed => "drop_nat_failed",
             Reason::DropRevNatMissing => "drop_revnat_missing",
             Reason::DropNoFreePort => "drop_no_free_port",
+            Reason::RejectNoEndpoint => "reject_no_endpoint",
+            Reason::RejectNoPort => "reject_no_port",
+            Reason::DropServiceCidr => "drop_service_cidr",
+            Reason::DropRefusedNoAnswer => "drop_refused_no_answer",
         }
     }
 
+    /// The packet is dropped (a refused packet is not: its answer goes out).
     pub const fn is_drop(self) -> bool {
-        (self as u32) >= (Reason::DropNoBackend as u32)
+        let n = self as u32;
+        (n >= Reason::DropNoBackend as u32 && n <= Reason::DropNoFreePort as u32)
+            || matches!(self, Reason::DropServiceCidr | Reason::DropRefusedNoAnswer)
+    }
+
+    /// The packet is turned into an answer to its sender (reset, ICMP error).
+    pub const fn is_reject(self) -> bool {
+        matches!(self, Reason::RejectNoEndpoint | Reason::RejectNoPort)
     }
 }
 
@@ -175,6 +202,12 @@ mod tests {
     fn drops_are_exactly_the_drop_reasons() {
         for r in Reason::ALL {
             assert_eq!(r.is_drop(), r.name().starts_with("drop_"), "{}", r.name());
+            assert_eq!(
+                r.is_reject(),
+                r.name().starts_with("reject_"),
+                "{}",
+                r.name()
+            );
         }
     }
 }

@@ -12,6 +12,7 @@
 //! The `user` feature adds `aya::Pod` impls and std-only helpers for the daemon.
 #![no_std]
 
+pub mod affinity;
 pub mod config;
 pub mod conntrack;
 pub mod counters;
@@ -19,6 +20,7 @@ pub mod maps;
 pub mod meta;
 pub mod proto;
 pub mod service;
+pub mod vip;
 
 #[cfg(feature = "user")]
 mod pod;
@@ -28,3 +30,4 @@ pub use conntrack::{CtEntry, CtKey4, CtKey6};
 pub use counters::{Counter, Hook, Reason};
 pub use meta::Meta;
 pub use service::{Backend4, Backend6, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue};
+pub use vip::VipValue;

@@ -2,7 +2,7 @@
 //!
 //! Names are short (the kernel keeps 15 characters), prefixed `SLB_` and versioned `_V<n>`:
 //! a layout change gets a new name, so an old pin is never reused with a new layout.
-//! (`SLB_CNT_V2`: two reasons were added. The conntrack value gained `nat_port_be` in what
+//! (`SLB_CNT_V3`: the refusal reasons were added; `SLB_CNT_V2`: two reasons were added. The conntrack value gained `nat_port_be` in what
 //! were padding bytes, always zero before, so pinned conntrack maps stay valid and keep
 //! their name: established flows survive an upgrade.)
 //! The eBPF statics carry exactly these names.
@@ -20,13 +20,43 @@ pub const CT4_TCP: &str = "SLB_CT4_TCP_V1";
 pub const CT4_ANY: &str = "SLB_CT4_ANY_V1";
 pub const CT6_TCP: &str = "SLB_CT6_TCP_V1";
 pub const CT6_ANY: &str = "SLB_CT6_ANY_V1";
-pub const COUNTERS: &str = "SLB_CNT_V2";
+pub const COUNTERS: &str = "SLB_CNT_V3";
 pub const META: &str = "SLB_META_V1";
+/// ClusterIP addresses (`vip::VipValue`), one map per family.
+pub const VIPS4: &str = "SLB_VIP4_V1";
+pub const VIPS6: &str = "SLB_VIP6_V1";
+/// Service CIDRs (LPM tries), one per family.
+pub const SERVICE_CIDRS4: &str = "SLB_SCIDR4_V1";
+pub const SERVICE_CIDRS6: &str = "SLB_SCIDR6_V1";
+/// Per-CPU scratch buffer of the programs (`vip::Scratch`), never read by userspace.
+pub const SCRATCH: &str = "SLB_SCRATCH_V1";
+/// sessionAffinity ClientIP (`affinity`): LRU per family, and the membership map.
+pub const AFFINITY4: &str = "SLB_AFF4_V1";
+pub const AFFINITY6: &str = "SLB_AFF6_V1";
+pub const MEMBERS: &str = "SLB_MEMBER_V1";
 
 /// Every map the object defines, in the order `inspect` and the layout check list them.
-pub const ALL: [&str; 12] = [
-    SERVICES4, SERVICES6, BACKENDS4, BACKENDS6, REVNAT4, REVNAT6, CT4_TCP, CT4_ANY, CT6_TCP,
-    CT6_ANY, COUNTERS, META,
+pub const ALL: [&str; 20] = [
+    SERVICES4,
+    SERVICES6,
+    BACKENDS4,
+    BACKENDS6,
+    REVNAT4,
+    REVNAT6,
+    CT4_TCP,
+    CT4_ANY,
+    CT6_TCP,
+    CT6_ANY,
+    COUNTERS,
+    META,
+    VIPS4,
+    VIPS6,
+    SERVICE_CIDRS4,
+    SERVICE_CIDRS6,
+    SCRATCH,
+    AFFINITY4,
+    AFFINITY6,
+    MEMBERS,
 ];
 
 /// Default capacity of each services map: master + slot entries of all frontends.

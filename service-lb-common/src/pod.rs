@@ -3,7 +3,7 @@
 
 use crate::{
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, DataplaneConfig, Meta, RevNat4, RevNat6,
-    Svc4Key, Svc6Key, SvcValue,
+    Svc4Key, Svc6Key, SvcValue, VipValue,
 };
 
 // SAFETY: each type is `#[repr(C)]`, made only of integers and integer arrays, with
@@ -21,3 +21,10 @@ unsafe impl aya::Pod for CtEntry {}
 unsafe impl aya::Pod for Counter {}
 unsafe impl aya::Pod for Meta {}
 unsafe impl aya::Pod for DataplaneConfig {}
+unsafe impl aya::Pod for VipValue {}
+unsafe impl aya::Pod for crate::vip::Scratch {}
+unsafe impl aya::Pod for crate::affinity::Affinity4Key {}
+unsafe impl aya::Pod for crate::affinity::Affinity6Key {}
+unsafe impl aya::Pod for crate::affinity::AffinityValue {}
+unsafe impl aya::Pod for crate::affinity::MemberKey {}
+unsafe impl aya::Pod for crate::affinity::MemberValue {}

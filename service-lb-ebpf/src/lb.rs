@@ -1,12 +1,14 @@
-//! Frontend lookup and backend choice (random slot of the frontend's backend list).
+//! Frontend lookup and backend choice (random slot of the frontend's backend list, or the
+//! client's remembered backend with sessionAffinity ClientIP, see `affinity`).
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, maps::HashMap};
 use service_lb_common::{
     service::{SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_TWO_SCOPES},
-    Hook, Reason,
+    Hook, Reason, SvcValue,
 };
 
 use crate::{
+    affinity::{self, Sticky},
     family::{Endpoint, Family},
     packet::Headers,
     verdict::{Step, Verdict},
@@ -21,10 +23,11 @@ pub struct Choice<A> {
 
 /// Looks up the frontend the packet is sent to and picks one of its backends.
 ///
-/// Not a frontend: pass (`PassNotService`). A frontend without backends, a torn slot
-/// list or a missing backend: drop with the matching reason.
+/// Not a frontend: pass (`PassNotService`, the pipeline then checks the ClusterIP maps).
+/// A frontend without backends: `DropNoBackend`, which the pipeline turns into a refusal
+/// (`reject`). A torn slot list or a missing backend: drop with the matching reason.
 #[inline(always)]
-pub fn choose<F: Family>(hook: Hook, h: &Headers<F::Addr>) -> Step<Choice<F::Addr>> {
+pub fn choose<F: Sticky>(hook: Hook, h: &Headers<F::Addr>) -> Step<Choice<F::Addr>> {
     let services = F::services();
     let key = |scope: u8, slot: u16| F::svc_key(h.daddr, h.dport_be, h.proto, scope, slot);
 
@@ -37,12 +40,40 @@ pub fn choose<F: Family>(hook: Hook, h: &Headers<F::Addr>) -> Step<Choice<F::Add
     if master.count == 0 {
         return Err(Verdict::Drop(Reason::DropNoBackend));
     }
+    if master.affinity_timeout_s == 0 {
+        return random_choice::<F>(h, scope, &master);
+    }
+    // sessionAffinity ClientIP: the remembered backend while it is fresh and still a
+    // member, else a random one, remembered.
+    let now = affinity::now();
+    if let Some(backend_id) = affinity::remembered::<F>(h.saddr, &master, now) {
+        if let Some(backend) = get(F::backends(), &backend_id) {
+            return Ok(Choice {
+                service_id: master.service_id,
+                backend_id,
+                backend: F::backend_endpoint(&backend),
+            });
+        }
+    }
+    let choice = random_choice::<F>(h, scope, &master)?;
+    affinity::remember::<F>(h.saddr, &master, choice.backend_id, now);
+    Ok(choice)
+}
+
+/// A backend of the frontend (`scope`, `master`) picked uniformly at random.
+#[inline(always)]
+fn random_choice<F: Family>(
+    h: &Headers<F::Addr>,
+    scope: u8,
+    master: &SvcValue,
+) -> Step<Choice<F::Addr>> {
+    let services = F::services();
     // Slots are u16: a count beyond that cannot have been written.
     let count = master.count.min(u32::from(u16::MAX));
     // SAFETY: helper without arguments.
     let slot = (unsafe { bpf_get_prandom_u32() } % count + 1) as u16;
-    let slot_value =
-        get(services, &key(scope, slot)).ok_or(Verdict::Drop(Reason::DropSlotMissing))?;
+    let slot_key = F::svc_key(h.daddr, h.dport_be, h.proto, scope, slot);
+    let slot_value = get(services, &slot_key).ok_or(Verdict::Drop(Reason::DropSlotMissing))?;
     let backend =
         get(F::backends(), &slot_value.backend_id).ok_or(Verdict::Drop(Reason::DropBackendGone))?;
     Ok(Choice {

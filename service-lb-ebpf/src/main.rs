@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod affinity;
 mod config;
 mod conntrack;
 mod counters;
@@ -13,6 +14,7 @@ mod nat;
 mod packet;
 mod pipeline;
 mod ports;
+mod reject;
 mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};

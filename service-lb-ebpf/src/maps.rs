@@ -4,16 +4,20 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use service_lb_common::{
+    affinity::{
+        Affinity4Key, Affinity6Key, AffinityValue, MemberKey, MemberValue, DEFAULT_AFFINITY_MAX,
+    },
     counters::COUNTERS_LEN,
     maps::{
         DEFAULT_BACKENDS_MAX, DEFAULT_CT_ANY_MAX, DEFAULT_CT_TCP_MAX, DEFAULT_REVNAT_MAX,
         DEFAULT_SERVICES_MAX,
     },
+    vip::{Scratch, DEFAULT_VIPS_MAX, SERVICE_CIDRS_MAX},
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Meta, RevNat4, RevNat6, Svc4Key, Svc6Key,
-    SvcValue,
+    SvcValue, VipValue,
 };
 
 #[map]
@@ -48,8 +52,37 @@ pub static SLB_CT6_ANY_V1: LruHashMap<CtKey6, CtEntry> =
 
 /// Per-CPU (hook, reason) counters, indexed by `counter_index`.
 #[map]
-pub static SLB_CNT_V2: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+pub static SLB_CNT_V3: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
 
 /// Written by userspace only (layout version); the programs never read it.
 #[map]
 pub static SLB_META_V1: Array<Meta> = Array::with_max_entries(1, 0);
+
+/// Every ClusterIP address with a programmed frontend (`service_lb_common::vip`).
+#[map]
+pub static SLB_VIP4_V1: HashMap<[u8; 4], VipValue> = HashMap::with_max_entries(DEFAULT_VIPS_MAX, 0);
+#[map]
+pub static SLB_VIP6_V1: HashMap<[u8; 16], VipValue> =
+    HashMap::with_max_entries(DEFAULT_VIPS_MAX, 0);
+
+/// The service CIDRs (value `SERVICE_CIDR_ALLOCATED`).
+#[map]
+pub static SLB_SCIDR4_V1: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(SERVICE_CIDRS_MAX, 0);
+#[map]
+pub static SLB_SCIDR6_V1: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(SERVICE_CIDRS_MAX, 0);
+
+/// Where answers are built (`reject`): the BPF stack is too small for them.
+#[map]
+pub static SLB_SCRATCH_V1: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// sessionAffinity ClientIP (`service_lb_common::affinity`).
+#[map]
+pub static SLB_AFF4_V1: LruHashMap<Affinity4Key, AffinityValue> =
+    LruHashMap::with_max_entries(DEFAULT_AFFINITY_MAX, 0);
+#[map]
+pub static SLB_AFF6_V1: LruHashMap<Affinity6Key, AffinityValue> =
+    LruHashMap::with_max_entries(DEFAULT_AFFINITY_MAX, 0);
+/// (service id, backend id) of every backend in a frontend's slots.
+#[map]
+pub static SLB_MEMBER_V1: HashMap<MemberKey, MemberValue> =
+    HashMap::with_max_entries(DEFAULT_SERVICES_MAX, 0);

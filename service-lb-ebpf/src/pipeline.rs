@@ -1,9 +1,11 @@
 //! The one pipeline all four programs share; the hook decides which steps run.
 //!
 //! - `from_pod`, `from_net`: established flow (conntrack, DNAT to the flow's backend),
-//!   else new flow (frontend lookup, backend choice, DNAT, conntrack create), else a packet
-//!   to no frontend: passed untouched, unless it starts a flow whose reply tuple a
-//!   translated flow holds (then its source port is rewritten, see `ports`).
+//!   else new flow (frontend lookup, backend choice, DNAT, conntrack create; a frontend
+//!   with no endpoint is refused, see `reject`), else a packet to no frontend: to a
+//!   ClusterIP address refused, to a service CIDR dropped, else passed untouched, unless
+//!   it starts a flow whose reply tuple a translated flow holds (then its source port is
+//!   rewritten, see `ports`).
 //! - `to_pod`, `to_net`: reply of a tracked flow (conntrack, source back to the frontend,
 //!   the client's own port back when it was rewritten).
 
@@ -18,6 +20,7 @@ use service_lb_common::{
 };
 
 use crate::{
+    affinity::Sticky,
     config,
     conntrack::{self, advanced, live, now_ns, put, reply_of, wire_port, worth_writing},
     family::{Endpoint, Family, Side, V4, V6},
@@ -25,6 +28,7 @@ use crate::{
     nat,
     packet::{self, Headers, Parsed},
     ports,
+    reject::{self, Refuse},
     verdict::{Step, Verdict},
 };
 
@@ -51,7 +55,11 @@ struct Env {
 }
 
 #[inline(always)]
-fn translate_family<F: Family>(ctx: &TcContext, hook: Hook, h: &Headers<F::Addr>) -> Step<Verdict> {
+fn translate_family<F: Refuse + Sticky>(
+    ctx: &TcContext,
+    hook: Hook,
+    h: &Headers<F::Addr>,
+) -> Step<Verdict> {
     let env = Env {
         cfg: config::get(),
         now: now_ns(),
@@ -62,7 +70,13 @@ fn translate_family<F: Family>(ctx: &TcContext, hook: Hook, h: &Headers<F::Addr>
             Some(verdict) => Ok(verdict),
             None => match lb::choose::<F>(hook, h) {
                 Ok(choice) => new_flow::<F>(ctx, hook, h, &env, choice),
-                Err(Verdict::Pass(Reason::PassNotService)) => not_service::<F>(ctx, h, &env),
+                Err(Verdict::Pass(Reason::PassNotService)) => {
+                    reject::unowned::<F>(ctx, h)?;
+                    not_service::<F>(ctx, h, &env)
+                }
+                Err(Verdict::Drop(Reason::DropNoBackend)) => {
+                    Err(reject::refuse::<F>(ctx, h, Reason::RejectNoEndpoint))
+                }
                 Err(verdict) => Err(verdict),
             },
         },

@@ -1,4 +1,5 @@
-//! The outcome of a packet: pass or drop, always with the reason it is counted under.
+//! The outcome of a packet: pass, drop or answer, always with the reason it is counted
+//! under.
 
 use service_lb_common::Reason;
 
@@ -6,6 +7,9 @@ use service_lb_common::Reason;
 pub enum Verdict {
     Pass(Reason),
     Drop(Reason),
+    /// The packet was rewritten into an answer to its sender (see `reject`): sent back
+    /// out of the interface it came in on.
+    Answer(Reason),
 }
 
 /// A pipeline step: `Ok` to go on, `Err` when the packet's fate is decided.

@@ -425,24 +425,8 @@ fn malformed_is_dropped(
 // ---------------------------------------------------------------------------------------
 // Frontend edge cases.
 
-#[rstest]
-#[case::v4(Fam::V4)]
-#[case::v6(Fam::V6)]
-fn frontend_without_backends_drops(#[case] fam: Fam) -> anyhow::Result<()> {
-    let Some(mut dp) = load("frontend_without_backends_drops")? else {
-        return Ok(());
-    };
-    dp.install_frontend(&fam.frontend(IPPROTO_TCP, 0))?;
-    let packet = PacketSpec::new(fam.client(), fam.vip_socket(80), L4::SYN).build()?;
-    run_counted(
-        &dp,
-        Hook::FromPod,
-        &packet,
-        VERDICT_DROP,
-        Reason::DropNoBackend,
-    )?;
-    expect_conntrack(&dp, &[], 0, 0)
-}
+// A frontend without backends is refused (TCP reset / ICMP port unreachable), not
+// dropped: see `packet_verdicts.rs`.
 
 #[test]
 fn master_naming_a_missing_slot_drops() -> anyhow::Result<()> {

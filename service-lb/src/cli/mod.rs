@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The daemon: watch the cluster (API or a manifests folder) and keep the maps in sync.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Load the programs (maps pinned), attach them to this namespace's interfaces, exit.
     Attach(attach::AttachArgs),
     /// Show the data plane's own view, read from the pinned maps (no daemon needed).

@@ -40,6 +40,13 @@ pub struct RunArgs {
     /// Period of the full resync that repairs drift between the maps and the cluster.
     #[arg(long, env = "SERVICE_LB_RESYNC_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub resync_interval: Duration,
+    /// The cluster's service CIDRs (kube-apiserver's `--service-cluster-ip-range`), comma
+    /// separated: a packet to an address in them that no Service owns is dropped and
+    /// counted (`drop_service_cidr`), as kube-proxy drops "traffic to unallocated
+    /// ClusterIPs". Empty: no such drop (refusals of unknown ports of known ClusterIPs
+    /// work without it).
+    #[arg(long, env = "SERVICE_LB_SERVICE_CIDRS", value_delimiter = ',')]
+    pub service_cidrs: Vec<crate::dataplane::Cidr>,
     /// Quiet time after a change in the manifests folder before it is read again.
     #[arg(long, env = "SERVICE_LB_MANIFESTS_DEBOUNCE", default_value = "50ms", value_parser = parse_duration)]
     pub manifests_debounce: Duration,

@@ -41,6 +41,8 @@ pub struct DaemonConfig {
     pub health_addr: SocketAddr,
     pub min_sync_interval: Duration,
     pub resync_interval: Duration,
+    /// `--service-cidrs`.
+    pub service_cidrs: Vec<crate::dataplane::Cidr>,
 }
 
 impl DaemonConfig {
@@ -188,6 +190,7 @@ impl DaemonConfig {
             health_addr: args.health_addr,
             min_sync_interval: args.min_sync_interval,
             resync_interval: args.resync_interval,
+            service_cidrs: args.service_cidrs.clone(),
         })
     }
 }
@@ -215,6 +218,23 @@ mod tests {
             env_node_name: None,
             hostname: Some(host.into()),
         }
+    }
+
+    #[test]
+    fn service_cidrs_are_a_comma_separated_list() {
+        let config = DaemonConfig::from_args(
+            &args(&["--service-cidrs", "198.19.0.0/17,fd00:19::/108"]),
+            named("n1"),
+        )
+        .expect("valid");
+        let cidrs: Vec<String> = config.service_cidrs.iter().map(|c| c.to_string()).collect();
+        assert_eq!(cidrs, ["198.19.0.0/17", "fd00:19::/108"]);
+        assert!(DaemonConfig::from_args(&args(&[]), named("n1"))
+            .expect("valid")
+            .service_cidrs
+            .is_empty());
+        let bad = Probe::try_parse_from(["probe", "--service-cidrs", "198.19.0.0/33"]);
+        assert!(bad.is_err(), "a bad CIDR is a usage error");
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub enum DaemonError {
     Writer(#[from] WriteError),
     #[error("the source failed: {0}")]
     Source(String),
+    #[error("programming the service CIDRs: {0}")]
+    ServiceCidrs(#[source] crate::dataplane::StoreError),
     #[error(transparent)]
     Loop(#[from] LoopError),
 }
@@ -165,7 +167,9 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
         move |_| interface_metrics.count_interface_failure(),
     )));
 
-    let maps = BpfMaps::open_pinned(&config.dataplane.bpffs)?;
+    let mut maps = BpfMaps::open_pinned(&config.dataplane.bpffs)?;
+    crate::dataplane::program_service_cidrs(&mut maps, &config.service_cidrs)
+        .map_err(DaemonError::ServiceCidrs)?;
     let writer = ServiceWriter::open(maps)?;
     let mut reconciler = Reconciler::new(
         Syncer::new(writer),

@@ -7,10 +7,14 @@ use std::{
     path::Path,
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{lpm_trie, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use service_lb_common::{
-    counters::counter_index, maps, Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Hook,
-    Meta, Reason, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue,
+    affinity::{Affinity4Key, Affinity6Key, AffinityValue, MemberKey, MemberValue},
+    counters::counter_index,
+    maps,
+    vip::SERVICE_CIDR_ALLOCATED,
+    Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Hook, Meta, Reason, RevNat4, RevNat6,
+    Svc4Key, Svc6Key, SvcValue, VipValue,
 };
 
 use super::{
@@ -21,9 +25,11 @@ use super::{
         BackendValue, CtReferences, Family, MapStore, RevNatValue, StoreError, StoreOp, SvcKey,
     },
     pin,
+    vips::Cidr,
 };
 
 type Hash<K, V> = HashMap<MapData, K, V>;
+type Trie<K> = LpmTrie<MapData, K, u32>;
 
 /// The pinned maps of a data plane.
 pub struct BpfMaps {
@@ -39,6 +45,22 @@ pub struct BpfMaps {
     ct6_any: Hash<CtKey6, CtEntry>,
     counters: PerCpuArray<MapData, Counter>,
     meta: Array<MapData, Meta>,
+    vip4: Hash<[u8; 4], VipValue>,
+    vip6: Hash<[u8; 16], VipValue>,
+    scidr4: Trie<[u8; 4]>,
+    scidr6: Trie<[u8; 16]>,
+    aff4: Hash<Affinity4Key, AffinityValue>,
+    aff6: Hash<Affinity6Key, AffinityValue>,
+    members: Hash<MemberKey, MemberValue>,
+}
+
+/// One sessionAffinity entry (`inspect affinity`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityRecord {
+    pub client: IpAddr,
+    pub service_id: u32,
+    pub backend_id: u32,
+    pub last_used_ns: u64,
 }
 
 fn open_map(bpffs: &Path, name: &'static str) -> Result<Map, DataplaneError> {
@@ -72,6 +94,15 @@ impl BpfMaps {
                 .map_err(|e| DataplaneError::map(maps::COUNTERS, e))?,
             meta: Array::try_from(open_map(bpffs, maps::META)?)
                 .map_err(|e| DataplaneError::map(maps::META, e))?,
+            vip4: open_hash(bpffs, maps::VIPS4)?,
+            vip6: open_hash(bpffs, maps::VIPS6)?,
+            scidr4: LpmTrie::try_from(open_map(bpffs, maps::SERVICE_CIDRS4)?)
+                .map_err(|e| DataplaneError::map(maps::SERVICE_CIDRS4, e))?,
+            scidr6: LpmTrie::try_from(open_map(bpffs, maps::SERVICE_CIDRS6)?)
+                .map_err(|e| DataplaneError::map(maps::SERVICE_CIDRS6, e))?,
+            aff4: open_hash(bpffs, maps::AFFINITY4)?,
+            aff6: open_hash(bpffs, maps::AFFINITY6)?,
+            members: open_hash(bpffs, maps::MEMBERS)?,
         })
     }
 
@@ -124,6 +155,28 @@ impl BpfMaps {
                     entry,
                 });
             }
+        }
+        Ok(out)
+    }
+
+    /// Every entry of both affinity maps.
+    pub fn affinity(&self) -> Result<Vec<AffinityRecord>, DataplaneError> {
+        let mut out = Vec::new();
+        for (k, v) in list(&self.aff4, maps::AFFINITY4)? {
+            out.push(AffinityRecord {
+                client: Ipv4Addr::from(k.client).into(),
+                service_id: k.service_id,
+                backend_id: v.backend_id,
+                last_used_ns: v.last_used_ns,
+            });
+        }
+        for (k, v) in list(&self.aff6, maps::AFFINITY6)? {
+            out.push(AffinityRecord {
+                client: Ipv6Addr::from(k.client).into(),
+                service_id: k.service_id,
+                backend_id: v.backend_id,
+                last_used_ns: v.last_used_ns,
+            });
         }
         Ok(out)
     }
@@ -459,5 +512,118 @@ impl MapStore for BpfMaps {
         self.meta
             .set(0, meta, 0)
             .map_err(|e| failed(maps::META, StoreOp::Put, e))
+    }
+
+    fn put_vip(&mut self, addr: IpAddr, value: &VipValue) -> Result<(), StoreError> {
+        match addr {
+            IpAddr::V4(a) => put(&mut self.vip4, maps::VIPS4, &a.octets(), value),
+            IpAddr::V6(a) => put(&mut self.vip6, maps::VIPS6, &a.octets(), value),
+        }
+    }
+
+    fn delete_vip(&mut self, addr: IpAddr) -> Result<(), StoreError> {
+        match addr {
+            IpAddr::V4(a) => delete(&mut self.vip4, maps::VIPS4, &a.octets()),
+            IpAddr::V6(a) => delete(&mut self.vip6, maps::VIPS6, &a.octets()),
+        }
+    }
+
+    fn list_vips(&self, family: Family) -> Result<Vec<(IpAddr, VipValue)>, StoreError> {
+        Ok(match family {
+            Family::V4 => list(&self.vip4, maps::VIPS4)?
+                .into_iter()
+                .map(|(a, v)| (Ipv4Addr::from(a).into(), v))
+                .collect(),
+            Family::V6 => list(&self.vip6, maps::VIPS6)?
+                .into_iter()
+                .map(|(a, v)| (Ipv6Addr::from(a).into(), v))
+                .collect(),
+        })
+    }
+
+    fn put_service_cidr(&mut self, cidr: &Cidr) -> Result<(), StoreError> {
+        let len = u32::from(cidr.prefix_len());
+        let full = |e: MapError, name| {
+            if is_full(&e) {
+                StoreError::Full { map: name }
+            } else {
+                failed(name, StoreOp::Put, e)
+            }
+        };
+        match cidr.addr() {
+            IpAddr::V4(a) => self
+                .scidr4
+                .insert(
+                    &lpm_trie::Key::new(len, a.octets()),
+                    SERVICE_CIDR_ALLOCATED,
+                    0,
+                )
+                .map_err(|e| full(e, maps::SERVICE_CIDRS4)),
+            IpAddr::V6(a) => self
+                .scidr6
+                .insert(
+                    &lpm_trie::Key::new(len, a.octets()),
+                    SERVICE_CIDR_ALLOCATED,
+                    0,
+                )
+                .map_err(|e| full(e, maps::SERVICE_CIDRS6)),
+        }
+    }
+
+    fn delete_service_cidr(&mut self, cidr: &Cidr) -> Result<(), StoreError> {
+        let len = u32::from(cidr.prefix_len());
+        let (result, name) = match cidr.addr() {
+            IpAddr::V4(a) => (
+                self.scidr4.remove(&lpm_trie::Key::new(len, a.octets())),
+                maps::SERVICE_CIDRS4,
+            ),
+            IpAddr::V6(a) => (
+                self.scidr6.remove(&lpm_trie::Key::new(len, a.octets())),
+                maps::SERVICE_CIDRS6,
+            ),
+        };
+        match result {
+            Err(e) if !is_missing(&e) => Err(failed(name, StoreOp::Delete, e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn list_service_cidrs(&self, family: Family) -> Result<Vec<Cidr>, StoreError> {
+        fn walk<K: aya::Pod, A: Into<IpAddr>>(
+            trie: &Trie<K>,
+            name: &'static str,
+            to_addr: impl Fn(K) -> A,
+        ) -> Result<Vec<Cidr>, StoreError> {
+            let mut out = Vec::new();
+            for item in trie.keys() {
+                match item {
+                    Ok(key) => {
+                        let len = u8::try_from(key.prefix_len()).unwrap_or(u8::MAX);
+                        if let Some(cidr) = Cidr::new(to_addr(key.data()).into(), len) {
+                            out.push(cidr);
+                        }
+                    }
+                    Err(e) if is_missing(&e) => {}
+                    Err(e) => return Err(failed(name, StoreOp::List, e)),
+                }
+            }
+            Ok(out)
+        }
+        match family {
+            Family::V4 => walk(&self.scidr4, maps::SERVICE_CIDRS4, Ipv4Addr::from),
+            Family::V6 => walk(&self.scidr6, maps::SERVICE_CIDRS6, Ipv6Addr::from),
+        }
+    }
+
+    fn put_member(&mut self, key: &MemberKey, value: &MemberValue) -> Result<(), StoreError> {
+        put(&mut self.members, maps::MEMBERS, key, value)
+    }
+
+    fn delete_member(&mut self, key: &MemberKey) -> Result<(), StoreError> {
+        delete(&mut self.members, maps::MEMBERS, key)
+    }
+
+    fn list_members(&self) -> Result<Vec<(MemberKey, MemberValue)>, StoreError> {
+        list(&self.members, maps::MEMBERS)
     }
 }

@@ -4,11 +4,17 @@
 use std::{
     cell::Cell,
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
 };
 
-use service_lb_common::{proto::IPPROTO_TCP, CtEntry, SvcValue};
+use service_lb_common::{
+    affinity::{MemberKey, MemberValue},
+    proto::IPPROTO_TCP,
+    CtEntry, SvcValue, VipValue,
+};
 
 use super::maps::{BackendValue, CtReferences, Family, MapStore, RevNatValue, StoreError, SvcKey};
+use super::vips::Cidr;
 
 /// One write, as the fake saw it (reads are not logged).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +71,12 @@ pub struct FakeMaps {
     pub conntrack_passes: usize,
     /// Calls of the `list_*` methods (whole-map reads).
     pub list_calls: Cell<usize>,
+    /// The VIP maps (writes are not in `ops`: tests read this map).
+    pub vips: BTreeMap<IpAddr, VipValue>,
+    /// The service-CIDR tries.
+    pub service_cidrs: BTreeSet<Cidr>,
+    /// The membership map (writes are not in `ops`).
+    pub members: BTreeMap<MemberKey, MemberValue>,
 }
 
 impl FakeMaps {
@@ -273,5 +285,60 @@ impl MapStore for FakeMaps {
     ) -> Result<(), StoreError> {
         self.next_ids = (next_service_id, next_backend_id);
         Ok(())
+    }
+
+    fn put_vip(&mut self, addr: IpAddr, value: &VipValue) -> Result<(), StoreError> {
+        self.vips.insert(addr, *value);
+        Ok(())
+    }
+
+    fn delete_vip(&mut self, addr: IpAddr) -> Result<(), StoreError> {
+        self.vips.remove(&addr);
+        Ok(())
+    }
+
+    fn list_vips(&self, family: Family) -> Result<Vec<(IpAddr, VipValue)>, StoreError> {
+        self.list_calls.set(self.list_calls.get() + 1);
+        Ok(self
+            .vips
+            .iter()
+            .filter(|(a, _)| Family::of(a) == family)
+            .map(|(a, v)| (*a, *v))
+            .collect())
+    }
+
+    fn put_service_cidr(&mut self, cidr: &Cidr) -> Result<(), StoreError> {
+        self.service_cidrs.insert(*cidr);
+        Ok(())
+    }
+
+    fn delete_service_cidr(&mut self, cidr: &Cidr) -> Result<(), StoreError> {
+        self.service_cidrs.remove(cidr);
+        Ok(())
+    }
+
+    fn list_service_cidrs(&self, family: Family) -> Result<Vec<Cidr>, StoreError> {
+        self.list_calls.set(self.list_calls.get() + 1);
+        Ok(self
+            .service_cidrs
+            .iter()
+            .filter(|c| c.family() == family)
+            .copied()
+            .collect())
+    }
+
+    fn put_member(&mut self, key: &MemberKey, value: &MemberValue) -> Result<(), StoreError> {
+        self.members.insert(*key, *value);
+        Ok(())
+    }
+
+    fn delete_member(&mut self, key: &MemberKey) -> Result<(), StoreError> {
+        self.members.remove(key);
+        Ok(())
+    }
+
+    fn list_members(&self) -> Result<Vec<(MemberKey, MemberValue)>, StoreError> {
+        self.list_calls.set(self.list_calls.get() + 1);
+        Ok(self.members.iter().map(|(k, v)| (*k, *v)).collect())
     }
 }

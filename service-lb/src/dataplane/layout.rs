@@ -6,8 +6,14 @@ use std::{fmt, mem::size_of};
 
 use aya::maps::MapType;
 use service_lb_common::{
-    counters::COUNTERS_LEN, maps, Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Meta,
-    RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue,
+    affinity::{
+        Affinity4Key, Affinity6Key, AffinityValue, MemberKey, MemberValue, DEFAULT_AFFINITY_MAX,
+    },
+    counters::COUNTERS_LEN,
+    maps,
+    vip::{Scratch, SERVICE_CIDRS_MAX},
+    Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Meta, RevNat4, RevNat6, Svc4Key, Svc6Key,
+    SvcValue, VipValue,
 };
 
 use super::options::MapSizes;
@@ -20,6 +26,7 @@ pub enum MapKind {
     LruHash,
     Array,
     PerCpuArray,
+    LpmTrie,
     /// Any other type, by the kernel's number (only ever seen on a foreign pin).
     Other(u32),
 }
@@ -31,6 +38,7 @@ impl MapKind {
             MapType::LruHash => Self::LruHash,
             MapType::Array => Self::Array,
             MapType::PerCpuArray => Self::PerCpuArray,
+            MapType::LpmTrie => Self::LpmTrie,
             other => Self::Other(other as u32),
         }
     }
@@ -43,6 +51,7 @@ impl fmt::Display for MapKind {
             Self::LruHash => f.write_str("lru_hash"),
             Self::Array => f.write_str("array"),
             Self::PerCpuArray => f.write_str("percpu_array"),
+            Self::LpmTrie => f.write_str("lpm_trie"),
             Self::Other(n) => write!(f, "map_type({n})"),
         }
     }
@@ -88,6 +97,14 @@ const fn layout<K, V>(kind: MapKind, max_entries: u32) -> MapLayout {
     }
 }
 
+/// Key of the IPv6 service-CIDR trie: prefix length, then the address (20 bytes; the
+/// IPv4 key, `(u32, [u8; 4])`, is 8 bytes without padding either).
+#[repr(C, packed)]
+struct LpmKey6 {
+    _prefix_len: u32,
+    _addr: [u8; 16],
+}
+
 /// The layout the map called `name` must have, or `None` for a name that is not ours.
 pub fn wanted(name: &str, sizes: &MapSizes) -> Option<MapLayout> {
     use MapKind::*;
@@ -104,6 +121,16 @@ pub fn wanted(name: &str, sizes: &MapSizes) -> Option<MapLayout> {
         maps::CT6_ANY => layout::<CtKey6, CtEntry>(LruHash, sizes.ct_any),
         maps::COUNTERS => layout::<u32, Counter>(PerCpuArray, COUNTERS_LEN),
         maps::META => layout::<u32, Meta>(Array, 1),
+        // One entry per ClusterIP address: at most one per frontend, like revnat.
+        maps::VIPS4 => layout::<[u8; 4], VipValue>(Hash, sizes.revnat),
+        maps::VIPS6 => layout::<[u8; 16], VipValue>(Hash, sizes.revnat),
+        maps::SERVICE_CIDRS4 => layout::<(u32, [u8; 4]), u32>(LpmTrie, SERVICE_CIDRS_MAX),
+        maps::SERVICE_CIDRS6 => layout::<LpmKey6, u32>(LpmTrie, SERVICE_CIDRS_MAX),
+        maps::SCRATCH => layout::<u32, Scratch>(PerCpuArray, 1),
+        maps::AFFINITY4 => layout::<Affinity4Key, AffinityValue>(LruHash, DEFAULT_AFFINITY_MAX),
+        maps::AFFINITY6 => layout::<Affinity6Key, AffinityValue>(LruHash, DEFAULT_AFFINITY_MAX),
+        // One entry per (frontend, backend) pair: at most one per slot entry.
+        maps::MEMBERS => layout::<MemberKey, MemberValue>(Hash, sizes.services),
         _ => return None,
     };
     Some(l)
@@ -112,7 +139,13 @@ pub fn wanted(name: &str, sizes: &MapSizes) -> Option<MapLayout> {
 /// Whether `max_entries` of this map comes from `MapSizes` (and is set at load time).
 pub fn sized_by_options(name: &str, sizes: &MapSizes) -> Option<u32> {
     match name {
-        maps::COUNTERS | maps::META => None,
+        maps::COUNTERS
+        | maps::META
+        | maps::SERVICE_CIDRS4
+        | maps::SERVICE_CIDRS6
+        | maps::SCRATCH
+        | maps::AFFINITY4
+        | maps::AFFINITY6 => None,
         _ => wanted(name, sizes).map(|l| l.max_entries),
     }
 }

@@ -4,13 +4,17 @@
 use std::path::{Path, PathBuf};
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
     programs::SchedClassifier,
     Ebpf, EbpfLoader,
 };
 use service_lb_common::{
-    config::CONFIG_GLOBAL, maps, Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Hook, Meta,
-    RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue,
+    affinity::{Affinity4Key, Affinity6Key, AffinityValue, MemberKey, MemberValue},
+    config::CONFIG_GLOBAL,
+    maps,
+    vip::Scratch,
+    Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Hook, Meta, RevNat4, RevNat6, Svc4Key,
+    Svc6Key, SvcValue, VipValue,
 };
 use tracing::{debug, info};
 
@@ -142,6 +146,7 @@ fn check_object_maps(ebpf: &Ebpf) -> Result<(), DataplaneError> {
                 | (MapKind::LruHash, Map::LruHashMap(_))
                 | (MapKind::Array, Map::Array(_))
                 | (MapKind::PerCpuArray, Map::PerCpuArray(_))
+                | (MapKind::LpmTrie, Map::LpmTrie(_))
         );
         if !kind_ok {
             return Err(DataplaneError::ObjectMapKind {
@@ -163,6 +168,7 @@ fn variant_name(map: &Map) -> &'static str {
         Map::Array(_) => "array",
         Map::PerCpuArray(_) => "percpu_array",
         Map::PerCpuHashMap(_) => "percpu_hash",
+        Map::LpmTrie(_) => "lpm_trie",
         _ => "other",
     }
 }
@@ -182,6 +188,14 @@ fn typed_check(name: &'static str, map: &Map) -> Result<(), MapError> {
         maps::CT6_TCP | maps::CT6_ANY => hash::<CtKey6, CtEntry>(map),
         maps::COUNTERS => PerCpuArray::<&MapData, Counter>::try_from(map).map(drop),
         maps::META => Array::<&MapData, Meta>::try_from(map).map(drop),
+        maps::VIPS4 => hash::<[u8; 4], VipValue>(map),
+        maps::VIPS6 => hash::<[u8; 16], VipValue>(map),
+        maps::SERVICE_CIDRS4 => LpmTrie::<&MapData, [u8; 4], u32>::try_from(map).map(drop),
+        maps::SERVICE_CIDRS6 => LpmTrie::<&MapData, [u8; 16], u32>::try_from(map).map(drop),
+        maps::SCRATCH => PerCpuArray::<&MapData, Scratch>::try_from(map).map(drop),
+        maps::AFFINITY4 => hash::<Affinity4Key, AffinityValue>(map),
+        maps::AFFINITY6 => hash::<Affinity6Key, AffinityValue>(map),
+        maps::MEMBERS => hash::<MemberKey, MemberValue>(map),
         _ => Ok(()),
     }
 }

@@ -7,7 +7,12 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use service_lb_common::{maps, Backend4, Backend6, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue};
+use service_lb_common::{
+    affinity::{MemberKey, MemberValue},
+    maps, Backend4, Backend6, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue, VipValue,
+};
+
+use super::vips::Cidr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -279,6 +284,22 @@ pub trait MapStore {
         next_service_id: u32,
         next_backend_id: u32,
     ) -> Result<(), StoreError>;
+
+    /// ClusterIP addresses (VIP maps): every address a ClusterIP frontend is programmed on.
+    fn put_vip(&mut self, addr: IpAddr, value: &VipValue) -> Result<(), StoreError>;
+    fn delete_vip(&mut self, addr: IpAddr) -> Result<(), StoreError>;
+    fn list_vips(&self, family: Family) -> Result<Vec<(IpAddr, VipValue)>, StoreError>;
+
+    /// Service CIDRs (LPM tries).
+    fn put_service_cidr(&mut self, cidr: &Cidr) -> Result<(), StoreError>;
+    fn delete_service_cidr(&mut self, cidr: &Cidr) -> Result<(), StoreError>;
+    fn list_service_cidrs(&self, family: Family) -> Result<Vec<Cidr>, StoreError>;
+
+    /// Membership map (sessionAffinity): (service id, backend id) of every backend in a
+    /// frontend's slots.
+    fn put_member(&mut self, key: &MemberKey, value: &MemberValue) -> Result<(), StoreError>;
+    fn delete_member(&mut self, key: &MemberKey) -> Result<(), StoreError>;
+    fn list_members(&self) -> Result<Vec<(MemberKey, MemberValue)>, StoreError>;
 }
 
 /// What live conntrack entries name (see `MapStore::conntrack_references`).

@@ -5,7 +5,8 @@
 //! - `pin`: the bpffs folder and the pin checks; `loader`: `Dataplane::open`;
 //! - `interfaces` + `attach`: TCX attachments pinned as links, `detach_all`, `cleanup`;
 //! - `maps` (the `MapStore` trait), `bpf_maps` (kernel), `fake_maps` (in memory);
-//! - `writer`: `ServiceWriter`, the safe write order, ids, rollback.
+//! - `writer`: `ServiceWriter`, the safe write order, ids, rollback;
+//! - `vips`: service CIDRs (`Cidr`); the writer keeps the ClusterIP address maps.
 pub mod attach;
 pub mod bpf_maps;
 pub mod clock;
@@ -21,19 +22,21 @@ pub mod object;
 pub mod options;
 pub mod pin;
 pub mod sync;
+pub mod vips;
 pub mod writer;
 
 #[cfg(test)]
 mod writer_tests;
 
 pub use attach::{cleanup, detach_all, Attachment, Cleaned};
-pub use bpf_maps::{BpfMaps, CounterTotal, CtRecord, CtTable};
+pub use bpf_maps::{AffinityRecord, BpfMaps, CounterTotal, CtRecord, CtTable};
 pub use error::DataplaneError;
 pub use fake_maps::{FakeCt, FakeMaps, Op};
 pub use loader::Dataplane;
 pub use maps::{BackendValue, CtReferences, Family, MapStore, RevNatValue, StoreError, SvcKey};
 pub use options::{DataplaneOptions, MapSizes, PinMismatch, DEFAULT_BPFFS};
 pub use sync::{SyncReport, Syncer};
+pub use vips::{program_service_cidrs, Cidr};
 pub use writer::{
     BackendSpec, FrontendIds, FrontendKey, FrontendSpec, L4Proto, ServiceWriter, WriteError,
 };

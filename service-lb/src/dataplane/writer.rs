@@ -36,6 +36,9 @@ use tracing::{debug, error, warn};
 
 use super::maps::{BackendValue, Family, MapStore, RevNatValue, StoreError, SvcKey};
 
+mod members;
+mod vips;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum L4Proto {
@@ -261,6 +264,10 @@ pub struct ServiceWriter<M: MapStore> {
     released: Vec<u32>,
     /// Puts and deletes made on the store (rollbacks included).
     writes: u64,
+    /// ClusterIP frontends per address: what the VIP maps hold (`vips`).
+    cluster_ips: BTreeMap<IpAddr, BTreeSet<FrontendKey>>,
+    /// Backend ids in each service id's slots: what the membership map holds (`members`).
+    members: BTreeMap<u32, BTreeSet<u32>>,
 }
 
 impl<M: MapStore> ServiceWriter<M> {
@@ -274,6 +281,8 @@ impl<M: MapStore> ServiceWriter<M> {
         let mut backend_in_use = BTreeSet::new();
         let mut retired = BTreeMap::new();
         let mut orphan_slots = Vec::new();
+        let mut cluster_ips = BTreeMap::new();
+        let mut members: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
         for family in Family::ALL {
             let entries = store.list_services(family).map_err(WriteError::Recover)?;
             let counts: HashMap<SvcKey, u32> = entries
@@ -297,6 +306,7 @@ impl<M: MapStore> ServiceWriter<M> {
                     match FrontendKey::from_svc_key(&key) {
                         Some(frontend) => {
                             services.insert(frontend, value.service_id);
+                            vips::note(&mut cluster_ips, frontend, value.flags);
                         }
                         None => warn!(
                             proto = key.proto(),
@@ -306,6 +316,10 @@ impl<M: MapStore> ServiceWriter<M> {
                 } else {
                     backend_in_use.insert(value.backend_id);
                     *backend_refs.entry(value.backend_id).or_default() += 1;
+                    members
+                        .entry(value.service_id)
+                        .or_default()
+                        .insert(value.backend_id);
                 }
             }
             for (id, _) in store.list_revnat(family).map_err(WriteError::Recover)? {
@@ -345,7 +359,7 @@ impl<M: MapStore> ServiceWriter<M> {
         );
         let service_ids = Ids::recovered(service_in_use, service_floor);
         let backend_ids = Ids::recovered(backend_in_use, backend_floor);
-        Ok(Self {
+        let mut writer = Self {
             store,
             services,
             backends,
@@ -360,7 +374,12 @@ impl<M: MapStore> ServiceWriter<M> {
             orphan_slots,
             released: Vec::new(),
             writes: 0,
-        })
+            cluster_ips,
+            members,
+        };
+        writer.recover_vips()?;
+        writer.recover_members()?;
+        Ok(writer)
     }
 
     pub fn store(&self) -> &M {
@@ -483,6 +502,8 @@ impl<M: MapStore> ServiceWriter<M> {
             Ok(ids) => ids,
             Err(e) => {
                 self.roll_back(&key, undo);
+                let service_id = old_master.map(|m| m.service_id).or(new_service_id);
+                self.members_after_failure(&key, service_id, &old_slots);
                 if let Some(id) = new_service_id {
                     self.services.remove(&key);
                     self.service_ids.release(id);
@@ -521,6 +542,8 @@ impl<M: MapStore> ServiceWriter<M> {
             self.drop_ref(old_slots[slot - 1], &mut dropped);
         }
         self.drain_unused_backends(&key, family, dropped)?;
+        self.keep_members(&key, ids.service_id, &ids.backend_ids)?;
+        self.vip_upserted(spec)?;
         Ok(ids)
     }
 
@@ -554,7 +577,9 @@ impl<M: MapStore> ServiceWriter<M> {
         self.services.remove(key);
         self.retired.insert(master.service_id, key.family());
         self.retired_by_key.insert(*key, master.service_id);
-        self.drain_unused_backends(key, key.family(), dropped)
+        self.keep_members(key, master.service_id, &[])?;
+        self.drain_unused_backends(key, key.family(), dropped)?;
+        self.vip_removed(key)
     }
 
     /// Drains the backends that no slot names (left by a crash between writes, by a
@@ -776,6 +801,7 @@ impl<M: MapStore> ServiceWriter<M> {
             });
         }
 
+        self.add_members(key, service_id, &backend_ids)?;
         for (index, id) in backend_ids.iter().enumerate() {
             let slot_key = key.svc_key(index as u16 + 1);
             self.put_if_changed(key, slot_key, SvcValue::slot(*id, service_id), undo)?;

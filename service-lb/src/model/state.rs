@@ -1,7 +1,7 @@
 //! The object stores fed by watcher events, kube-proxy's watch contract, and the dirty set.
 //!
-//! - Services and EndpointSlices labelled `service.kubernetes.io/service-proxy-name`, and
-//!   EndpointSlices labelled `service.kubernetes.io/headless`, are not stored (an object
+//! - Services and EndpointSlices labelled `service.kubernetes.io/service-proxy-name` or
+//!   `service.kubernetes.io/headless` are not stored (an object
 //!   that gains such a label is treated as deleted). EndpointSlices without a
 //!   `kubernetes.io/service-name` label belong to no Service and are not stored either.
 //! - A (re)list (`Init`, `InitApply`..., `InitDone`) is buffered and replaces the kind's whole
@@ -371,9 +371,12 @@ fn service_name(meta: &ObjectMeta) -> Option<ServiceName> {
     Some(ServiceName { namespace, name })
 }
 
-/// kube-proxy's watch contract for Services.
+/// kube-proxy's watch contract for Services: its informers list Services and
+/// EndpointSlices with one label selector, so `service.kubernetes.io/headless` excludes a
+/// Service as well as a slice.
 fn wanted_service(svc: &Service) -> bool {
     label(&svc.metadata, LABEL_SERVICE_PROXY_NAME).is_none()
+        && label(&svc.metadata, LABEL_HEADLESS).is_none()
 }
 
 /// A listed Service as stored (`None`: nameless, or not ours by the watch contract).

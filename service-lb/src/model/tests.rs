@@ -418,6 +418,9 @@ fn dirty(state: &mut ClusterState) -> Vec<String> {
     web_slice("web-a", "198.18.1.2"), 0)]
 #[case::service_proxy_name_on_slice(http_service(),
     slice_with("web-a", json!({"kubernetes.io/service-name": "web", "service.kubernetes.io/service-proxy-name": "other"}), "IPv4", http_port(), json!([{"addresses": ["198.18.1.2"]}])), 2)]
+#[case::headless_label_on_service(
+    service_with_labels("web", json!({"service.kubernetes.io/headless": ""}), json!({"clusterIP": "198.19.0.10", "ports": [{"name": "http", "port": 80}]})),
+    web_slice("web-a", "198.18.1.2"), 0)]
 #[case::headless_label_on_slice(http_service(),
     slice_with("web-a", json!({"kubernetes.io/service-name": "web", "service.kubernetes.io/headless": ""}), "IPv4", http_port(), json!([{"addresses": ["198.18.1.2"]}])), 2)]
 #[case::slice_without_service_name(http_service(),

@@ -5,22 +5,23 @@ use std::net::IpAddr;
 
 use anyhow::{anyhow, bail, ensure, Context as _};
 use aya::{
-    maps::{HashMap, Map, MapData, PerCpuArray},
+    maps::{lpm_trie, HashMap, LpmTrie, Map, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
     Ebpf, EbpfLoader, Pod,
 };
 use service_lb::dataplane::object;
 use service_lb_common::{
+    affinity::{Affinity4Key, Affinity6Key, AffinityValue, MemberKey, MemberValue},
     config::CONFIG_GLOBAL,
     counters::counter_index,
     maps,
     service::{SCOPE_EXTERNAL, SVC_FLAG_CLUSTER_IP},
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, DataplaneConfig, Hook, Reason, RevNat4,
-    RevNat6, Svc4Key, Svc6Key, SvcValue,
+    RevNat6, Svc4Key, Svc6Key, SvcValue, VipValue,
 };
 
 /// Map sizes for tests: small, so many objects can be loaded at once.
-const TEST_MAP_SIZES: [(&str, u32); 10] = [
+const TEST_MAP_SIZES: [(&str, u32); 15] = [
     (maps::SERVICES4, 1024),
     (maps::SERVICES6, 1024),
     (maps::BACKENDS4, 1024),
@@ -31,6 +32,11 @@ const TEST_MAP_SIZES: [(&str, u32); 10] = [
     (maps::CT4_ANY, 16_384),
     (maps::CT6_TCP, 16_384),
     (maps::CT6_ANY, 16_384),
+    (maps::VIPS4, 1024),
+    (maps::VIPS6, 1024),
+    (maps::AFFINITY4, 1024),
+    (maps::AFFINITY6, 1024),
+    (maps::MEMBERS, 1024),
 ];
 
 /// Room for what a program may add to a packet (it adds nothing today).
@@ -61,6 +67,8 @@ pub struct Frontend {
     pub service_id: u32,
     pub flags: u16,
     pub backends: Vec<BackendRef>,
+    /// sessionAffinity ClientIP timeout (0 = off).
+    pub affinity_timeout_s: u32,
 }
 
 impl Frontend {
@@ -76,6 +84,7 @@ impl Frontend {
             service_id,
             flags: SVC_FLAG_CLUSTER_IP,
             backends: Vec::new(),
+            affinity_timeout_s: 0,
         }
     }
 
@@ -227,11 +236,18 @@ impl Dataplane {
             .collect()
     }
 
-    /// Writes a frontend in the daemon's safe order: backends, slots, revnat, then the
-    /// master entry (with its count) last.
+    /// Writes a frontend in the daemon's safe order: backends, memberships, slots, revnat,
+    /// then the master entry (with its count) last.
     pub fn install_frontend(&mut self, frontend: &Frontend) -> anyhow::Result<()> {
         for backend in &frontend.backends {
             self.install_backend(backend, frontend.proto)?;
+        }
+        for backend in &frontend.backends {
+            self.insert(
+                maps::MEMBERS,
+                MemberKey::new(frontend.service_id, backend.id),
+                MemberValue::IN_SLOTS,
+            )?;
         }
         for (i, backend) in frontend.backends.iter().enumerate() {
             let slot = u16::try_from(i + 1)?;
@@ -246,7 +262,12 @@ impl Dataplane {
         self.insert_service(
             frontend,
             0,
-            SvcValue::master(count, frontend.service_id, frontend.flags, 0),
+            SvcValue::master(
+                count,
+                frontend.service_id,
+                frontend.flags,
+                frontend.affinity_timeout_s,
+            ),
         )
     }
 
@@ -255,7 +276,12 @@ impl Dataplane {
         self.insert_service(
             frontend,
             0,
-            SvcValue::master(count, frontend.service_id, frontend.flags, 0),
+            SvcValue::master(
+                count,
+                frontend.service_id,
+                frontend.flags,
+                frontend.affinity_timeout_s,
+            ),
         )
     }
 
@@ -318,6 +344,80 @@ impl Dataplane {
         match f.vip {
             IpAddr::V4(_) => self.remove::<u32, RevNat4>(maps::REVNAT4, &f.service_id),
             IpAddr::V6(_) => self.remove::<u32, RevNat6>(maps::REVNAT6, &f.service_id),
+        }
+    }
+
+    /// Writes `addr` into the VIP map of its family (a ClusterIP address with `frontends`
+    /// programmed frontends), as the daemon's writer does.
+    pub fn install_vip(&mut self, addr: IpAddr, frontends: u32) -> anyhow::Result<()> {
+        let value = VipValue::cluster_ip(frontends);
+        match addr {
+            IpAddr::V4(a) => self.insert(maps::VIPS4, a.octets(), value),
+            IpAddr::V6(a) => self.insert(maps::VIPS6, a.octets(), value),
+        }
+    }
+
+    /// Writes `addr/prefix_len` into the service-CIDR trie of its family.
+    pub fn install_service_cidr(&mut self, addr: IpAddr, prefix_len: u32) -> anyhow::Result<()> {
+        let allocated = service_lb_common::vip::SERVICE_CIDR_ALLOCATED;
+        match addr {
+            IpAddr::V4(a) => {
+                let mut trie: LpmTrie<&mut MapData, [u8; 4], u32> =
+                    LpmTrie::try_from(self.map_mut(maps::SERVICE_CIDRS4)?)?;
+                trie.insert(&lpm_trie::Key::new(prefix_len, a.octets()), allocated, 0)
+            }
+            IpAddr::V6(a) => {
+                let mut trie: LpmTrie<&mut MapData, [u8; 16], u32> =
+                    LpmTrie::try_from(self.map_mut(maps::SERVICE_CIDRS6)?)?;
+                trie.insert(&lpm_trie::Key::new(prefix_len, a.octets()), allocated, 0)
+            }
+        }
+        .context("insert into a service-CIDR trie")
+    }
+
+    /// Deletes the membership of `backend_id` in the frontend `service_id` (what the
+    /// daemon does after the backend's last slot is gone).
+    pub fn remove_member(&mut self, service_id: u32, backend_id: u32) -> anyhow::Result<()> {
+        self.remove::<MemberKey, MemberValue>(
+            maps::MEMBERS,
+            &MemberKey::new(service_id, backend_id),
+        )
+    }
+
+    /// Every sessionAffinity entry of the family of `client`'s kind, as
+    /// (client, service id, value).
+    pub fn affinity(&self) -> anyhow::Result<Vec<(IpAddr, u32, AffinityValue)>> {
+        let mut all: Vec<(IpAddr, u32, AffinityValue)> = self
+            .entries::<Affinity4Key, AffinityValue>(maps::AFFINITY4)?
+            .into_iter()
+            .map(|(k, v)| (IpAddr::from(k.client), k.service_id, v))
+            .collect();
+        all.extend(
+            self.entries::<Affinity6Key, AffinityValue>(maps::AFFINITY6)?
+                .into_iter()
+                .map(|(k, v)| (IpAddr::from(k.client), k.service_id, v)),
+        );
+        Ok(all)
+    }
+
+    /// Writes a sessionAffinity entry directly (e.g. an old one).
+    pub fn insert_affinity(
+        &mut self,
+        client: IpAddr,
+        service_id: u32,
+        value: AffinityValue,
+    ) -> anyhow::Result<()> {
+        match client {
+            IpAddr::V4(a) => self.insert(
+                maps::AFFINITY4,
+                Affinity4Key::new(a.octets(), service_id),
+                value,
+            ),
+            IpAddr::V6(a) => self.insert(
+                maps::AFFINITY6,
+                Affinity6Key::new(a.octets(), service_id),
+                value,
+            ),
         }
     }
 

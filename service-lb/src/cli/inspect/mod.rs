@@ -1,4 +1,4 @@
-//! `service-lb inspect services|backends|conntrack|counters`: reads the pinned maps
+//! `service-lb inspect services|backends|conntrack|affinity|counters`: reads the pinned maps
 //! directly (no daemon, no program load).
 
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use super::{output::Format, Failure};
 use crate::dataplane::{pin, BpfMaps, DEFAULT_BPFFS};
 
+pub mod affinity;
 pub mod backends;
 pub mod conntrack;
 pub mod counters;
@@ -34,6 +35,8 @@ pub enum What {
     Backends,
     /// Every entry of the four conntrack maps.
     Conntrack,
+    /// Every sessionAffinity ClientIP entry: client, frontend, backend, age.
+    Affinity,
     /// Packets and bytes per hook and reason, summed over CPUs.
     Counters {
         /// Also show counters that are zero.
@@ -61,6 +64,11 @@ pub fn run(args: &InspectArgs) -> Result<(), Failure> {
         What::Conntrack => {
             let now = conntrack::boottime_ns()?;
             super::output::render(&conntrack::rows(&maps.conntrack()?, now), args.output)?
+        }
+        What::Affinity => {
+            let now = conntrack::boottime_ns()?;
+            let records = maps.affinity()?;
+            super::output::render(&affinity::rows(&records, &maps, now)?, args.output)?
         }
         What::Counters { all } => {
             super::output::render(&counters::rows(&maps.counters()?, all), args.output)?
