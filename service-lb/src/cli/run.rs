@@ -11,6 +11,11 @@ use super::{
 };
 use crate::daemon::{self, DaemonConfig, NodeNameSources};
 
+/// Default metrics address: kube-proxy's 10249 is taken while it runs (alongside mode).
+pub const DEFAULT_METRICS_ADDR: &str = "[::]:9249";
+/// Default health address: kube-proxy's 10256 is taken while it runs (alongside mode).
+pub const DEFAULT_HEALTH_ADDR: &str = "[::]:9256";
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -28,11 +33,15 @@ pub struct RunArgs {
     pub node_name: Option<String>,
     #[command(flatten)]
     pub interfaces: InterfaceArgs,
-    /// Prometheus metrics listen address (`/metrics`).
-    #[arg(long, env = "SERVICE_LB_METRICS_ADDR", default_value = "0.0.0.0:10249")]
+    /// Prometheus metrics listen address (`/metrics`). `[::]` listens on IPv6 and IPv4
+    /// (IPv4 only on a node without IPv6). The default is not kube-proxy's 10249, so both
+    /// run side by side; take 10249 over after kube-proxy is gone if scrapers expect it.
+    #[arg(long, env = "SERVICE_LB_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
     /// Health listen address: `/healthz` (kube-proxy compatible), `/livez`, `/readyz`.
-    #[arg(long, env = "SERVICE_LB_HEALTH_ADDR", default_value = "0.0.0.0:10256")]
+    /// The default is not kube-proxy's 10256 (see --metrics-addr); load balancers that
+    /// health-check nodes on 10256 need `[::]:10256` once kube-proxy is gone.
+    #[arg(long, env = "SERVICE_LB_HEALTH_ADDR", default_value = DEFAULT_HEALTH_ADDR)]
     pub health_addr: SocketAddr,
     /// Minimum time between two syncs: bursts of changes are coalesced into one.
     #[arg(long, env = "SERVICE_LB_MIN_SYNC_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
