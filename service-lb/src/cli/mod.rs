@@ -11,6 +11,7 @@ pub mod cleanup;
 pub mod cleanup_kube_proxy;
 pub mod inspect;
 pub mod output;
+pub mod preflight;
 pub mod run;
 
 /// Exit code of a usage or configuration error (sysexits EX_USAGE).

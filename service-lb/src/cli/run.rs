@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// Quiet time after a change in the manifests folder before it is read again.
     #[arg(long, env = "SERVICE_LB_MANIFESTS_DEBOUNCE", default_value = "50ms", value_parser = parse_duration)]
     pub manifests_debounce: Duration,
+    /// Skip the start-up kernel check (Linux >= 6.6, BTF, TCX, cgroup v2), e.g. on a
+    /// vendor kernel that backports TCX to an older version.
+    #[arg(long, env = "SERVICE_LB_SKIP_FEATURE_CHECK")]
+    pub skip_feature_check: bool,
 }
 
 /// `150ms`, `2s`, `5m`, or a bare number of seconds.
@@ -79,6 +83,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn run(args: &RunArgs) -> Result<(), Failure> {
     let config =
         DaemonConfig::from_args(args, NodeNameSources::from_system()).map_err(Failure::usage)?;
+    if !args.skip_feature_check {
+        super::preflight::run(&super::preflight::Probes::system())?;
+    }
     daemon::run_blocking(config)?;
     Ok(())
 }
