@@ -9,6 +9,7 @@ use crate::telemetry::{self, LogFormat};
 pub mod attach;
 pub mod cleanup;
 pub mod cleanup_kube_proxy;
+pub mod completions;
 pub mod config_file;
 pub mod inspect;
 pub mod output;
@@ -45,6 +46,10 @@ pub enum Command {
     Cleanup(cleanup::CleanupArgs),
     /// Remove kube-proxy's iptables chains and nftables tables from this node.
     CleanupKubeProxy(cleanup_kube_proxy::CleanupKubeProxyArgs),
+    /// Print a shell completion script.
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff): `service-lb man > /usr/local/share/man/man1/service-lb.1`.
+    Man,
 }
 
 /// A failed command: what to print and how to exit.
@@ -115,6 +120,8 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Cleanup(args) => cleanup::run(args),
         Command::CleanupKubeProxy(args) => cleanup_kube_proxy::run(args),
+        Command::Completions(args) => completions::run_completions(args),
+        Command::Man => completions::run_man(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
