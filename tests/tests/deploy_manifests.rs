@@ -26,7 +26,7 @@ use service_lb::cli::{Cli, Command as CliCommand};
 /// v1_33; newer releases keep these APIs).
 const KUBERNETES_VERSIONS: [&str; 3] = ["1.33.0", "1.34.0", "1.35.0"];
 /// Kinds kubernetes-validate has no schema for (CRDs), validated elsewhere or not at all.
-const CUSTOM_KINDS: [&str; 1] = ["ServiceMonitor"];
+const CUSTOM_KINDS: [&str; 2] = ["ServiceMonitor", "PrometheusRule"];
 /// Environment variables of the DaemonSet that are not clap flags, and who reads them.
 const NON_FLAG_ENV: [(&str, &str); 3] = [
     ("NODE_NAME", "`run` falls back to it for --node-name"),
@@ -115,9 +115,19 @@ fn every_manifest_validates_against_the_supported_kubernetes_versions() {
             );
         }
         let passed = report.lines().filter(|l| l.contains(" passed ")).count();
+        // Files holding only custom kinds (no schema) cannot pass, only be skipped.
+        let custom_only = files
+            .iter()
+            .filter(|f| {
+                read(f)
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("kind: "))
+                    .all(|k| CUSTOM_KINDS.contains(&k.trim()))
+            })
+            .count();
         assert!(
-            passed >= files.len(),
-            "{passed} passed of {} files",
+            passed >= files.len() - custom_only,
+            "{passed} passed of {} files ({custom_only} with custom kinds only)",
             files.len()
         );
     }
