@@ -606,3 +606,77 @@ fn the_bpffs_init_check_mounts_only_when_it_is_not_bpffs() {
         "bpf_fs"
     );
 }
+
+#[derive(Deserialize)]
+struct PatchEntry {
+    patch: String,
+}
+
+#[derive(Deserialize)]
+struct PatchOp {
+    op: String,
+    path: String,
+    value: serde_json::Value,
+}
+
+#[test]
+fn the_documented_port_take_over_patch_moves_flags_ports_probes_and_scrape_together() {
+    // The `patches:` entry of deploy/README.md's "Take over kube-proxy's ports", applied
+    // (JSON patch `replace` ops, as kustomize does) to the DaemonSet.
+    let readme = read(&deploy_dir().join("README.md"));
+    let section = readme
+        .split("### Take over kube-proxy's ports")
+        .nth(1)
+        .expect("the take-over section");
+    let block = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a yaml block");
+    let entries: Vec<PatchEntry> = serde_saphyr::from_str(block).expect("a patches list");
+    assert_eq!(entries.len(), 1);
+    let ops: Vec<PatchOp> = serde_saphyr::from_str(&entries[0].patch).expect("JSON patch ops");
+    let mut ds: serde_json::Value =
+        serde_saphyr::from_str(&read(&deploy_dir().join("daemonset.yaml"))).expect("YAML");
+    for op in &ops {
+        assert_eq!(op.op, "replace");
+        let target = ds
+            .pointer_mut(&op.path)
+            .unwrap_or_else(|| panic!("{} does not exist in daemonset.yaml", op.path));
+        *target = op.value.clone();
+    }
+    let ds: DaemonSet = serde_json::from_value(ds).expect("still a DaemonSet");
+    let c = container(&ds, "service-lb");
+    let CliCommand::Run(run) = Cli::try_parse_from(argv(c)).expect("parses").command else {
+        panic!("not run")
+    };
+    assert_eq!(run.metrics_addr.port(), 10249);
+    assert_eq!(run.health_addr.port(), 10256);
+    let port = |name: &str| {
+        c.ports
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name))
+            .map(|p| p.container_port)
+    };
+    assert_eq!(port("metrics"), Some(10249));
+    assert_eq!(port("health"), Some(10256));
+    for probe in [c.liveness_probe.as_ref(), c.readiness_probe.as_ref()] {
+        let get = probe.and_then(|p| p.http_get.as_ref()).expect("httpGet");
+        assert_eq!(
+            get.port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(10256)
+        );
+    }
+    let annotations = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        annotations.get("prometheus.io/port").map(String::as_str),
+        Some("10249")
+    );
+}
