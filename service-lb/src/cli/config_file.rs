@@ -57,9 +57,21 @@ fn run_command(cli: &Command) -> Option<Command> {
 
 /// Where `run` is in `argv` and the `--config` value that follows it, if any.
 fn find_config(
+    cli: &Command,
     argv: &[OsString],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<(usize, Option<PathBuf>)> {
+    // Only for `run` itself (not, say, `inspect --bpffs run`): clap decides.
+    let subcommand = cli
+        .clone()
+        .ignore_errors(true)
+        .try_get_matches_from(argv)
+        .ok()?
+        .subcommand_name()
+        .map(str::to_owned);
+    if subcommand.as_deref() != Some("run") {
+        return None;
+    }
     let run_at = argv.iter().skip(1).position(|a| a == "run")? + 1;
     let mut file = None;
     let mut i = run_at + 1;
@@ -109,7 +121,7 @@ pub fn apply(
     argv: Vec<OsString>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Applied, ConfigFileError> {
-    let Some((run_at, Some(path))) = find_config(&argv, env) else {
+    let Some((run_at, Some(path))) = find_config(cli, &argv, env) else {
         return Ok(Applied {
             argv,
             ..Applied::default()
@@ -335,6 +347,12 @@ mod tests {
             assert!(applied.file.is_none());
         }
         let env = |name: &str| (name == CONFIG_ENV).then(|| "/nonexistent/x.yaml".to_owned());
+        let other = os(&["service-lb", "inspect", "services", "--bpffs", "run"]);
+        let applied = apply(&Cli::command(), other.clone(), &env).unwrap();
+        assert_eq!(
+            applied.argv, other,
+            "a value named run is not the run subcommand"
+        );
         let err = apply(&Cli::command(), os(&["service-lb", "run"]), &env).unwrap_err();
         assert!(matches!(err, ConfigFileError::Read { .. }), "{err}");
     }
