@@ -18,23 +18,50 @@ use service_lb_tests::{
 };
 
 /// Rules that are not kube-proxy's, loaded with `iptables-restore --noflush`: a foreign
-/// chain and rule in nat and filter (one whose comment mentions a KUBE chain), and
-/// kubelet's canary, which the clean-up leaves to kubelet.
+/// chain and rule in nat and filter (one whose comment mentions a KUBE chain), kube-router's
+/// `KUBE-ROUTER-*` chains (a `KUBE-` prefix that is not kube-proxy's), and kubelet's canary,
+/// which the clean-up leaves to kubelet (as it does kubelet's `KUBE-FIREWALL`, which the
+/// generated kube-proxy rules also write, as kube-proxy does).
 const FOREIGN_V4: &str = r#"*nat
 :FOREIGN-NAT - [0:0]
 :KUBE-KUBELET-CANARY - [0:0]
+:KUBE-ROUTER-SERVICES - [0:0]
 -A POSTROUTING -s 198.18.9.0/24 -m comment --comment "foreign: not -j KUBE-SERVICES" -j FOREIGN-NAT
 -A FOREIGN-NAT -j RETURN
+-A PREROUTING -m comment --comment "kube-router services" -j KUBE-ROUTER-SERVICES
+-A KUBE-ROUTER-SERVICES -d 198.19.0.99/32 -p tcp -m tcp --dport 81 -j RETURN
 COMMIT
 *filter
 :KUBE-KUBELET-CANARY - [0:0]
+:KUBE-ROUTER-INPUT - [0:0]
 -A INPUT -p tcp -m tcp --dport 2222 -m comment --comment "foreign ssh" -j ACCEPT
+-A INPUT -m comment --comment "kube-router netpol" -j KUBE-ROUTER-INPUT
+-A KUBE-ROUTER-INPUT -s 198.18.9.0/24 -j ACCEPT
 COMMIT
 "#;
 const FOREIGN_V6: &str = r#"*filter
+:KUBE-ROUTER-INPUT - [0:0]
 -A INPUT -p tcp -m tcp --dport 2222 -m comment --comment "foreign ssh6" -j ACCEPT
+-A INPUT -j KUBE-ROUTER-INPUT
+-A KUBE-ROUTER-INPUT -s fd00:18:0:9::/64 -j ACCEPT
 COMMIT
 "#;
+
+/// `KUBE-*` chains that are not kube-proxy's: kubelet's (kube-proxy writes a copy of
+/// KUBE-FIREWALL but never deletes it) and kube-router's.
+fn not_kube_proxys(chain: &str) -> bool {
+    ["KUBE-KUBELET-CANARY", "KUBE-FIREWALL", "KUBE-IPTABLES-HINT"].contains(&chain)
+        || chain.starts_with("KUBE-ROUTER-")
+}
+
+/// The generated rules' chains that the clean-up must remove.
+fn kube_proxy_chains(rules: &KubeProxyRules) -> Vec<(&'static str, String)> {
+    rules
+        .iptables_chains()
+        .into_iter()
+        .filter(|(_, c)| !not_kube_proxys(c))
+        .collect()
+}
 const FOREIGN_NFT: &str = "table inet foreign {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\ttcp dport 2223 accept\n\t}\n}\n";
 
 /// `nsenter --net=<ns> <program> <args>` with `stdin` fed; fails on a non-zero exit.
@@ -212,7 +239,7 @@ fn removes_kube_proxys_rules_and_nothing_else_idempotently() -> Result<()> {
     );
     for (prefix, family) in backends.all() {
         let rules = if family == Family::Ipv4 { &v4 } else { &v6 };
-        for (table, chain) in rules.iptables_chains() {
+        for (table, chain) in kube_proxy_chains(rules) {
             assert!(
                 dry.contains(&format!("{prefix} ("))
                     && dry.contains(&format!("table {table}: chain {chain}\n")),
@@ -223,10 +250,21 @@ fn removes_kube_proxys_rules_and_nothing_else_idempotently() -> Result<()> {
     assert!(dry.contains("would remove nftables: table ip kube-proxy"));
     assert!(dry.contains("would remove nftables: table ip6 kube-proxy"));
     assert!(dry.contains("kept ") && dry.contains("KUBE-KUBELET-CANARY (kubelet's)"));
+    assert!(dry.contains("chain KUBE-FIREWALL (kubelet's)"), "{dry}");
     assert!(
-        !dry.contains("FOREIGN") && !dry.contains("foreign"),
+        dry.contains("chain KUBE-ROUTER-INPUT (not kube-proxy's)")
+            && dry.contains("chain KUBE-ROUTER-SERVICES (not kube-proxy's)"),
         "{dry}"
     );
+    for line in dry.lines().filter(|l| l.starts_with("would remove")) {
+        assert!(
+            !line.contains("FOREIGN")
+                && !line.contains("foreign")
+                && !line.contains("KUBE-ROUTER-")
+                && !line.contains("KUBE-FIREWALL"),
+            "not kube-proxy's: {line}"
+        );
+    }
 
     // The real run.
     let first = text(&in_ns(&ns, &binary, &["cleanup-kube-proxy"], None)?);
@@ -254,8 +292,11 @@ fn removes_kube_proxys_rules_and_nothing_else_idempotently() -> Result<()> {
     for prefix in &backends.v4 {
         let dump = &after[*prefix];
         assert!(dump.contains("-j FOREIGN-NAT") && dump.contains(":KUBE-KUBELET-CANARY "));
+        assert!(dump.contains(":KUBE-ROUTER-SERVICES ") && dump.contains("-j KUBE-ROUTER-INPUT"));
+        assert!(dump.contains(":KUBE-FIREWALL ") && dump.contains("-A INPUT -j KUBE-FIREWALL"));
     }
     assert!(after[backends.v6].contains("foreign ssh6"));
+    assert!(after[backends.v6].contains("-A KUBE-ROUTER-INPUT -s fd00:18:0:9::/64 -j ACCEPT"));
     let after_nft = &after["nft"];
     assert!(!after_nft.contains("kube-proxy"), "{after_nft}");
     assert!(after_nft.contains("table inet foreign") && after_nft.contains("dport 2223"));
@@ -279,11 +320,12 @@ enum Owner {
 }
 
 /// Whose a dump line is: kube-proxy's when it declares, fills or jumps into one of its
-/// chains (`KUBE-*` but kubelet's canary); quoted text (comments) does not count.
+/// chains (`KUBE-*` but kubelet's and kube-router's); quoted text (comments) does not
+/// count.
 fn parse_owner(line: &str) -> Owner {
     let unquoted: String = line.split('"').step_by(2).collect::<Vec<_>>().join(" ");
     let words: Vec<&str> = unquoted.split_whitespace().collect();
-    let theirs = |w: &str| w.starts_with("KUBE-") && w != "KUBE-KUBELET-CANARY";
+    let theirs = |w: &str| w.starts_with("KUBE-") && !not_kube_proxys(w);
     let declared = words
         .first()
         .and_then(|w| w.strip_prefix(':'))
@@ -312,8 +354,7 @@ fn the_planner_removes_every_generated_chain_and_jump() {
             .iter()
             .flat_map(|p| p.chains.iter().map(|c| (p.table.clone(), c.clone())))
             .collect();
-        let mut generated: Vec<(String, String)> = rules
-            .iptables_chains()
+        let mut generated: Vec<(String, String)> = kube_proxy_chains(&rules)
             .into_iter()
             .map(|(t, c)| (t.to_owned(), c))
             .collect();
@@ -326,7 +367,8 @@ fn the_planner_removes_every_generated_chain_and_jump() {
         }
         let jumps: usize = plans.iter().map(|p| p.jumps.len()).sum();
         let expected = match rules.family {
-            Family::Ipv4 => 3 + 11,
+            // INPUT/OUTPUT -j KUBE-FIREWALL are kubelet's and stay.
+            Family::Ipv4 => 3 + 9,
             Family::Ipv6 => 3 + 9,
         };
         assert_eq!(jumps, expected, "{:?}", rules.family);

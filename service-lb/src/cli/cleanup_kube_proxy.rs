@@ -1,8 +1,9 @@
 //! `service-lb cleanup-kube-proxy [--dry-run]`: remove what kube-proxy left in this network
-//! namespace once service-lb replaces it: its iptables chains (`KUBE-*` in nat, filter and
-//! mangle, IPv4 and IPv6, on every iptables backend that has rules) with the jumps into
-//! them, and its nftables tables (`ip kube-proxy`, `ip6 kube-proxy`). Idempotent: a second
-//! run finds nothing and succeeds. Nothing else is touched.
+//! namespace once service-lb replaces it: its iptables chains, by their exact names (see
+//! `plan`: nat, filter and mangle, IPv4 and IPv6, on every iptables backend that has rules)
+//! with the jumps into them, and its nftables tables (`ip kube-proxy`, `ip6 kube-proxy`).
+//! Idempotent: a second run finds nothing and succeeds. Nothing else is touched: other
+//! `KUBE-*` chains (kubelet's, kube-router's, k3s's) are listed as kept.
 //!
 //! - `iptables_save`: parser of `iptables-save` output (pure);
 //! - `plan`: what to remove and the `iptables-restore --noflush` script doing it (pure);
@@ -52,8 +53,6 @@ pub struct Removed {
     pub jumps: usize,
     pub chains: usize,
     pub nft_tables: usize,
-    /// The IPv4 filter chain guarding `route_localnet` went away.
-    pub kube_firewall: bool,
 }
 
 impl Removed {
@@ -83,7 +82,10 @@ pub fn run(args: &CleanupKubeProxyArgs) -> Result<(), Failure> {
                 plan.table
             );
             for chain in &plan.kept {
-                println!("kept {whence}: chain {chain} (kubelet's)");
+                println!(
+                    "kept {whence}: chain {chain} ({})",
+                    plan::kept_because(chain)
+                );
             }
             if plan.is_empty() {
                 continue;
@@ -105,9 +107,6 @@ pub fn run(args: &CleanupKubeProxyArgs) -> Result<(), Failure> {
             }
             removed.jumps += plan.jumps.len();
             removed.chains += plan.chains.len();
-            removed.kube_firewall |= ipt.family == tools::IpFamily::V4
-                && plan.table == "filter"
-                && plan.chains.iter().any(|c| c == "KUBE-FIREWALL");
         }
     }
 
@@ -138,11 +137,11 @@ pub fn run(args: &CleanupKubeProxyArgs) -> Result<(), Failure> {
         "{verb}: {} jump rule(s), {} chain(s), {} nftables table(s)",
         removed.jumps, removed.chains, removed.nft_tables
     );
-    if removed.kube_firewall && route_localnet_enabled() {
+    if removed.chains > 0 && route_localnet_enabled() {
         tracing::warn!(
-            "net.ipv4.conf.all.route_localnet is 1 (kube-proxy set it for localhost \
-             NodePorts) and KUBE-FIREWALL, which guarded it, is gone: set it back to 0 \
-             unless something else on this node needs it"
+            "net.ipv4.conf.all.route_localnet is 1 (kube-proxy sets it for localhost \
+             NodePorts; kubelet's KUBE-FIREWALL, which guards it, was kept): set it back to \
+             0 unless something else on this node needs it"
         );
     }
     Ok(())

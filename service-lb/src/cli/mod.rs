@@ -2,15 +2,18 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use crate::telemetry::{self, LogFormat};
 
 pub mod attach;
 pub mod cleanup;
 pub mod cleanup_kube_proxy;
+pub mod completions;
+pub mod config_file;
 pub mod inspect;
 pub mod output;
+pub mod preflight;
 pub mod run;
 
 /// Exit code of a usage or configuration error (sysexits EX_USAGE).
@@ -29,6 +32,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The daemon: watch the cluster (API or a manifests folder) and keep the maps in sync.
@@ -41,6 +46,10 @@ pub enum Command {
     Cleanup(cleanup::CleanupArgs),
     /// Remove kube-proxy's iptables chains and nftables tables from this node.
     CleanupKubeProxy(cleanup_kube_proxy::CleanupKubeProxyArgs),
+    /// Print a shell completion script.
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff): `service-lb man > /usr/local/share/man/man1/service-lb.1`.
+    Man,
 }
 
 /// A failed command: what to print and how to exit.
@@ -70,8 +79,20 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 /// Parses the arguments, runs the command and returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let env = |name: &str| std::env::var(name).ok();
+    // `run --config FILE`: the file's settings become arguments (config_file).
+    let applied = match config_file::apply(&Cli::command(), std::env::args_os().collect(), &env) {
+        Ok(applied) => applied,
+        Err(e) => {
+            eprintln!("service-lb: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let parsed = Cli::command()
+        .try_get_matches_from(&applied.argv)
+        .and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             let usage = e.use_stderr();
             // Help and version go to stdout and are not errors.
@@ -83,6 +104,15 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    if let (Command::Run(args), Some(run)) = (&cli.command, matches.subcommand_matches("run")) {
+        if args.print_config {
+            print!(
+                "{}",
+                config_file::effective_yaml(&Cli::command(), run, &applied.from_file)
+            );
+            return ExitCode::SUCCESS;
+        }
+    }
     telemetry::init(cli.log_format, cli.verbose);
     let result = match &cli.command {
         Command::Run(args) => run::run(args),
@@ -90,6 +120,8 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Cleanup(args) => cleanup::run(args),
         Command::CleanupKubeProxy(args) => cleanup_kube_proxy::run(args),
+        Command::Completions(args) => completions::run_completions(args),
+        Command::Man => completions::run_man(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

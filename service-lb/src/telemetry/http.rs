@@ -114,11 +114,82 @@ async fn metrics(State(ctx): State<MetricsCtx>) -> Response {
     }
 }
 
+/// kube-proxy's metrics and health ports: a bind failure on one of them names kube-proxy.
+pub const KUBE_PROXY_PORTS: [u16; 2] = [10249, 10256];
+
 /// Binds `addr` (before the daemon touches anything else, so a busy port fails early).
+///
+/// `[::]:port` is one dual-stack socket (IPv4 arrives as v4-mapped addresses), so probes
+/// and scrapes work on IPv4-only, dual-stack and IPv6-primary nodes alike; on a kernel
+/// without IPv6 (`ipv6.disable=1`) it falls back to `0.0.0.0:port`. Any other address is
+/// bound as given.
 pub async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, HttpError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| HttpError::Bind { what, addr, source })
+    let listener = match addr {
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => match bind_dual_stack(addr) {
+            Ok(listener) => Ok(listener),
+            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+                let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+                info!(%addr, fallback = %v4, what, "no IPv6 on this node: listening on IPv4 only");
+                return std::net::TcpListener::bind(v4)
+                    .and_then(into_tokio)
+                    .map_err(|source| HttpError::bind(what, v4, source));
+            }
+            Err(e) => Err(e),
+        },
+        _ => std::net::TcpListener::bind(addr).and_then(into_tokio),
+    };
+    listener.map_err(|source| HttpError::bind(what, addr, source))
+}
+
+/// A `[::]` listener with IPV6_V6ONLY off (whatever `net.ipv6.bindv6only` says).
+fn bind_dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use nix::sys::socket::{
+        bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+        SockaddrIn6,
+    };
+    let SocketAddr::V6(v6) = addr else {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    let fd = socket(
+        AddressFamily::Inet6,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn6::from(v6))?;
+    listen(&fd, Backlog::new(1024).unwrap_or(Backlog::MAXCONN))?;
+    into_tokio(std::net::TcpListener::from(fd))
+}
+
+fn into_tokio(listener: std::net::TcpListener) -> std::io::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
+}
+
+/// The hint a bind error carries: kube-proxy for its ports, the flag otherwise.
+fn bind_hint(what: &str, addr: SocketAddr, source: &std::io::Error) -> String {
+    let flag = if what == "metrics" {
+        "--metrics-addr"
+    } else {
+        "--health-addr"
+    };
+    match source.kind() {
+        std::io::ErrorKind::AddrInUse if KUBE_PROXY_PORTS.contains(&addr.port()) => format!(
+            " (kube-proxy's port: while kube-proxy runs on this node, give {flag} another \
+             port; the defaults {} and {} do not clash, see deploy/README.md)",
+            crate::cli::run::DEFAULT_METRICS_ADDR,
+            crate::cli::run::DEFAULT_HEALTH_ADDR
+        ),
+        std::io::ErrorKind::AddrInUse => {
+            format!(
+                " (another process holds port {}: pick another with {flag})",
+                addr.port()
+            )
+        }
+        _ => String::new(),
+    }
 }
 
 /// Serves `router` on `listener` until `cancel` fires.
@@ -140,12 +211,13 @@ pub async fn serve(
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("cannot listen for {what} on {addr}: {source}")]
+    /// One sentence: what, where, why, and what to do (`hint`).
+    #[error("cannot listen for {what} on {addr}: {error}{hint}")]
     Bind {
         what: &'static str,
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
+        hint: String,
     },
     #[error("{what} server: {source}")]
     Serve {
@@ -153,4 +225,16 @@ pub enum HttpError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl HttpError {
+    fn bind(what: &'static str, addr: SocketAddr, source: std::io::Error) -> Self {
+        let hint = bind_hint(what, addr, &source);
+        Self::Bind {
+            what,
+            addr,
+            error: source,
+            hint,
+        }
+    }
 }

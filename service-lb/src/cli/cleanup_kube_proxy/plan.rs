@@ -1,23 +1,65 @@
-//! What to remove from an iptables dump (pure): kube-proxy's `KUBE-*` chains and every rule
-//! elsewhere that jumps into them, as an `iptables-restore --noflush` script.
+//! What to remove from an iptables dump (pure): kube-proxy's chains, by their exact names,
+//! and every rule elsewhere that jumps into them, as an `iptables-restore --noflush` script.
 //!
-//! Ownership: every user chain named `KUBE-*` in the tables kube-proxy writes (nat, filter,
-//! mangle) is kube-proxy's, except the two that kubelet creates and watches
-//! ([`KUBELET_CHAINS`]): kubelet recreates its rules when its canary disappears, so removing
-//! them would only make it redo its work. Nothing else is touched: other chains lose only
-//! their rules that jump into a removed chain (a chain that is still referenced cannot be
-//! deleted).
+//! Ownership follows kube-proxy's own source (`pkg/proxy/iptables/proxier.go` and
+//! `pkg/proxy/ipvs/proxier.go`, the chain constants, `isServiceChainName` and
+//! `CleanupLeftovers`): the fixed chains in [`KUBE_PROXY_CHAINS`] and the per-service
+//! chains whose names start with one of [`KUBE_PROXY_CHAIN_PREFIXES`]. Every other
+//! `KUBE-*` chain is somebody else's and stays: kubelet's ([`KUBELET_CHAINS`], which
+//! kube-proxy itself never deletes), kube-router's `KUBE-ROUTER-*`, k3s's, ... Other chains
+//! lose only their rules that jump into a removed chain (a chain that is still referenced
+//! cannot be deleted).
 
 use std::collections::BTreeSet;
 
 use super::iptables_save::{Rule, Table};
 
-/// Tables kube-proxy writes in its iptables mode.
+/// Tables kube-proxy writes in its iptables and IPVS modes.
 pub const KUBE_PROXY_TABLES: [&str; 3] = ["nat", "filter", "mangle"];
-/// Prefix of every chain kube-proxy (and kubelet) creates.
+/// kube-proxy's fixed chains. iptables mode: services, external services, node ports,
+/// postrouting, mark-for-masquerade, forward, load-balancer firewall, the canary
+/// (`iptables.Monitor`, in mangle, nat and filter). IPVS mode adds the rest.
+pub const KUBE_PROXY_CHAINS: [&str; 13] = [
+    "KUBE-SERVICES",
+    "KUBE-EXTERNAL-SERVICES",
+    "KUBE-NODEPORTS",
+    "KUBE-POSTROUTING",
+    "KUBE-MARK-MASQ",
+    "KUBE-FORWARD",
+    "KUBE-PROXY-FIREWALL",
+    "KUBE-PROXY-CANARY",
+    // IPVS mode.
+    "KUBE-NODE-PORT",
+    "KUBE-LOAD-BALANCER",
+    "KUBE-SOURCE-RANGES-FIREWALL",
+    "KUBE-IPVS-FILTER",
+    "KUBE-IPVS-OUT-FILTER",
+];
+/// kube-proxy's per-service chains: cluster policy (`KUBE-SVC-`), local policy
+/// (`KUBE-SVL-`), endpoint (`KUBE-SEP-`), source-range firewall (`KUBE-FW-`), external
+/// (`KUBE-EXT-`), each followed by a 16-character hash.
+pub const KUBE_PROXY_CHAIN_PREFIXES: [&str; 5] = [
+    "KUBE-SVC-",
+    "KUBE-SVL-",
+    "KUBE-SEP-",
+    "KUBE-FW-",
+    "KUBE-EXT-",
+];
+/// Prefix shared by kube-proxy's, kubelet's and others' chains (reporting only).
 pub const KUBE_PREFIX: &str = "KUBE-";
-/// `KUBE-*` chains that belong to kubelet, not kube-proxy.
-pub const KUBELET_CHAINS: [&str; 2] = ["KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT"];
+/// `KUBE-*` chains that belong to kubelet, not kube-proxy: its canary, the iptables
+/// back-end hint, and `KUBE-FIREWALL` (the localnet guard kubelet creates; kube-proxy
+/// writes an identical copy but leaves it to kubelet in its own clean-up).
+pub const KUBELET_CHAINS: [&str; 3] =
+    ["KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT", "KUBE-FIREWALL"];
+
+/// The hash part of a per-service chain: base32 (A-Z, 2-7), 16 characters.
+fn is_chain_hash(rest: &str) -> bool {
+    rest.len() == 16
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+}
 
 /// What to do in one table.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -27,7 +69,7 @@ pub struct TablePlan {
     pub jumps: Vec<Rule>,
     /// kube-proxy's chains, flushed and then deleted (declaration order).
     pub chains: Vec<String>,
-    /// `KUBE-*` chains left alone because kubelet owns them.
+    /// `KUBE-*` chains left alone: kubelet's or another component's.
     pub kept: Vec<String>,
 }
 
@@ -56,9 +98,21 @@ impl TablePlan {
     }
 }
 
-/// True for a chain this command removes.
+/// True for a chain this command removes: one of kube-proxy's by its exact name.
 pub fn is_kube_proxy_chain(name: &str) -> bool {
-    name.starts_with(KUBE_PREFIX) && !KUBELET_CHAINS.contains(&name)
+    KUBE_PROXY_CHAINS.contains(&name)
+        || KUBE_PROXY_CHAIN_PREFIXES
+            .iter()
+            .any(|p| name.strip_prefix(p).is_some_and(is_chain_hash))
+}
+
+/// Why a `KUBE-*` chain that is not removed stays (for the listing).
+pub fn kept_because(name: &str) -> &'static str {
+    if KUBELET_CHAINS.contains(&name) {
+        "kubelet's"
+    } else {
+        "not kube-proxy's"
+    }
 }
 
 /// One plan per kube-proxy table present in the dump that has something removed or kept.
@@ -111,15 +165,19 @@ mod tests {
 :KUBE-KUBELET-CANARY - [0:0]
 :KUBE-POSTROUTING - [0:0]
 :KUBE-SERVICES - [0:0]
-:KUBE-SVC-AAA - [0:0]
+:KUBE-SVC-ABCDEFGH234567AB - [0:0]
+:KUBE-ROUTER-SERVICES - [0:0]
+:KUBE-SVC-NOTAHASH - [0:0]
 -A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
 -A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
 -A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
 -A POSTROUTING -s 198.18.9.0/24 -m comment --comment "-j KUBE-SERVICES in a comment" -j FOREIGN
 -A FOREIGN -j KUBE-POSTROUTING
 -A FOREIGN -j RETURN
--A KUBE-SERVICES -d 198.19.0.1/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-AAA
--A KUBE-SVC-AAA -j DNAT --to-destination 198.18.1.2:80
+-A PREROUTING -j KUBE-ROUTER-SERVICES
+-A KUBE-ROUTER-SERVICES -j KUBE-SVC-NOTAHASH
+-A KUBE-SERVICES -d 198.19.0.1/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-ABCDEFGH234567AB
+-A KUBE-SVC-ABCDEFGH234567AB -j DNAT --to-destination 198.18.1.2:80
 COMMIT
 *raw
 :PREROUTING ACCEPT [0:0]
@@ -128,7 +186,9 @@ COMMIT
 COMMIT
 *filter
 :INPUT ACCEPT [0:0]
+:KUBE-FIREWALL - [0:0]
 -A INPUT -p tcp -m tcp --dport 22 -j ACCEPT
+-A INPUT -j KUBE-FIREWALL
 COMMIT
 "#;
 
@@ -137,16 +197,30 @@ COMMIT
         let plans = plan(&parse(DUMP).unwrap());
         assert_eq!(
             plans.len(),
-            1,
-            "raw is not kube-proxy's, filter has nothing"
+            2,
+            "raw is not kube-proxy's, filter has only kubelet's KUBE-FIREWALL"
         );
+        assert!(plans[1].is_empty());
+        assert_eq!(plans[1].kept, ["KUBE-FIREWALL"]);
         let nat = &plans[0];
         assert_eq!(nat.table, "nat");
         assert_eq!(
             nat.chains,
-            ["KUBE-POSTROUTING", "KUBE-SERVICES", "KUBE-SVC-AAA"]
+            [
+                "KUBE-POSTROUTING",
+                "KUBE-SERVICES",
+                "KUBE-SVC-ABCDEFGH234567AB"
+            ]
         );
-        assert_eq!(nat.kept, ["KUBE-KUBELET-CANARY"]);
+        assert_eq!(
+            nat.kept,
+            [
+                "KUBE-KUBELET-CANARY",
+                "KUBE-ROUTER-SERVICES",
+                "KUBE-SVC-NOTAHASH"
+            ],
+            "kubelet's and kube-router's chains stay, and so does a KUBE-SVC- without a hash"
+        );
         let jumps: Vec<(&str, Option<&str>)> = nat
             .jumps
             .iter()
@@ -175,13 +249,45 @@ COMMIT
 -D FOREIGN -j KUBE-POSTROUTING
 -F KUBE-POSTROUTING
 -F KUBE-SERVICES
--F KUBE-SVC-AAA
+-F KUBE-SVC-ABCDEFGH234567AB
 -X KUBE-POSTROUTING
 -X KUBE-SERVICES
--X KUBE-SVC-AAA
+-X KUBE-SVC-ABCDEFGH234567AB
 COMMIT
 "#;
         assert_eq!(script, expected);
+    }
+
+    #[test]
+    fn ownership_is_by_exact_name() {
+        for theirs in [
+            "KUBE-SERVICES",
+            "KUBE-NODEPORTS",
+            "KUBE-PROXY-CANARY",
+            "KUBE-IPVS-OUT-FILTER",
+            "KUBE-SEP-Q7Z2XPEOAOB3BJH3",
+            "KUBE-SVL-AAAAAAAAAAAAAAAA",
+            "KUBE-EXT-Q7Z2XPEOAOB3BJH3",
+            "KUBE-FW-Q7Z2XPEOAOB3BJH3",
+        ] {
+            assert!(is_kube_proxy_chain(theirs), "{theirs}");
+        }
+        for other in [
+            "KUBE-FIREWALL",
+            "KUBE-KUBELET-CANARY",
+            "KUBE-IPTABLES-HINT",
+            "KUBE-MARK-DROP",
+            "KUBE-ROUTER-INPUT",
+            "KUBE-POD-FW-Q7Z2XPEOAOB3BJH3",
+            "KUBE-SVC-short",
+            "KUBE-SEP-Q7Z2XPEOAOB3BJH3X",
+            "KUBE-SVC-q7z2xpeoaob3bjh3",
+            "KUBE-SERVICES-X",
+        ] {
+            assert!(!is_kube_proxy_chain(other), "{other}");
+        }
+        assert_eq!(kept_because("KUBE-FIREWALL"), "kubelet's");
+        assert_eq!(kept_because("KUBE-ROUTER-INPUT"), "not kube-proxy's");
     }
 
     #[test]
