@@ -127,7 +127,12 @@ fn rule_atoms(
                 namespaces,
                 pods: pod_sel,
             } => {
-                for dst in stores.active_pods() {
+                // Only the policy's namespace's pods when no namespaceSelector is set.
+                let candidates: Box<dyn Iterator<Item = &PodView>> = match namespaces {
+                    None => Box::new(stores.pods_in(namespace).filter(|p| p.is_active())),
+                    Some(_) => Box::new(stores.active_pods()),
+                };
+                for dst in candidates {
                     let ns_ok = match namespaces {
                         None => dst.key.namespace == namespace,
                         Some(sel) => sel.matches(stores.namespace_labels(&dst.key.namespace)),

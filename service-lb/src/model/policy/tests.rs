@@ -950,3 +950,100 @@ spec:
         ]
     );
 }
+
+#[test]
+fn policy_types_default_needs_a_non_empty_egress_list() {
+    let mut c = Cluster::new();
+    // SetDefaults_NetworkPolicy: Egress only when len(spec.egress) != 0, so `egress: []`
+    // isolates for ingress (no rules: deny) and leaves egress open.
+    c.apply("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, egress: []}");
+    c.check(
+        "egress [] defaulting",
+        &ALL_PROBES,
+        &Reach::all(true).peer("*", "x/*", false),
+    );
+}
+
+#[test]
+fn views_keep_what_the_semantics_read() {
+    use super::{Peer, PodView, PolicyView, PortMatch, RulePort};
+
+    // podIP alone (no podIPs) is used; host-network pods have no address of their own.
+    let mut p = model_pod(0, 0, &[("pod", "a")]);
+    if let Some(s) = p.status.as_mut() {
+        s.pod_ips = None;
+    }
+    assert_eq!(PodView::of(&p).ips, [ips(0, 0)[0]]);
+    let mut host = model_pod(0, 0, &[("pod", "a")]);
+    if let Some(s) = host.spec.as_mut() {
+        s.host_network = Some(true);
+    }
+    let host = PodView::of(&host);
+    assert!(host.ips.is_empty() && !host.is_active());
+    let mut failed = model_pod(0, 0, &[("pod", "a")]);
+    if let Some(s) = failed.status.as_mut() {
+        s.phase = Some("Failed".into());
+    }
+    assert!(!PodView::of(&failed).is_active());
+    let running = PodView::of(&model_pod(0, 0, &[("pod", "a")]));
+    assert!(running.is_active());
+    assert_eq!(running.ports.len(), 6);
+    assert_eq!(
+        running
+            .named_ports("serve-81-udp", Proto::Udp)
+            .collect::<Vec<_>>(),
+        [81]
+    );
+    assert_eq!(running.named_ports("serve-81-udp", Proto::Tcp).count(), 0);
+
+    let v = PolicyView::of(&policy(
+        "metadata: {name: p, namespace: x}
+spec:
+  podSelector: {}
+  ingress:
+  - from:
+    - {}
+    - ipBlock: {cidr: 198.18.0.0/16}
+      podSelector: {}
+    - ipBlock: {cidr: 198.18.1.7/24, except: [198.18.1.0/28]}
+    ports:
+    - {port: http, endPort: 90}
+    - {port: 81, endPort: 80}
+    - {port: 0}
+    - {port: 53, protocol: ICMP}
+    - {port: 80, endPort: 81}
+    - {protocol: SCTP}",
+    ));
+    assert!(v.ingress_type && !v.egress_type);
+    let rule = &v.ingress[0];
+    assert_eq!(rule.peers[0], Peer::Invalid, "a peer with nothing set");
+    assert_eq!(rule.peers[1], Peer::Invalid, "ipBlock with a selector");
+    let block = Peer::IpBlock {
+        cidr: "198.18.1.0/24".parse().unwrap_or_else(|e| panic!("{e}")),
+        except: vec!["198.18.1.0/28".parse().unwrap_or_else(|e| panic!("{e}"))],
+    };
+    assert_eq!(rule.peers[2], block, "host bits cleared");
+    assert_eq!(
+        &rule.ports[..4],
+        &[
+            RulePort::Invalid,
+            RulePort::Invalid,
+            RulePort::Invalid,
+            RulePort::Invalid
+        ]
+    );
+    assert_eq!(
+        rule.ports[4],
+        RulePort::Port {
+            proto: Proto::Tcp,
+            port: PortMatch::Range(80, 81)
+        }
+    );
+    assert_eq!(
+        rule.ports[5],
+        RulePort::Port {
+            proto: Proto::Sctp,
+            port: PortMatch::Any
+        }
+    );
+}
