@@ -1,68 +1,121 @@
 //! One local pod's compiled view: per direction, isolated or not, and the peer prefixes
 //! with the ports they may use, flattened for a longest-prefix match (see the module doc).
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use super::{
     ports::PortSet,
     state::Stores,
-    view::{Direction, Peer, PodView, PortMatch, Prefix, Proto, Rule, RulePort},
+    view::{
+        Direction, ObjectKey, Peer, PodView, PolicyView, PortMatch, Prefix, Proto, Rule, RulePort,
+    },
     DirectionPolicy, PodPolicy,
 };
 
-/// Compiles `pod` (a local, active pod) against the stores.
-pub(super) fn compile_pod(stores: &Stores, pod: &PodView) -> PodPolicy {
+/// The resolved rules of one policy in one direction, shared by every local pod it
+/// selects (only ingress named ports depend on the selected pod). Dropped whenever the
+/// policy, or a pod or namespace its peers depend on, changes.
+pub(super) type RuleCache = HashMap<(ObjectKey, Direction), Arc<Vec<CachedRule>>>;
+
+/// One rule, resolved.
+#[derive(Debug)]
+pub(super) struct CachedRule {
+    /// Ingress named ports, resolved against the enforced pod (empty for egress, whose
+    /// named ports are resolved per destination into `atoms`).
+    named: Vec<(Proto, String)>,
+    atoms: Vec<Atom>,
+}
+
+/// Compiles `pod` (a local, active pod) against the stores, filling `cache`.
+pub(super) fn compile_pod(stores: &Stores, cache: &mut RuleCache, pod: &PodView) -> PodPolicy {
     PodPolicy {
         pod: pod.key.clone(),
         ips: pod.ips.clone(),
-        ingress: compile_direction(stores, pod, Direction::Ingress),
-        egress: compile_direction(stores, pod, Direction::Egress),
+        ingress: compile_direction(stores, cache, pod, Direction::Ingress),
+        egress: compile_direction(stores, cache, pod, Direction::Egress),
     }
 }
 
 /// An allow rule before flattening: addresses in `prefix` outside every `except` may use
 /// `ports`.
+#[derive(Debug)]
 struct Atom {
     prefix: Prefix,
     except: Vec<Prefix>,
     ports: PortSet,
 }
 
-fn compile_direction(stores: &Stores, pod: &PodView, dir: Direction) -> DirectionPolicy {
+fn compile_direction(
+    stores: &Stores,
+    cache: &mut RuleCache,
+    pod: &PodView,
+    dir: Direction,
+) -> DirectionPolicy {
     let mut isolated = false;
-    let mut atoms = Vec::new();
+    let mut rules: Vec<Arc<Vec<CachedRule>>> = Vec::new();
     for policy in stores.policies_in(&pod.key.namespace) {
         if !policy.has_type(dir) || !policy.pod_selector.matches(&pod.labels) {
             continue;
         }
         isolated = true;
-        for rule in policy.rules(dir) {
-            rule_atoms(stores, &policy.key.namespace, pod, dir, rule, &mut atoms);
+        let cached = cache
+            .entry((policy.key.clone(), dir))
+            .or_insert_with(|| Arc::new(resolve_rules(stores, policy, dir)));
+        rules.push(Arc::clone(cached));
+    }
+    if !isolated {
+        return DirectionPolicy::default();
+    }
+    // Ingress named ports: this pod's container ports, added to every atom of the rule.
+    let mut extra: Vec<Vec<PortSet>> = Vec::with_capacity(rules.len());
+    for policy_rules in &rules {
+        extra.push(
+            policy_rules
+                .iter()
+                .map(|rule| {
+                    let mut set = PortSet::default();
+                    for (proto, name) in &rule.named {
+                        for n in pod.named_ports(name, *proto) {
+                            set.insert(*proto, n, n);
+                        }
+                    }
+                    set
+                })
+                .collect(),
+        );
+    }
+    let mut atoms: Vec<(Prefix, &[Prefix], &PortSet, Option<&PortSet>)> = Vec::new();
+    for (policy_rules, extra) in rules.iter().zip(&extra) {
+        for (rule, extra) in policy_rules.iter().zip(extra) {
+            let extra = (!extra.is_empty()).then_some(extra);
+            for a in &rule.atoms {
+                atoms.push((a.prefix, &a.except, &a.ports, extra));
+            }
         }
     }
     DirectionPolicy {
         isolated,
-        entries: if isolated {
-            flatten(&atoms)
-        } else {
-            BTreeMap::new()
-        },
+        entries: flatten(&atoms),
     }
 }
 
-/// The atoms of one rule of a policy in `namespace` selecting `pod`.
-fn rule_atoms(
-    stores: &Stores,
-    namespace: &str,
-    pod: &PodView,
-    dir: Direction,
-    rule: &Rule,
-    atoms: &mut Vec<Atom>,
-) {
-    // Ports that do not depend on the peer: numeric ones, and for ingress the named ones
-    // (the destination is the enforced pod itself).
+fn resolve_rules(stores: &Stores, policy: &PolicyView, dir: Direction) -> Vec<CachedRule> {
+    policy
+        .rules(dir)
+        .iter()
+        .map(|rule| resolve_rule(stores, &policy.key.namespace, dir, rule))
+        .collect()
+}
+
+/// The atoms of one rule of a policy in `namespace`.
+fn resolve_rule(stores: &Stores, namespace: &str, dir: Direction, rule: &Rule) -> CachedRule {
+    let mut atoms = Vec::new();
+    // Ports that do not depend on the peer: numeric ones (named ones: see CachedRule).
     let mut fixed = PortSet::default();
-    let mut named: Vec<(Proto, &str)> = Vec::new();
+    let mut named: Vec<(Proto, String)> = Vec::new();
     if rule.ports.is_empty() {
         fixed = PortSet::all();
     }
@@ -72,23 +125,21 @@ fn rule_atoms(
             RulePort::Port { proto, port } => match port {
                 PortMatch::Any => fixed.insert(*proto, 0, u16::MAX),
                 PortMatch::Range(lo, hi) => fixed.insert(*proto, *lo, *hi),
-                PortMatch::Named(name) => match dir {
-                    Direction::Ingress => {
-                        for n in pod.named_ports(name, *proto) {
-                            fixed.insert(*proto, n, n);
-                        }
-                    }
-                    Direction::Egress => named.push((*proto, name)),
-                },
+                PortMatch::Named(name) => named.push((*proto, name.clone())),
             },
         }
     }
     // Egress named ports: resolved per destination pod, on that pod's /32 or /128.
+    let egress_named = if dir == Direction::Egress {
+        std::mem::take(&mut named)
+    } else {
+        Vec::new()
+    };
     let resolved = |dst: &PodView| {
         let mut set = fixed.clone();
-        for &(proto, name) in &named {
-            for n in dst.named_ports(name, proto) {
-                set.insert(proto, n, n);
+        for (proto, name) in &egress_named {
+            for n in dst.named_ports(name, *proto) {
+                set.insert(*proto, n, n);
             }
         }
         set
@@ -99,7 +150,7 @@ fn rule_atoms(
             except: except.to_vec(),
             ports: fixed.clone(),
         });
-        if !named.is_empty() {
+        if !egress_named.is_empty() {
             for dst in stores.active_pods() {
                 for &ip in &dst.ips {
                     if cidr.contains_ip(ip) && !except.iter().any(|e| e.contains_ip(ip)) {
@@ -115,14 +166,14 @@ fn rule_atoms(
     };
     if rule.peers.is_empty() {
         for all in Prefix::all() {
-            block(all, &[], atoms);
+            block(all, &[], &mut atoms);
         }
-        return;
+        return CachedRule { named, atoms };
     }
     for peer in &rule.peers {
         match peer {
             Peer::Invalid => {}
-            Peer::IpBlock { cidr, except } => block(*cidr, except, atoms),
+            Peer::IpBlock { cidr, except } => block(*cidr, except, &mut atoms),
             Peer::Pods {
                 namespaces,
                 pods: pod_sel,
@@ -152,43 +203,74 @@ fn rule_atoms(
             }
         }
     }
+    CachedRule { named, atoms }
 }
 
 /// Turns the atoms into LPM entries: every atom prefix and every except gets an entry whose
 /// value is the union of the ports of every atom that covers it and does not except it, so
 /// the longest matching entry alone decides for any address. Entries that repeat their
 /// nearest ancestor's value (or are empty with no ancestor: the default deny) are dropped.
-fn flatten(atoms: &[Atom]) -> BTreeMap<Prefix, PortSet> {
-    let mut by_prefix: BTreeMap<Prefix, Vec<&Atom>> = BTreeMap::new();
-    for atom in atoms {
-        by_prefix.entry(atom.prefix).or_default().push(atom);
+/// An atom: (prefix, excepts, ports, more ports).
+type AtomRef<'a> = (Prefix, &'a [Prefix], &'a PortSet, Option<&'a PortSet>);
+
+fn flatten(atoms: &[AtomRef<'_>]) -> BTreeMap<Prefix, PortSet> {
+    // Atoms without excepts (pod addresses, mostly) merge per prefix first.
+    let mut plain: BTreeMap<Prefix, PortSet> = BTreeMap::new();
+    let mut excepting: BTreeMap<Prefix, Vec<(&[Prefix], PortSet)>> = BTreeMap::new();
+    let mut keys: BTreeSet<Prefix> = BTreeSet::new();
+    for &(prefix, except, ports, extra) in atoms {
+        keys.insert(prefix);
+        let mut set = ports.clone();
+        if let Some(extra) = extra {
+            set.union_with(extra);
+        }
+        if except.is_empty() {
+            plain.entry(prefix).or_default().union_with(&set);
+        } else {
+            excepting.entry(prefix).or_default().push((except, set));
+            keys.extend(except.iter().copied());
+        }
     }
-    let mut keys: Vec<Prefix> = atoms
-        .iter()
-        .flat_map(|a| std::iter::once(a.prefix).chain(a.except.iter().copied()))
-        .collect();
-    keys.sort();
-    keys.dedup();
+    // Ancestors are looked up only at the prefix lengths in use (per family).
+    let lengths = |set: &mut dyn Iterator<Item = &Prefix>| {
+        let mut l: Vec<(bool, u8)> = set.map(|p| (p.is_v4(), p.prefix_len())).collect();
+        l.sort_unstable();
+        l.dedup();
+        l
+    };
+    let atom_lengths = lengths(&mut plain.keys().chain(excepting.keys()));
+    let ancestors = |p: Prefix, lengths: &[(bool, u8)]| {
+        lengths
+            .iter()
+            .rev()
+            .filter(move |&&(v4, len)| v4 == p.is_v4() && len <= p.prefix_len())
+            .map(move |&(_, len)| Prefix::new(p.addr(), len))
+            .collect::<Vec<_>>()
+    };
     let mut values: BTreeMap<Prefix, PortSet> = BTreeMap::new();
     for &p in &keys {
         let mut set = PortSet::default();
-        for len in (0..=p.prefix_len()).rev() {
-            let ancestor = Prefix::new(p.addr(), len);
-            for atom in by_prefix.get(&ancestor).into_iter().flatten() {
-                if !atom.except.iter().any(|e| e.contains(&p)) {
-                    set.union_with(&atom.ports);
+        for ancestor in ancestors(p, &atom_lengths) {
+            if let Some(ports) = plain.get(&ancestor) {
+                set.union_with(ports);
+            }
+            for (except, ports) in excepting.get(&ancestor).into_iter().flatten() {
+                if !except.iter().any(|e| e.contains(&p)) {
+                    set.union_with(ports);
                 }
             }
         }
         values.insert(p, set);
     }
+    let key_lengths = lengths(&mut values.keys());
     let empty = PortSet::default();
     let redundant: Vec<Prefix> = values
         .iter()
         .filter(|(p, set)| {
-            let parent = (0..p.prefix_len())
-                .rev()
-                .find_map(|len| values.get(&Prefix::new(p.addr(), len)));
+            let parent = ancestors(**p, &key_lengths)
+                .into_iter()
+                .filter(|a| a != *p)
+                .find_map(|a| values.get(&a));
             *set == parent.unwrap_or(&empty)
         })
         .map(|(p, _)| *p)

@@ -8,7 +8,7 @@ use k8s_openapi::api::{
 };
 
 use super::{
-    compile::compile_pod,
+    compile::{compile_pod, RuleCache},
     selector::Labels,
     view::{Direction, NamespaceView, ObjectKey, Peer, PodView, PolicyView, PortMatch, RulePort},
     PodPolicy, PolicyChanges,
@@ -63,6 +63,8 @@ pub struct PolicyModel {
     /// Which local pods each policy selects (either direction).
     selects: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     compiled: BTreeMap<ObjectKey, PodPolicy>,
+    /// Each policy's resolved rules, shared by the pods it selects.
+    rules: RuleCache,
     /// Pods (local now or before) to recompile.
     dirty: BTreeSet<ObjectKey>,
 }
@@ -75,6 +77,7 @@ impl PolicyModel {
             stores: Stores::default(),
             selects: HashMap::new(),
             compiled: BTreeMap::new(),
+            rules: RuleCache::new(),
             dirty: BTreeSet::new(),
         }
     }
@@ -126,6 +129,7 @@ impl PolicyModel {
             if let Some(old) = self.selects.remove(&key) {
                 self.dirty.extend(old);
             }
+            self.forget_rules(&key);
         }
     }
 
@@ -175,6 +179,7 @@ impl PolicyModel {
             .map(|p| p.key.clone())
             .collect();
         self.stores.policies.insert(key.clone(), policy);
+        self.forget_rules(&key);
         if let Some(old) = self.selects.insert(key, selected.clone()) {
             self.dirty.extend(old);
         }
@@ -189,7 +194,7 @@ impl PolicyModel {
             let pod = self.stores.pods.get(&key).filter(|p| self.is_local(p));
             match pod {
                 Some(pod) => {
-                    let new = compile_pod(&self.stores, pod);
+                    let new = compile_pod(&self.stores, &mut self.rules, pod);
                     if self.compiled.get(&key) != Some(&new) {
                         self.compiled.insert(key.clone(), new);
                         changes.updated.push(key);
@@ -208,12 +213,19 @@ impl PolicyModel {
     /// Compiles every local pod from scratch, ignoring the incremental state (a full
     /// resync check, and the tests' reference for the incremental path).
     pub fn compile_all(&self) -> BTreeMap<ObjectKey, PodPolicy> {
+        let mut rules = RuleCache::new();
         self.stores
             .pods
             .values()
             .filter(|p| self.is_local(p))
-            .map(|p| (p.key.clone(), compile_pod(&self.stores, p)))
+            .map(|p| (p.key.clone(), compile_pod(&self.stores, &mut rules, p)))
             .collect()
+    }
+
+    fn forget_rules(&mut self, policy: &ObjectKey) {
+        for dir in [Direction::Ingress, Direction::Egress] {
+            self.rules.remove(&(policy.clone(), dir));
+        }
     }
 
     /// The compiled view of a local pod (as of the last [`Self::recompute`]).
@@ -259,6 +271,7 @@ impl PolicyModel {
             }
         }
         for key in affected {
+            self.forget_rules(&key);
             if let Some(sel) = self.selects.get(&key) {
                 self.dirty.extend(sel.iter().cloned());
             }
@@ -309,6 +322,7 @@ impl PolicyModel {
             }
         }
         for pk in affected {
+            self.forget_rules(&pk);
             if let Some(sel) = self.selects.get(&pk) {
                 self.dirty.extend(sel.iter().cloned());
             }

@@ -1047,3 +1047,110 @@ spec:
         }
     );
 }
+
+/// Scale: 10k pods (100 on this node) in 50 namespaces, 1k policies. Prints timings (never
+/// asserted): `cargo test -p service-lb --lib model::policy::tests::scale -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement; prints timings"]
+fn scale_10k_pods_1k_policies() {
+    use std::time::Instant;
+
+    let mut m = PolicyModel::new("n0");
+    let pod_at = |i: usize, app: usize| {
+        let ns = format!("ns{}", i % 50);
+        let v4 = format!("198.18.{}.{}", i / 250, i % 250 + 1);
+        Pod {
+            metadata: ObjectMeta {
+                namespace: Some(ns),
+                name: Some(format!("p{i}")),
+                labels: Some(labels(&[("app", &format!("a{app}"))])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                // Spread over namespaces and apps: node n0 holds every 100th pod by i / 3.
+                node_name: Some(format!("n{}", (i / 3) % 100)),
+                containers: vec![Container {
+                    name: "c".into(),
+                    ports: Some(vec![ContainerPort {
+                        container_port: 8080,
+                        name: Some("http".into()),
+                        ..ContainerPort::default()
+                    }]),
+                    ..Container::default()
+                }],
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                pod_ips: Some(vec![PodIP { ip: v4 }]),
+                ..PodStatus::default()
+            }),
+        }
+    };
+    let start = Instant::now();
+    for n in 0..50 {
+        m.apply_namespace(&namespace(
+            &format!("ns{n}"),
+            &[("team", &format!("t{}", n % 5))],
+        ));
+    }
+    for i in 0..10_000 {
+        m.apply_pod(&pod_at(i, i % 20));
+    }
+    for i in 0..1_000 {
+        let ns = i % 50;
+        let (app, peer) = (i % 20, (i + 1) % 20);
+        let team = i % 5;
+        m.apply_policy(&policy(&format!(
+            "metadata: {{name: np{i}, namespace: ns{ns}}}
+spec:
+  podSelector: {{matchLabels: {{app: a{app}}}}}
+  ingress:
+  - from: [{{podSelector: {{matchLabels: {{app: a{peer}}}}}}}]
+    ports: [{{port: http}}]
+  - from: [{{namespaceSelector: {{matchLabels: {{team: t{team}}}}}, podSelector: {{matchLabels: {{app: a{peer}}}}}}}]
+    ports: [{{port: 80, endPort: 90}}]
+  - from: [{{ipBlock: {{cidr: 198.19.200.0/24, except: [198.19.200.0/28]}}}}]
+  egress:
+  - to: [{{namespaceSelector: {{matchLabels: {{team: t{team}}}}}}}]
+    ports: [{{port: 53, protocol: UDP}}, {{port: http}}]"
+        )));
+    }
+    let loaded = start.elapsed();
+    let start = Instant::now();
+    let first = m.recompute();
+    let compile = start.elapsed();
+    let tables = LookupTables::build(m.compiled().values());
+    let (peers, blocks) = tables.sizes();
+    println!(
+        "load {loaded:?}; first compile of {} local pods {compile:?}; {peers} peer entries, \
+         {blocks} port blocks",
+        first.updated.len()
+    );
+    // A remote pod many policies name changes labels.
+    let start = Instant::now();
+    m.apply_pod(&pod_at(9_999, 7));
+    let changed = m.recompute();
+    println!(
+        "pod relabel: {} local pods recompiled in {:?}",
+        changed.updated.len(),
+        start.elapsed()
+    );
+    let start = Instant::now();
+    m.apply_namespace(&namespace("ns3", &[("team", "t0")]));
+    let changed = m.recompute();
+    println!(
+        "namespace relabel: {} local pods recompiled in {:?}",
+        changed.updated.len(),
+        start.elapsed()
+    );
+    let start = Instant::now();
+    m.delete_policy("ns0", "np0");
+    let changed = m.recompute();
+    println!(
+        "policy delete: {} local pods recompiled in {:?}",
+        changed.updated.len(),
+        start.elapsed()
+    );
+    assert!(!first.updated.is_empty());
+}
