@@ -52,7 +52,13 @@
 //! (before or after) or that resolve an egress named port on it; a namespace label change
 //! dirties the pods selected by policies whose namespaceSelectors it flips.
 //! [`PolicyModel::recompute`] compiles only the dirty pods and reports those whose view
-//! changed ([`PolicyChanges`]).
+//! changed ([`PolicyChanges`]). Each policy's rules are resolved once per direction (peer
+//! addresses, egress named ports) and shared by every local pod the policy selects; the
+//! same events that dirty pods drop that cache. [`PolicyModel::compile_all`] compiles from
+//! scratch without it (a resync check; the property tests compare the two).
+//!
+//! Cost: a pod peer is one entry per address, so a policy naming N pods costs N entries
+//! per selected local pod (Cilium-style identities would share them; later work).
 
 mod compile;
 pub mod lookup;

@@ -952,6 +952,63 @@ spec:
 }
 
 #[test]
+fn deny_ingress_from_other_namespaces() {
+    let mut c = Cluster::new();
+    c.apply(
+        "metadata: {name: same-ns, namespace: x}
+spec:
+  podSelector: {}
+  ingress: [{from: [{podSelector: {}}]}]",
+    );
+    let want = Reach::all(true)
+        .peer("*", "x/*", false)
+        .peer("x/*", "x/*", true);
+    c.check("same namespace only", &ALL_PROBES, &want);
+}
+
+#[test]
+fn ingress_from_pods_in_all_namespaces() {
+    let mut c = Cluster::new();
+    c.apply(
+        "metadata: {name: deny, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress]}",
+    );
+    c.apply(
+        "metadata: {name: all-ns, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {}}]}]",
+    );
+    let want = Reach::all(true)
+        .peer("*", "x/*", false)
+        .peer("*", "x/a", true);
+    c.check("x/a from every namespace", &ALL_PROBES, &want);
+}
+
+#[test]
+fn egress_allow_all_takes_precedence() {
+    let mut c = Cluster::new();
+    c.apply(
+        "metadata: {name: to-y-80, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress: [{to: [{namespaceSelector: {matchLabels: {ns: y}}}], ports: [{port: 80}]}]",
+    );
+    let want = Reach::all(true).peer("x/a", "*", false);
+    c.check("before, 81", &[TCP81, UDP80], &want);
+    c.check(
+        "before, 80",
+        &[TCP80],
+        &want.clone().peer("x/a", "y/*", true),
+    );
+    c.apply(
+        "metadata: {name: all, namespace: x}
+spec: {podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress], egress: [{}]}",
+    );
+    c.check("allow all egress", &ALL_PROBES, &Reach::all(true));
+}
+
+#[test]
 fn policy_types_default_needs_a_non_empty_egress_list() {
     let mut c = Cluster::new();
     // SetDefaults_NetworkPolicy: Egress only when len(spec.egress) != 0, so `egress: []`
