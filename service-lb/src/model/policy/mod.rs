@@ -34,12 +34,14 @@
 //! any nesting of CIDRs, excepts and pod addresses.
 //!
 //! The data path maps it onto two lookups per new flow:
-//! 1. an LPM trie keyed by `(local pod id: u32, direction: u8, pad, peer address)` with
-//!    prefix length `40 + peer prefix length` (one trie per family) whose value is the id
-//!    of an interned [`PortSet`];
-//! 2. an LPM trie keyed by `(port set id: u32, protocol: u8, port: u16 big-endian)` with
-//!    prefix length `40 + block length`, holding [`PortSet::blocks`] (a port range is at
-//!    most 30 aligned blocks).
+//! 1. an LPM trie per family keyed by `{prefixlen: u32, pod id: u32, direction: u8,
+//!    pad: [u8; 3] = 0, peer address (network order)}` with `prefixlen = 64 + peer prefix
+//!    length` (the id, direction and zero padding always fully matched), whose value is
+//!    the id of an interned [`PortSet`];
+//! 2. an LPM trie keyed by `{prefixlen, port set id: u32, protocol: u8, pad: u8 = 0,
+//!    port: u16 big-endian}` with `prefixlen = 48 + block length`, holding
+//!    [`PortSet::blocks`] (a port range is at most 30 aligned blocks; every port is one
+//!    block of length 0).
 //!
 //! plus a hash `pod address -> (pod id, isolated flags)`. [`lookup::LookupTables`] does
 //! exactly these lookups in user space; the property tests check it against the
