@@ -15,6 +15,8 @@ mod service;
 mod state;
 mod view;
 
+pub mod policy;
+
 #[cfg(test)]
 mod tests;
 
