@@ -79,11 +79,23 @@ pub enum Reason {
     DropRevNatMissing = 14,
     /// A flow's reply tuple was taken and no free source port was found for it.
     DropNoFreePort = 15,
+    /// A connectionless datagram whose tracked backend is gone: re-balanced in place to a
+    /// live backend of the same frontend (new choice, entries rewritten, DNAT).
+    DnatReselect = 16,
+    /// First packet of a flow that another CPU created at the same moment: the winner's
+    /// translation (its backend) was used.
+    DnatCtRace = 17,
+    /// Packet of an established flow whose reply entry was gone (LRU eviction): DNAT, and
+    /// the reply entry re-created.
+    DnatCtReplyEvicted = 18,
+    /// Reply of a translated flow whose forward entry was gone (LRU eviction): reverse
+    /// NAT, and the forward entry re-created.
+    RevNatCtForwardEvicted = 19,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 16;
-    pub const ALL: [Reason; 16] = [
+    pub const COUNT: u32 = 20;
+    pub const ALL: [Reason; 20] = [
         Reason::PassNotIp,
         Reason::PassOtherProto,
         Reason::PassFragment,
@@ -100,6 +112,10 @@ impl Reason {
         Reason::DropNatFailed,
         Reason::DropRevNatMissing,
         Reason::DropNoFreePort,
+        Reason::DnatReselect,
+        Reason::DnatCtRace,
+        Reason::DnatCtReplyEvicted,
+        Reason::RevNatCtForwardEvicted,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -120,11 +136,18 @@ impl Reason {
             Reason::DropNatFailed => "drop_nat_failed",
             Reason::DropRevNatMissing => "drop_revnat_missing",
             Reason::DropNoFreePort => "drop_no_free_port",
+            Reason::DnatReselect => "dnat_reselect",
+            Reason::DnatCtRace => "dnat_ct_race",
+            Reason::DnatCtReplyEvicted => "dnat_ct_reply_evicted",
+            Reason::RevNatCtForwardEvicted => "revnat_ct_forward_evicted",
         }
     }
 
+    /// Whether packets counted under this reason are dropped. Reasons appended after
+    /// `DropNoFreePort` are listed by name: pass and drop reasons are mixed there.
     pub const fn is_drop(self) -> bool {
-        (self as u32) >= (Reason::DropNoBackend as u32)
+        let n = self as u32;
+        n >= Reason::DropNoBackend as u32 && n <= Reason::DropNoFreePort as u32
     }
 }
 

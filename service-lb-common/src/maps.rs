@@ -2,9 +2,10 @@
 //!
 //! Names are short (the kernel keeps 15 characters), prefixed `SLB_` and versioned `_V<n>`:
 //! a layout change gets a new name, so an old pin is never reused with a new layout.
-//! (`SLB_CNT_V2`: two reasons were added. The conntrack value gained `nat_port_be` in what
-//! were padding bytes, always zero before, so pinned conntrack maps stay valid and keep
-//! their name: established flows survive an upgrade.)
+//! (`SLB_CNT_V3`: reasons were added. The conntrack value gained `nat_port_be` in what
+//! were padding bytes, always zero before, and new flag bits and a new state value
+//! (`CT_STATE_HALF_CLOSED`) that old entries never carry, so pinned conntrack maps stay
+//! valid and keep their name: established flows survive an upgrade.)
 //! The eBPF statics carry exactly these names.
 
 /// Layout version written into the `SLB_META_V1` map; bumped on any ABI change.
@@ -20,7 +21,7 @@ pub const CT4_TCP: &str = "SLB_CT4_TCP_V1";
 pub const CT4_ANY: &str = "SLB_CT4_ANY_V1";
 pub const CT6_TCP: &str = "SLB_CT6_TCP_V1";
 pub const CT6_ANY: &str = "SLB_CT6_ANY_V1";
-pub const COUNTERS: &str = "SLB_CNT_V2";
+pub const COUNTERS: &str = "SLB_CNT_V3";
 pub const META: &str = "SLB_META_V1";
 
 /// Every map the object defines, in the order `inspect` and the layout check list them.

@@ -9,8 +9,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use service_lb_common::{
-    proto::IPPROTO_TCP, Backend4, Backend6, CtEntry, CtKey4, CtKey6, RevNat4, RevNat6, Svc4Key,
-    Svc6Key, SvcValue,
+    proto::{ETH_HLEN, IPPROTO_TCP},
+    Backend4, Backend6, CtEntry, CtKey4, CtKey6, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue,
 };
 
 use crate::{
@@ -18,11 +18,12 @@ use crate::{
         SLB_BE4_V1, SLB_BE6_V1, SLB_CT4_ANY_V1, SLB_CT4_TCP_V1, SLB_CT6_ANY_V1, SLB_CT6_TCP_V1,
         SLB_RNAT4_V1, SLB_RNAT6_V1, SLB_SVC4_V1, SLB_SVC6_V1,
     },
-    packet::Headers,
+    packet::{self, Headers},
+    verdict::Step,
 };
 
 /// An address and a raw network-order port.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct Endpoint<A> {
     pub addr: A,
     pub port_be: u16,
@@ -36,7 +37,7 @@ pub enum Side {
 }
 
 pub trait Family {
-    type Addr: Copy + PartialEq;
+    type Addr: Copy + PartialEq + Default;
     type SvcKey: 'static;
     type Backend: Copy + 'static;
     type RevNat: Copy + 'static;
@@ -45,6 +46,9 @@ pub trait Family {
     /// Offsets of the source and destination address inside the IP header.
     const SADDR_OFF: usize;
     const DADDR_OFF: usize;
+
+    /// The headers of the packet (IP right after the Ethernet header).
+    fn parse(ctx: &TcContext) -> Step<Headers<Self::Addr>>;
 
     fn services() -> &'static HashMap<Self::SvcKey, SvcValue>;
     fn backends() -> &'static HashMap<u32, Self::Backend>;
@@ -101,6 +105,11 @@ impl Family for V4 {
 
     const SADDR_OFF: usize = 12;
     const DADDR_OFF: usize = 16;
+
+    #[inline(always)]
+    fn parse(ctx: &TcContext) -> Step<Headers<[u8; 4]>> {
+        packet::parse_ipv4(ctx, ETH_HLEN)
+    }
 
     #[inline(always)]
     fn services() -> &'static HashMap<Svc4Key, SvcValue> {
@@ -178,6 +187,11 @@ impl Family for V6 {
 
     const SADDR_OFF: usize = 8;
     const DADDR_OFF: usize = 24;
+
+    #[inline(always)]
+    fn parse(ctx: &TcContext) -> Step<Headers<[u8; 16]>> {
+        packet::parse_ipv6(ctx, ETH_HLEN)
+    }
 
     #[inline(always)]
     fn services() -> &'static HashMap<Svc6Key, SvcValue> {

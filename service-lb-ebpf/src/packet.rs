@@ -7,9 +7,8 @@
 use aya_ebpf::programs::TcContext;
 use service_lb_common::{
     proto::{
-        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS,
-        IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN_MIN, IPV6_HLEN, TCP_HLEN_MIN,
-        UDP_HLEN,
+        ETH_P_IP, ETH_P_IPV6, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ROUTING,
+        IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN_MIN, IPV6_HLEN, TCP_HLEN_MIN, UDP_HLEN,
     },
     Reason,
 };
@@ -128,11 +127,6 @@ impl<A> Headers<A> {
     }
 }
 
-pub enum Parsed {
-    V4(Headers<[u8; 4]>),
-    V6(Headers<[u8; 16]>),
-}
-
 /// The L4 part of `Headers`.
 struct L4 {
     sport_be: u16,
@@ -146,19 +140,19 @@ const fn pass(reason: Reason) -> Verdict {
 
 const MALFORMED: Verdict = Verdict::Drop(Reason::DropMalformed);
 
+/// The IP family of the frame (`ETH_P_IP` / `ETH_P_IPV6`); anything else passes.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Step<Parsed> {
+pub fn ethertype(ctx: &TcContext) -> Step<u16> {
     // Shorter than an Ethernet header: it cannot be IP.
     let ethertype: [u8; 2] = ctx.load(12).map_err(|_| pass(Reason::PassNotIp))?;
     match u16::from_be_bytes(ethertype) {
-        ETH_P_IP => parse_ipv4(ctx, ETH_HLEN).map(Parsed::V4),
-        ETH_P_IPV6 => parse_ipv6(ctx, ETH_HLEN).map(Parsed::V6),
+        t @ (ETH_P_IP | ETH_P_IPV6) => Ok(t),
         _ => Err(pass(Reason::PassNotIp)),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext, l3_off: usize) -> Step<Headers<[u8; 4]>> {
+pub fn parse_ipv4(ctx: &TcContext, l3_off: usize) -> Step<Headers<[u8; 4]>> {
     let ip: Ipv4Hdr = ctx.load(l3_off).map_err(|_| MALFORMED)?;
     let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
     if ip.version_ihl >> 4 != 4 || ihl < IPV4_HLEN_MIN {
@@ -187,7 +181,7 @@ fn parse_ipv4(ctx: &TcContext, l3_off: usize) -> Step<Headers<[u8; 4]>> {
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &TcContext, l3_off: usize) -> Step<Headers<[u8; 16]>> {
+pub fn parse_ipv6(ctx: &TcContext, l3_off: usize) -> Step<Headers<[u8; 16]>> {
     let ip: Ipv6Hdr = ctx.load(l3_off).map_err(|_| MALFORMED)?;
     if ip.version_class_flow[0] >> 4 != 6 {
         return Err(MALFORMED);
