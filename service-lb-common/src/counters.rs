@@ -91,11 +91,17 @@ pub enum Reason {
     /// Reply of a translated flow whose forward entry was gone (LRU eviction): reverse
     /// NAT, and the forward entry re-created.
     RevNatCtForwardEvicted = 19,
+    /// ICMP error quoting a packet of a translated flow, towards the client: reverse
+    /// translated (quoted packet, outer source when from the backend, checksums).
+    RevNatIcmpError = 20,
+    /// ICMP error from a client about a reply of a translated flow, towards the backend:
+    /// translated (quoted packet, outer destination, checksums).
+    DnatIcmpError = 21,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 20;
-    pub const ALL: [Reason; 20] = [
+    pub const COUNT: u32 = 22;
+    pub const ALL: [Reason; 22] = [
         Reason::PassNotIp,
         Reason::PassOtherProto,
         Reason::PassFragment,
@@ -116,6 +122,8 @@ impl Reason {
         Reason::DnatCtRace,
         Reason::DnatCtReplyEvicted,
         Reason::RevNatCtForwardEvicted,
+        Reason::RevNatIcmpError,
+        Reason::DnatIcmpError,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -140,6 +148,8 @@ impl Reason {
             Reason::DnatCtRace => "dnat_ct_race",
             Reason::DnatCtReplyEvicted => "dnat_ct_reply_evicted",
             Reason::RevNatCtForwardEvicted => "revnat_ct_forward_evicted",
+            Reason::RevNatIcmpError => "revnat_icmp_error",
+            Reason::DnatIcmpError => "dnat_icmp_error",
         }
     }
 

@@ -18,12 +18,12 @@ use crate::{
         SLB_BE4_V1, SLB_BE6_V1, SLB_CT4_ANY_V1, SLB_CT4_TCP_V1, SLB_CT6_ANY_V1, SLB_CT6_TCP_V1,
         SLB_RNAT4_V1, SLB_RNAT6_V1, SLB_SVC4_V1, SLB_SVC6_V1,
     },
-    packet::{self, Headers},
+    packet::{self, Headers, Inner},
     verdict::Step,
 };
 
 /// An address and a raw network-order port.
-#[derive(Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint<A> {
     pub addr: A,
     pub port_be: u16,
@@ -37,7 +37,7 @@ pub enum Side {
 }
 
 pub trait Family {
-    type Addr: Copy + PartialEq + Default;
+    type Addr: Copy + PartialEq;
     type SvcKey: 'static;
     type Backend: Copy + 'static;
     type RevNat: Copy + 'static;
@@ -49,6 +49,18 @@ pub trait Family {
 
     /// The headers of the packet (IP right after the Ethernet header).
     fn parse(ctx: &TcContext) -> Step<Headers<Self::Addr>>;
+
+    /// The IP header has a checksum (IPv4).
+    const IP_CSUM: bool;
+    /// The ICMP checksum covers the IP pseudo-header (ICMPv6).
+    const ICMP_PSEUDO: bool;
+
+    /// The IP header quoted by an ICMP error at `off`.
+    fn parse_inner(ctx: &TcContext, off: usize) -> Step<Inner<Self::Addr>>;
+
+    /// The ones'-complement difference between two addresses (`bpf_csum_diff`), for
+    /// `*_csum_replace(off, 0, diff, ..)`.
+    fn addr_csum_diff(old: Self::Addr, new: Self::Addr) -> Result<u32, c_long>;
 
     fn services() -> &'static HashMap<Self::SvcKey, SvcValue>;
     fn backends() -> &'static HashMap<u32, Self::Backend>;
@@ -109,6 +121,26 @@ impl Family for V4 {
     #[inline(always)]
     fn parse(ctx: &TcContext) -> Step<Headers<[u8; 4]>> {
         packet::parse_ipv4(ctx, ETH_HLEN)
+    }
+
+    const IP_CSUM: bool = true;
+    const ICMP_PSEUDO: bool = false;
+
+    #[inline(always)]
+    fn parse_inner(ctx: &TcContext, off: usize) -> Step<Inner<[u8; 4]>> {
+        packet::inner_ipv4(ctx, off)
+    }
+
+    #[inline(always)]
+    fn addr_csum_diff(old: [u8; 4], new: [u8; 4]) -> Result<u32, c_long> {
+        let mut from = [u32::from_ne_bytes(old)];
+        let mut to = [u32::from_ne_bytes(new)];
+        // SAFETY: both buffers are 4 bytes of stack, 4-byte aligned as the helper wants.
+        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 4, to.as_mut_ptr(), 4, 0) };
+        if diff < 0 {
+            return Err(diff);
+        }
+        Ok(diff as u32)
     }
 
     #[inline(always)]
@@ -191,6 +223,26 @@ impl Family for V6 {
     #[inline(always)]
     fn parse(ctx: &TcContext) -> Step<Headers<[u8; 16]>> {
         packet::parse_ipv6(ctx, ETH_HLEN)
+    }
+
+    const IP_CSUM: bool = false;
+    const ICMP_PSEUDO: bool = true;
+
+    #[inline(always)]
+    fn parse_inner(ctx: &TcContext, off: usize) -> Step<Inner<[u8; 16]>> {
+        packet::inner_ipv6(ctx, off)
+    }
+
+    #[inline(always)]
+    fn addr_csum_diff(old: [u8; 16], new: [u8; 16]) -> Result<u32, c_long> {
+        let mut from = words(old);
+        let mut to = words(new);
+        // SAFETY: both buffers are 16 bytes of stack, 4-byte aligned as the helper wants.
+        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
+        if diff < 0 {
+            return Err(diff);
+        }
+        Ok(diff as u32)
     }
 
     #[inline(always)]

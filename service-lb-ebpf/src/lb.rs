@@ -13,7 +13,6 @@ use crate::{
 };
 
 /// The backend chosen for a new flow.
-#[derive(Clone, Copy, Default)]
 pub struct Choice<A> {
     pub service_id: u32,
     pub backend_id: u32,

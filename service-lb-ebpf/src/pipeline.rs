@@ -24,12 +24,23 @@ use crate::{
         reply_of, store, wire_port, worth_writing, Created, NS_PER_S,
     },
     family::{Endpoint, Family, Side, V4, V6},
+    icmp,
     lb::{self, Choice},
     nat,
     packet::{self, Headers},
     ports,
     verdict::{raw, Step, Verdict, RAW_OTHER},
 };
+
+/// The packet's headers, or the raw verdict the subprogram returns at once.
+macro_rules! headers_or_return {
+    ($ctx:expr) => {
+        match F::parse($ctx) {
+            Ok(h) => h,
+            Err(verdict) => return verdict.to_raw(),
+        }
+    };
+}
 
 /// The verdict for the packet in `ctx`, seen at `hook`.
 ///
@@ -51,16 +62,21 @@ pub fn run(ctx: &TcContext, hook: Hook) -> Verdict {
 
 #[inline(always)]
 fn dispatch<F: Family>(ctx: &TcContext, hook: Hook) -> u64 {
-    if matches!(hook, Hook::ToPod | Hook::ToNet) {
-        return reply::<F>(ctx, hook);
-    }
-    let reason = match established::<F>(ctx, hook) {
+    let reason = match if matches!(hook, Hook::ToPod | Hook::ToNet) {
+        reply::<F>(ctx, hook)
+    } else {
+        established::<F>(ctx, hook)
+    } {
         LOOKUP_MISS => Reason::DnatNewFlow,
         LOOKUP_RESELECT => Reason::DnatReselect,
+        code if (ICMP_ERROR..ICMP_ERROR + 0x1_0000).contains(&code) => {
+            return icmp::translate::<F>(ctx, hook, (code - ICMP_ERROR) as usize);
+        }
         decided => return decided,
     };
-    // Filled by `choose`, read by `new_flow`: it lives in this (the entry's) frame.
-    let mut choice = Choice::<F::Addr>::default();
+    // Filled by `choose` (backend id, service id), read by `new_flow`: it lives in this
+    // (the entry's) frame, so it is kept small.
+    let mut choice = [0u32; 2];
     match choose::<F>(ctx, hook, &mut choice) {
         CHOSEN => {}
         NOT_SERVICE => return not_service::<F>(ctx, hook),
@@ -82,16 +98,14 @@ struct Env {
     now: u64,
 }
 
-/// The packet's headers and the step's environment.
+/// The step's environment.
 #[inline(always)]
-fn start<F: Family>(ctx: &TcContext, hook: Hook) -> Step<(Headers<F::Addr>, Env)> {
-    let h = F::parse(ctx)?;
-    let env = Env {
+fn env(hook: Hook) -> Env {
+    Env {
         hook,
         cfg: config::get(),
         now: now_ns(),
-    };
-    Ok((h, env))
+    }
 }
 
 /// What the conntrack lookup of a forward packet found.
@@ -111,18 +125,22 @@ const LOOKUP_RESELECT: u64 = RAW_OTHER + 1;
 const CHOSEN: u64 = RAW_OTHER + 2;
 const NOT_SERVICE: u64 = RAW_OTHER + 3;
 const LOST_RACE: u64 = RAW_OTHER + 4;
+/// The packet is an ICMP error (see `icmp`).
+/// `ICMP_ERROR + offset of the ICMP header`: the entry point hands it to `icmp`
+/// without parsing the outer headers again.
+const ICMP_ERROR: u64 = RAW_OTHER + 0x1_0000;
 
 /// Frontend lookup and backend choice into `choice`: `CHOSEN`, `NOT_SERVICE` when the
 /// packet is to no frontend, else a verdict.
 #[inline(never)]
-fn choose<F: Family>(ctx: &TcContext, hook: Hook, choice: &mut Choice<F::Addr>) -> u64 {
+fn choose<F: Family>(ctx: &TcContext, hook: Hook, choice: &mut [u32; 2]) -> u64 {
     let h = match F::parse(ctx) {
         Ok(h) => h,
         Err(verdict) => return verdict.to_raw(),
     };
     match lb::choose::<F>(hook, &h) {
         Ok(chosen) => {
-            *choice = chosen;
+            *choice = [chosen.backend_id, chosen.service_id];
             CHOSEN
         }
         Err(Verdict::Pass(Reason::PassNotService)) => NOT_SERVICE,
@@ -147,10 +165,11 @@ fn rewrite_client_port<F: Family>(ctx: &TcContext, h: &Headers<F::Addr>, port_be
 /// (`Lookup::Reselect`); a TCP flow whose backend is gone is dropped.
 #[inline(never)]
 fn established<F: Family>(ctx: &TcContext, hook: Hook) -> u64 {
-    let (h, env) = match start::<F>(ctx, hook) {
-        Ok(started) => started,
-        Err(verdict) => return verdict.to_raw(),
-    };
+    let h = headers_or_return!(ctx);
+    let env = env(hook);
+    if packet::is_icmp(h.proto) {
+        return ICMP_ERROR + h.l4_off as u64;
+    }
     match lookup::<F>(ctx, &h, &env) {
         Ok(Lookup::Done(verdict)) | Err(verdict) => verdict.to_raw(),
         Ok(Lookup::Miss) => LOOKUP_MISS,
@@ -301,13 +320,21 @@ fn sync_reply_entry<F: Family>(
 /// source port when the reply tuple is taken, see `ports`), DNAT to the chosen backend.
 /// When another CPU created the flow at the same moment, its translation is used.
 #[inline(never)]
-fn new_flow<F: Family>(ctx: &TcContext, hook: Hook, choice: &Choice<F::Addr>) -> u64 {
-    match start::<F>(ctx, hook) {
-        Ok((h, env)) => match new_flow_step::<F>(ctx, &h, &env, choice) {
-            Ok(Created::Theirs) => LOST_RACE,
-            Ok(Created::Ours) => Verdict::Pass(Reason::DnatNewFlow).to_raw(),
-            Err(verdict) => verdict.to_raw(),
-        },
+fn new_flow<F: Family>(ctx: &TcContext, hook: Hook, choice: &[u32; 2]) -> u64 {
+    let [backend_id, service_id] = *choice;
+    // The backend `choose` just read (a concurrent delete makes this a miss).
+    let Some(backend) = lb::get(F::backends(), &backend_id) else {
+        return Verdict::Drop(Reason::DropBackendGone).to_raw();
+    };
+    let choice = Choice {
+        service_id,
+        backend_id,
+        backend: F::backend_endpoint(&backend),
+    };
+    let h = headers_or_return!(ctx);
+    match new_flow_step::<F>(ctx, &h, &env(hook), &choice) {
+        Ok(Created::Theirs) => LOST_RACE,
+        Ok(Created::Ours) => Verdict::Pass(Reason::DnatNewFlow).to_raw(),
         Err(verdict) => verdict.to_raw(),
     }
 }
@@ -342,10 +369,8 @@ fn new_flow_step<F: Family>(
 /// as the winner's entry says, without touching it (counted `dnat_ct_race`).
 #[inline(never)]
 fn follow_winner<F: Family>(ctx: &TcContext, hook: Hook) -> u64 {
-    match start::<F>(ctx, hook) {
-        Ok((h, env)) => raw(follow_winner_step::<F>(ctx, &h, &env)),
-        Err(verdict) => verdict.to_raw(),
-    }
+    let h = headers_or_return!(ctx);
+    raw(follow_winner_step::<F>(ctx, &h, &env(hook)))
 }
 
 #[inline(always)]
@@ -381,10 +406,8 @@ fn follow_winner_step<F: Family>(
 /// would be reverse NATed. That flow gets another source port and is tracked.
 #[inline(never)]
 fn not_service<F: Family>(ctx: &TcContext, hook: Hook) -> u64 {
-    match start::<F>(ctx, hook) {
-        Ok((h, env)) => raw(not_service_step::<F>(ctx, &h, &env)),
-        Err(verdict) => verdict.to_raw(),
-    }
+    let h = headers_or_return!(ctx);
+    raw(not_service_step::<F>(ctx, &h, &env(hook)))
 }
 
 #[inline(always)]
@@ -418,6 +441,42 @@ fn not_service_step<F: Family>(ctx: &TcContext, h: &Headers<F::Addr>, env: &Env)
 /// nothing is written).
 #[inline(always)]
 fn track<F: Family>(
+    h: &Headers<F::Addr>,
+    peer: Endpoint<F::Addr>,
+    fresh: CtEntry,
+    new_port: Option<u16>,
+    env: &Env,
+) -> Step<Created> {
+    let port = new_port.map_or(0, u32::from);
+    match track_sub::<F>(h, &peer, &fresh, port, env) {
+        TRACK_OURS => Ok(Created::Ours),
+        TRACK_THEIRS => Ok(Created::Theirs),
+        failed => Err(Verdict::from_raw(failed)),
+    }
+}
+
+const TRACK_OURS: u64 = RAW_OTHER + 10;
+const TRACK_THEIRS: u64 = RAW_OTHER + 11;
+
+/// `track` as a subprogram (own stack frame); `port` 0 = the client's own port.
+#[inline(never)]
+fn track_sub<F: Family>(
+    h: &Headers<F::Addr>,
+    peer: &Endpoint<F::Addr>,
+    fresh: &CtEntry,
+    port: u32,
+    env: &Env,
+) -> u64 {
+    let new_port = (port != 0).then_some(port as u16);
+    match track_inline::<F>(h, *peer, *fresh, new_port, env) {
+        Ok(Created::Ours) => TRACK_OURS,
+        Ok(Created::Theirs) => TRACK_THEIRS,
+        Err(verdict) => verdict.to_raw(),
+    }
+}
+
+#[inline(always)]
+fn track_inline<F: Family>(
     h: &Headers<F::Addr>,
     peer: Endpoint<F::Addr>,
     fresh: CtEntry,
@@ -468,10 +527,11 @@ fn track<F: Family>(
 /// client's own port back (flows whose port was rewritten).
 #[inline(never)]
 fn reply<F: Family>(ctx: &TcContext, hook: Hook) -> u64 {
-    match start::<F>(ctx, hook) {
-        Ok((h, env)) => raw(reply_step::<F>(ctx, &h, &env)),
-        Err(verdict) => verdict.to_raw(),
+    let h = headers_or_return!(ctx);
+    if packet::is_icmp(h.proto) {
+        return ICMP_ERROR + h.l4_off as u64;
     }
+    raw(reply_step::<F>(ctx, &h, &env(hook)))
 }
 
 #[inline(always)]

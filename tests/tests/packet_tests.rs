@@ -20,7 +20,7 @@ use service_lb_common::{
 };
 use service_lb_tests::{
     packet::{
-        builder::{arp, broken},
+        builder::{self, arp, broken},
         clock::boot_ns,
         ct_record, CtRecord, Dataplane, Frontend, Ipv6Ext, PacketSpec, RunOutput, L4,
     },
@@ -1664,4 +1664,261 @@ fn no_free_port_drops(#[case] fam: Fam) -> anyhow::Result<()> {
         "conntrack went from {before} to {after} entries"
     );
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// ICMP errors of translated flows: the quoted packet, the outer address and every
+// checksum translated, so PMTU discovery and "unreachable" work through a frontend.
+
+/// The IP packet of `spec` (no Ethernet header), cut to `keep` bytes when given.
+fn quoted(spec: &PacketSpec, keep: Option<usize>) -> anyhow::Result<Vec<u8>> {
+    let mut ip = spec.build()?.split_off(14);
+    if let Some(keep) = keep {
+        ip.truncate(keep);
+    }
+    Ok(ip)
+}
+
+/// (type, code, rest of header) of fragmentation-needed / packet-too-big (MTU 1400),
+/// time-exceeded and port-unreachable, per family.
+fn icmp_kind(fam: Fam, which: &str) -> (u8, u8, [u8; 4]) {
+    match (fam, which) {
+        (Fam::V4, "too_big") => (3, 4, [0, 0, 0x05, 0x78]),
+        (Fam::V6, "too_big") => (2, 0, [0, 0, 0x05, 0x78]),
+        (Fam::V4, "time_exceeded") => (11, 0, [0; 4]),
+        (Fam::V6, "time_exceeded") => (3, 0, [0; 4]),
+        (Fam::V4, _) => (3, 3, [0; 4]),
+        (Fam::V6, _) => (1, 4, [0; 4]),
+    }
+}
+
+/// A router on the way (pod network of node 3).
+fn router(fam: Fam) -> std::net::IpAddr {
+    match fam {
+        Fam::V4 => "198.18.3.1",
+        Fam::V6 => "fd00:18:0:3::1",
+    }
+    .parse()
+    .expect("router address")
+}
+
+/// An ICMP error towards the client about its DNATed packet: the quoted destination
+/// back to the frontend (address, port), the outer source to the frontend when the
+/// backend sent it (a router's stays), IPv4 header / TCP-UDP / ICMP checksums right; also
+/// when the quote is cut after 8 bytes of L4 (no L4 checksum to fix for TCP).
+#[rstest]
+#[case::v4_tcp_too_big(Fam::V4, L4::ACK, "too_big")]
+#[case::v4_udp_unreachable(Fam::V4, L4::Udp, "unreachable")]
+#[case::v4_udp_no_checksum(Fam::V4, L4::UdpNoChecksum, "unreachable")]
+#[case::v4_tcp_time_exceeded(Fam::V4, L4::ACK, "time_exceeded")]
+#[case::v6_tcp_too_big(Fam::V6, L4::ACK, "too_big")]
+#[case::v6_udp_unreachable(Fam::V6, L4::Udp, "unreachable")]
+#[case::v6_tcp_time_exceeded(Fam::V6, L4::ACK, "time_exceeded")]
+fn icmp_error_to_the_client_is_reverse_translated(
+    #[case] fam: Fam,
+    #[case] l4: L4,
+    #[case] which: &str,
+    #[values(true, false)] from_backend: bool,
+    #[values(None, Some(8))] cut_l4: Option<usize>,
+    #[values(Hook::ToPod, Hook::ToNet)] hook: Hook,
+) -> anyhow::Result<()> {
+    let Some(mut dp) = load("icmp_error_to_the_client_is_reverse_translated")? else {
+        return Ok(());
+    };
+    let proto = proto_of(l4);
+    let frontend = fam.frontend(proto, 1);
+    dp.install_frontend(&frontend)?;
+    let backend = SocketAddr::new(frontend.backends[0].addr, 8080);
+    let vip = fam.vip_socket(80);
+    let first = if proto == IPPROTO_TCP { L4::SYN } else { l4 };
+    run_counted(
+        &dp,
+        Hook::FromPod,
+        &PacketSpec::new(fam.client(), vip, first).build()?,
+        VERDICT_PASS,
+        Reason::DnatNewFlow,
+    )?;
+    let ip_hlen = match fam {
+        Fam::V4 => 20,
+        Fam::V6 => 40,
+    };
+    let keep = cut_l4.map(|l4_bytes| ip_hlen + l4_bytes);
+    let (kind, code, rest) = icmp_kind(fam, which);
+    let on_wire = PacketSpec::new(fam.client(), backend, l4);
+    let sender = if from_backend {
+        backend.ip()
+    } else {
+        router(fam)
+    };
+    let error = builder::icmp_error(
+        sender,
+        fam.client().ip(),
+        kind,
+        code,
+        rest,
+        &quoted(&on_wire, keep)?,
+    )?;
+    let conntrack_before = dp.conntrack()?;
+    let out = run_counted(&dp, hook, &error, VERDICT_PASS, Reason::RevNatIcmpError)?;
+    let as_sent = PacketSpec::new(fam.client(), vip, l4);
+    let expected_sender = if from_backend { vip.ip() } else { router(fam) };
+    let expected = builder::icmp_error(
+        expected_sender,
+        fam.client().ip(),
+        kind,
+        code,
+        rest,
+        &quoted(&as_sent, keep)?,
+    )?;
+    same_bytes(&out.data, &expected)?;
+    // An error is no packet of the flow: conntrack untouched.
+    ensure!(dp.conntrack()? == conntrack_before, "conntrack changed");
+    Ok(())
+}
+
+/// The client's ICMP error about a reply it got (frontend -> client): towards the
+/// backend, the quoted source becomes the backend and the outer destination too.
+#[rstest]
+#[case::v4_udp(Fam::V4, L4::Udp)]
+#[case::v4_tcp(Fam::V4, L4::ACK)]
+#[case::v6_udp(Fam::V6, L4::Udp)]
+#[case::v6_tcp(Fam::V6, L4::ACK)]
+fn icmp_error_from_the_client_is_translated(
+    #[case] fam: Fam,
+    #[case] l4: L4,
+) -> anyhow::Result<()> {
+    let Some(mut dp) = load("icmp_error_from_the_client_is_translated")? else {
+        return Ok(());
+    };
+    let proto = proto_of(l4);
+    let frontend = fam.frontend(proto, 1);
+    dp.install_frontend(&frontend)?;
+    let backend = SocketAddr::new(frontend.backends[0].addr, 8080);
+    let vip = fam.vip_socket(80);
+    let first = if proto == IPPROTO_TCP { L4::SYN } else { l4 };
+    run_counted(
+        &dp,
+        Hook::FromPod,
+        &PacketSpec::new(fam.client(), vip, first).build()?,
+        VERDICT_PASS,
+        Reason::DnatNewFlow,
+    )?;
+    let (kind, code, rest) = icmp_kind(fam, "unreachable");
+    let received = PacketSpec::new(vip, fam.client(), l4);
+    let error = builder::icmp_error(
+        fam.client().ip(),
+        vip.ip(),
+        kind,
+        code,
+        rest,
+        &quoted(&received, None)?,
+    )?;
+    let out = run_counted(
+        &dp,
+        Hook::FromPod,
+        &error,
+        VERDICT_PASS,
+        Reason::DnatIcmpError,
+    )?;
+    let as_sent = PacketSpec::new(backend, fam.client(), l4);
+    let expected = builder::icmp_error(
+        fam.client().ip(),
+        backend.ip(),
+        kind,
+        code,
+        rest,
+        &quoted(&as_sent, None)?,
+    )?;
+    same_bytes(&out.data, &expected)
+}
+
+/// An ICMP error quoting no tracked flow, and ICMP that is no error, pass untouched.
+#[rstest]
+#[case::v4(Fam::V4)]
+#[case::v6(Fam::V6)]
+fn icmp_error_of_no_tracked_flow_passes_untouched(
+    #[case] fam: Fam,
+    #[values(Hook::FromPod, Hook::ToPod)] hook: Hook,
+) -> anyhow::Result<()> {
+    let Some(mut dp) = load("icmp_error_of_no_tracked_flow_passes_untouched")? else {
+        return Ok(());
+    };
+    dp.install_frontend(&fam.frontend(IPPROTO_UDP, 1))?;
+    let backend = SocketAddr::new(fam.backend_addr(0).parse()?, 8080);
+    let (kind, code, rest) = icmp_kind(fam, "unreachable");
+    let stranger = PacketSpec::new(fam.client(), backend, L4::Udp);
+    let error = builder::icmp_error(
+        backend.ip(),
+        fam.client().ip(),
+        kind,
+        code,
+        rest,
+        &quoted(&stranger, None)?,
+    )?;
+    let out = run_counted(&dp, hook, &error, VERDICT_PASS, Reason::PassOtherProto)?;
+    same_bytes(&out.data, &error)
+}
+
+/// The client's own port comes back in the quoted packet when its port was rewritten
+/// (a second frontend to the same backend from the same port).
+#[rstest]
+#[case::v4(Fam::V4)]
+#[case::v6(Fam::V6)]
+fn icmp_error_restores_a_rewritten_client_port(#[case] fam: Fam) -> anyhow::Result<()> {
+    let Some(mut dp) = load("icmp_error_restores_a_rewritten_client_port")? else {
+        return Ok(());
+    };
+    let first = fam.frontend(IPPROTO_UDP, 1);
+    let second = Frontend::new(fam.vip(), 81, IPPROTO_UDP, SERVICE_ID + 1).backend(
+        100,
+        &fam.backend_addr(0),
+        8080,
+    );
+    dp.install_frontend(&first)?;
+    dp.install_frontend(&second)?;
+    let backend = SocketAddr::new(first.backends[0].addr, 8080);
+    let client = fam.client();
+    let (vip1, vip2) = (fam.vip_socket(80), fam.vip_socket(81));
+    run_counted(
+        &dp,
+        Hook::FromPod,
+        &PacketSpec::new(client, vip1, L4::Udp).build()?,
+        VERDICT_PASS,
+        Reason::DnatNewFlow,
+    )?;
+    run_counted(
+        &dp,
+        Hook::FromPod,
+        &PacketSpec::new(client, vip2, L4::Udp).build()?,
+        VERDICT_PASS,
+        Reason::DnatNewFlow,
+    )?;
+    let wire = rewritten_port(&dp, client, vip2, IPPROTO_UDP)?;
+    let (kind, code, rest) = icmp_kind(fam, "too_big");
+    let on_wire = PacketSpec::new(SocketAddr::new(client.ip(), wire), backend, L4::Udp);
+    let error = builder::icmp_error(
+        backend.ip(),
+        client.ip(),
+        kind,
+        code,
+        rest,
+        &quoted(&on_wire, None)?,
+    )?;
+    let out = run_counted(
+        &dp,
+        Hook::ToPod,
+        &error,
+        VERDICT_PASS,
+        Reason::RevNatIcmpError,
+    )?;
+    let as_sent = PacketSpec::new(client, vip2, L4::Udp);
+    let expected = builder::icmp_error(
+        vip2.ip(),
+        client.ip(),
+        kind,
+        code,
+        rest,
+        &quoted(&as_sent, None)?,
+    )?;
+    same_bytes(&out.data, &expected)
 }
