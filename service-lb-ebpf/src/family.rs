@@ -102,6 +102,27 @@ pub fn l4_csum_flags<A>(h: &Headers<A>) -> u64 {
     }
 }
 
+/// `bpf_l4_csum_replace` flag for an IPv6 pseudo-header change: with a CHECKSUM_COMPLETE
+/// packet the kernel then leaves `skb->csum` alone (IPv6 has no header checksum that would
+/// cancel the change out). Linux uapi `BPF_F_IPV6` (6.16, backported to stable kernels);
+/// aya-ebpf 0.2's bindings predate it.
+pub const BPF_F_IPV6: u64 = 1 << 7;
+
+/// `l4_csum_replace(off, 0, diff, flags | BPF_F_IPV6)` for an IPv6 pseudo-header change;
+/// a kernel that does not know the flag refuses it (EINVAL), then the flag is left out
+/// (such a kernel gets `skb->csum` of CHECKSUM_COMPLETE packets wrong either way).
+#[inline(always)]
+pub fn l4_csum_replace_v6_pseudo(
+    ctx: &TcContext,
+    off: usize,
+    diff: u64,
+    flags: u64,
+) -> Result<(), c_long> {
+    let flags = flags | u64::from(BPF_F_PSEUDO_HDR);
+    ctx.l4_csum_replace(off, 0, diff, flags | BPF_F_IPV6)
+        .or_else(|_| ctx.l4_csum_replace(off, 0, diff, flags))
+}
+
 pub struct V4;
 pub struct V6;
 
@@ -296,7 +317,8 @@ impl Family for V6 {
     }
 
     /// IPv6 has no header checksum; the L4 checksum covers the addresses through the
-    /// pseudo-header, fixed with the 16-byte difference (`l4_csum_replace` size 0).
+    /// pseudo-header, fixed with the 16-byte difference (`l4_csum_replace` size 0) and
+    /// `BPF_F_IPV6`, so `skb->csum` stays right for CHECKSUM_COMPLETE packets.
     #[inline(always)]
     fn rewrite_addr(
         ctx: &TcContext,
@@ -312,8 +334,12 @@ impl Family for V6 {
         if diff < 0 {
             return Err(diff);
         }
-        let flags = u64::from(BPF_F_PSEUDO_HDR) | l4_csum_flags(h);
-        ctx.l4_csum_replace(h.l4_csum_off(), 0, u64::from(diff as u32), flags)?;
+        l4_csum_replace_v6_pseudo(
+            ctx,
+            h.l4_csum_off(),
+            u64::from(diff as u32),
+            l4_csum_flags(h),
+        )?;
         ctx.store(h.l3_off + addr_off, &new, 0)
     }
 }

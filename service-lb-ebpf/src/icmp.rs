@@ -22,10 +22,7 @@
 //! checksums), and ICMPv6's also for the outer address (pseudo-header); the outer IPv4
 //! header checksum for the outer address.
 
-use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::BPF_F_MARK_MANGLED_0, programs::TcContext};
 use service_lb_common::{
     conntrack::{CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_DIRECT, CT_FLAG_PORT_NAT},
     proto::{ETH_HLEN, IPPROTO_UDP},
@@ -34,7 +31,7 @@ use service_lb_common::{
 
 use crate::{
     conntrack::{live, now_ns},
-    family::Family,
+    family::{l4_csum_replace_v6_pseudo, Family},
     lb,
     packet::{l4_csum_field, Inner, ICMP_HLEN},
     verdict::{raw, Step, Verdict},
@@ -348,8 +345,7 @@ fn outer_addr_inline<F: Family>(
         ctx.l3_csum_replace(ip, 0, diff, 0).map_err(|_| FAILED)?;
     }
     if F::ICMP_PSEUDO {
-        ctx.l4_csum_replace(sums.icmp, 0, diff, u64::from(BPF_F_PSEUDO_HDR))
-            .map_err(|_| FAILED)?;
+        l4_csum_replace_v6_pseudo(ctx, sums.icmp, diff, 0).map_err(|_| FAILED)?;
     }
     ctx.store(off, &new, 0).map_err(|_| FAILED)
 }
