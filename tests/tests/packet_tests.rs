@@ -1922,3 +1922,76 @@ fn icmp_error_restores_a_rewritten_client_port(#[case] fam: Fam) -> anyhow::Resu
     )?;
     same_bytes(&out.data, &expected)
 }
+
+/// Two CPUs translate the first packet of the same new flows at the same moment (one
+/// thread pinned on each, released together by a barrier): with `BPF_NOEXIST` creation
+/// the loser follows the winner, so both copies of every flow go to one backend and the
+/// flow ends with one pair of entries. The race itself is timing: how often the two
+/// really overlapped (`dnat_ct_race`) is printed, not asserted.
+#[test]
+fn two_cpus_creating_one_flow_agree_on_its_backend() -> anyhow::Result<()> {
+    let Some(mut dp) = load("two_cpus_creating_one_flow_agree_on_its_backend")? else {
+        return Ok(());
+    };
+    let cpus = std::thread::available_parallelism()?.get();
+    if cpus < 2 {
+        eprintln!("one CPU: no race to provoke");
+        return Ok(());
+    }
+    let frontend = Fam::V4.frontend(IPPROTO_UDP, 8);
+    dp.install_frontend(&frontend)?;
+    const FLOWS: u16 = 2_000;
+    let packets: Vec<Vec<u8>> = (0..FLOWS)
+        .map(|i| {
+            PacketSpec::new(Fam::V4.client(), Fam::V4.vip_socket(80), L4::Udp)
+                .with_sport(20_000 + i)
+                .build()
+        })
+        .collect::<Result<_, _>>()?;
+    let barrier = std::sync::Barrier::new(2);
+    let dp = &dp;
+    let outputs: Vec<Vec<Vec<u8>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..2)
+            .map(|cpu| {
+                let (barrier, packets) = (&barrier, &packets);
+                scope.spawn(move || -> anyhow::Result<Vec<Vec<u8>>> {
+                    let mut set = nix::sched::CpuSet::new();
+                    set.set(cpu)?;
+                    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+                    let mut out = Vec::with_capacity(packets.len());
+                    for packet in packets {
+                        barrier.wait();
+                        let run = dp.run(Hook::FromPod, packet)?;
+                        ensure!(run.verdict == VERDICT_PASS, "verdict {}", run.verdict);
+                        out.push(run.data);
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().map_err(|_| anyhow::anyhow!("worker panicked"))?)
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    let differ = (0..usize::from(FLOWS))
+        .filter(|&i| outputs[0][i] != outputs[1][i])
+        .count();
+    let raced = dp
+        .counters()?
+        .iter()
+        .filter(|(h, r, _)| *h == Hook::FromPod && *r == Reason::DnatCtRace)
+        .map(|(_, _, c)| c.packets)
+        .sum::<u64>();
+    eprintln!("{FLOWS} flows created on two CPUs at once: {raced} lost the race (dnat_ct_race)");
+    ensure!(
+        differ == 0,
+        "{differ} flows were sent to two different backends"
+    );
+    let entries = dp.conntrack()?.len();
+    ensure!(
+        entries == 2 * usize::from(FLOWS),
+        "{entries} conntrack entries for {FLOWS} flows"
+    );
+    Ok(())
+}
