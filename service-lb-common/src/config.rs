@@ -14,19 +14,24 @@ pub struct DataplaneConfig {
     pub ct_tcp_syn_s: u32,
     /// TCP flow after a reply was seen.
     pub ct_tcp_established_s: u32,
-    /// TCP flow after a FIN or RST.
+    /// TCP flow after a FIN from both sides, or a RST.
     pub ct_tcp_closing_s: u32,
     /// UDP and other flows (refreshed by every packet).
     pub ct_other_s: u32,
+    /// TCP flow after a FIN from one side only (the other may still send): kube-proxy's
+    /// `nf_conntrack_tcp_timeout_close_wait` (1 h).
+    pub ct_tcp_half_closed_s: u32,
 }
 
 impl DataplaneConfig {
-    /// Cilium-like defaults: 60 s SYN, 6 h established, 10 s closing, 60 s UDP.
+    /// Cilium-like defaults: 60 s SYN, 6 h established, 10 s closing, 60 s UDP; 1 h
+    /// half-closed like kube-proxy.
     pub const DEFAULT: Self = Self {
         ct_tcp_syn_s: 60,
         ct_tcp_established_s: 21_600,
         ct_tcp_closing_s: 10,
         ct_other_s: 60,
+        ct_tcp_half_closed_s: 3_600,
     };
 }
 
@@ -36,4 +41,4 @@ impl Default for DataplaneConfig {
     }
 }
 
-const _: () = assert!(size_of::<DataplaneConfig>() == 16);
+const _: () = assert!(size_of::<DataplaneConfig>() == 20);

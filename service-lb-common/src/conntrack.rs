@@ -32,12 +32,50 @@ pub const CT_FLAG_PORT_NAT: u16 = 1 << 4;
 /// Not a service flow: a flow straight to a pod whose reply tuple a translated flow held
 /// (always with `CT_FLAG_PORT_NAT`). `backend_id` and `service_id` are 0.
 pub const CT_FLAG_DIRECT: u16 = 1 << 5;
+/// TCP: a FIN was seen from the client (the `CT_DIR_SERVICE` direction).
+pub const CT_FLAG_FIN_CLIENT: u16 = 1 << 6;
+/// TCP: a FIN was seen from the backend (the `CT_DIR_REPLY` direction).
+pub const CT_FLAG_FIN_BACKEND: u16 = 1 << 7;
+/// TCP: a RST was seen (either direction).
+pub const CT_FLAG_RST: u16 = 1 << 8;
+
+/// Flags that only ever get set on a live entry (never cleared in place): the programs
+/// OR them into the flags word atomically, so concurrent updates of one entry never lose
+/// one. The per-entry `CT_FLAG_PORT_NAT` / `CT_FLAG_DIRECT` / `CT_FLAG_NORTH_SOUTH` are set
+/// at creation only.
+pub const CT_FLAGS_STICKY: u16 = CT_FLAG_SEEN_REPLY
+    | CT_FLAG_CLOSING
+    | CT_FLAG_BACKEND_GONE
+    | CT_FLAG_FIN_CLIENT
+    | CT_FLAG_FIN_BACKEND
+    | CT_FLAG_RST;
 
 /// TCP state kept in `CtEntry::state` (non-TCP flows stay `CT_STATE_NEW` until a reply
-/// makes them `CT_STATE_ESTABLISHED`).
+/// makes them `CT_STATE_ESTABLISHED`). It follows from the flags (`tcp_state`); the
+/// programs write it for `inspect` and decide on the flags.
 pub const CT_STATE_NEW: u8 = 0;
 pub const CT_STATE_ESTABLISHED: u8 = 1;
+/// FIN from both sides, or a RST: the short closing lifetime.
 pub const CT_STATE_CLOSING: u8 = 2;
+/// FIN from one side only: the other side may still send (kube-proxy's close-wait
+/// lifetime, `DataplaneConfig::ct_tcp_half_closed_s`).
+pub const CT_STATE_HALF_CLOSED: u8 = 3;
+
+/// The TCP state the `flags` of an entry stand for. An entry written by an older
+/// version (CLOSING flag after any FIN) stays closing.
+#[inline(always)]
+pub const fn tcp_state(flags: u16) -> u8 {
+    let both_fins = CT_FLAG_FIN_CLIENT | CT_FLAG_FIN_BACKEND;
+    if flags & (CT_FLAG_RST | CT_FLAG_CLOSING) != 0 || flags & both_fins == both_fins {
+        CT_STATE_CLOSING
+    } else if flags & both_fins != 0 {
+        CT_STATE_HALF_CLOSED
+    } else if flags & CT_FLAG_SEEN_REPLY != 0 {
+        CT_STATE_ESTABLISHED
+    } else {
+        CT_STATE_NEW
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -137,4 +175,47 @@ const _: () = {
     assert!(offset_of!(CtEntry, flags) == 16);
     assert!(offset_of!(CtEntry, state) == 18);
     assert!(offset_of!(CtEntry, nat_port_be) == 20);
+    // The programs OR flags into the 64-bit word at offset 16 (flags .. _pad), with the
+    // flags in its first two bytes.
+    assert!(offset_of!(CtEntry, flags) % 8 == 0);
+    assert!(offset_of!(CtEntry, flags) + 8 == size_of::<CtEntry>());
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_state_follows_the_flags_per_direction() {
+        assert_eq!(tcp_state(0), CT_STATE_NEW);
+        assert_eq!(tcp_state(CT_FLAG_SEEN_REPLY), CT_STATE_ESTABLISHED);
+        for one_fin in [CT_FLAG_FIN_CLIENT, CT_FLAG_FIN_BACKEND] {
+            assert_eq!(
+                tcp_state(CT_FLAG_SEEN_REPLY | one_fin),
+                CT_STATE_HALF_CLOSED
+            );
+        }
+        let both = CT_FLAG_SEEN_REPLY | CT_FLAG_FIN_CLIENT | CT_FLAG_FIN_BACKEND;
+        assert_eq!(tcp_state(both), CT_STATE_CLOSING);
+        assert_eq!(tcp_state(CT_FLAG_RST), CT_STATE_CLOSING);
+        assert_eq!(
+            tcp_state(CT_FLAG_SEEN_REPLY | CT_FLAG_FIN_CLIENT | CT_FLAG_RST),
+            CT_STATE_CLOSING
+        );
+        // An entry of the previous version: CLOSING after any FIN.
+        assert_eq!(
+            tcp_state(CT_FLAG_SEEN_REPLY | CT_FLAG_CLOSING),
+            CT_STATE_CLOSING
+        );
+    }
+
+    #[test]
+    fn flag_bits_are_distinct_and_in_this_engineers_range() {
+        let ours = [CT_FLAG_FIN_CLIENT, CT_FLAG_FIN_BACKEND, CT_FLAG_RST];
+        for (i, a) in ours.iter().enumerate() {
+            assert!(*a >= 1 << 6 && *a <= 1 << 13);
+            assert_eq!(a.count_ones(), 1);
+            assert!(!ours[i + 1..].contains(a));
+        }
+    }
+}

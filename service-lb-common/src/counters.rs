@@ -80,21 +80,39 @@ pub enum Reason {
     DropRevNatMissing = 14,
     /// A flow's reply tuple was taken and no free source port was found for it.
     DropNoFreePort = 15,
+    /// A connectionless datagram whose tracked backend is gone: re-balanced in place to a
+    /// live backend of the same frontend (new choice, entries rewritten, DNAT).
+    DnatReselect = 16,
+    /// First packet of a flow that another CPU created at the same moment: the winner's
+    /// translation (its backend) was used.
+    DnatCtRace = 17,
+    /// Packet of an established flow whose reply entry was gone (LRU eviction): DNAT, and
+    /// the reply entry re-created.
+    DnatCtReplyEvicted = 18,
+    /// Reply of a translated flow whose forward entry was gone (LRU eviction): reverse
+    /// NAT, and the forward entry re-created.
+    RevNatCtForwardEvicted = 19,
+    /// ICMP error quoting a packet of a translated flow, towards the client: reverse
+    /// translated (quoted packet, outer source when from the backend, checksums).
+    RevNatIcmpError = 20,
+    /// ICMP error from a client about a reply of a translated flow, towards the backend:
+    /// translated (quoted packet, outer destination, checksums).
+    DnatIcmpError = 21,
     /// New flow to a frontend with no usable endpoint: answered at once (TCP reset, ICMP
     /// port unreachable) and redirected back to the client.
-    RejectNoEndpoint = 16,
+    RejectNoEndpoint = 22,
     /// New flow to a ClusterIP on a port its Service does not define: answered as above.
-    RejectNoPort = 17,
+    RejectNoPort = 23,
     /// Packet to an address inside a service CIDR that no Service owns.
-    DropServiceCidr = 18,
+    DropServiceCidr = 24,
     /// A packet that is refused but gets no answer: a TCP reset (never answered), IPv4
     /// with options, or a helper that failed while building the answer.
-    DropRefusedNoAnswer = 19,
+    DropRefusedNoAnswer = 25,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 20;
-    pub const ALL: [Reason; 20] = [
+    pub const COUNT: u32 = 26;
+    pub const ALL: [Reason; 26] = [
         Reason::PassNotIp,
         Reason::PassOtherProto,
         Reason::PassFragment,
@@ -111,6 +129,12 @@ impl Reason {
         Reason::DropNatFailed,
         Reason::DropRevNatMissing,
         Reason::DropNoFreePort,
+        Reason::DnatReselect,
+        Reason::DnatCtRace,
+        Reason::DnatCtReplyEvicted,
+        Reason::RevNatCtForwardEvicted,
+        Reason::RevNatIcmpError,
+        Reason::DnatIcmpError,
         Reason::RejectNoEndpoint,
         Reason::RejectNoPort,
         Reason::DropServiceCidr,
@@ -135,6 +159,12 @@ impl Reason {
             Reason::DropNatFailed => "drop_nat_failed",
             Reason::DropRevNatMissing => "drop_revnat_missing",
             Reason::DropNoFreePort => "drop_no_free_port",
+            Reason::DnatReselect => "dnat_reselect",
+            Reason::DnatCtRace => "dnat_ct_race",
+            Reason::DnatCtReplyEvicted => "dnat_ct_reply_evicted",
+            Reason::RevNatCtForwardEvicted => "revnat_ct_forward_evicted",
+            Reason::RevNatIcmpError => "revnat_icmp_error",
+            Reason::DnatIcmpError => "dnat_icmp_error",
             Reason::RejectNoEndpoint => "reject_no_endpoint",
             Reason::RejectNoPort => "reject_no_port",
             Reason::DropServiceCidr => "drop_service_cidr",
@@ -142,7 +172,9 @@ impl Reason {
         }
     }
 
-    /// The packet is dropped (a refused packet is not: its answer goes out).
+    /// Whether packets counted under this reason are dropped (a refused packet is not: its
+    /// answer goes out). Reasons appended after `DropNoFreePort` mix pass and drop, so
+    /// those are listed by name.
     pub const fn is_drop(self) -> bool {
         let n = self as u32;
         (n >= Reason::DropNoBackend as u32 && n <= Reason::DropNoFreePort as u32)

@@ -2,9 +2,11 @@
 //!
 //! Names are short (the kernel keeps 15 characters), prefixed `SLB_` and versioned `_V<n>`:
 //! a layout change gets a new name, so an old pin is never reused with a new layout.
-//! (`SLB_CNT_V3`: the refusal reasons were added; `SLB_CNT_V2`: two reasons were added. The conntrack value gained `nat_port_be` in what
-//! were padding bytes, always zero before, so pinned conntrack maps stay valid and keep
-//! their name: established flows survive an upgrade.)
+//! (`SLB_CNT_V3`: reasons were added (conntrack, ICMP errors, refusals). The conntrack
+//! value gained `nat_port_be` in what were padding bytes, always zero before, and new flag
+//! bits and a new state value (`CT_STATE_HALF_CLOSED`) that old entries never carry, so
+//! pinned conntrack maps stay valid and keep their name: established flows survive an
+//! upgrade.)
 //! The eBPF statics carry exactly these names.
 
 /// Layout version written into the `SLB_META_V1` map; bumped on any ABI change.

@@ -9,8 +9,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use service_lb_common::{
-    proto::IPPROTO_TCP, Backend4, Backend6, CtEntry, CtKey4, CtKey6, RevNat4, RevNat6, Svc4Key,
-    Svc6Key, SvcValue,
+    proto::{ETH_HLEN, IPPROTO_TCP},
+    Backend4, Backend6, CtEntry, CtKey4, CtKey6, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue,
 };
 
 use crate::{
@@ -18,7 +18,8 @@ use crate::{
         SLB_BE4_V1, SLB_BE6_V1, SLB_CT4_ANY_V1, SLB_CT4_TCP_V1, SLB_CT6_ANY_V1, SLB_CT6_TCP_V1,
         SLB_RNAT4_V1, SLB_RNAT6_V1, SLB_SVC4_V1, SLB_SVC6_V1,
     },
-    packet::Headers,
+    packet::{self, Headers, Inner},
+    verdict::Step,
 };
 
 /// An address and a raw network-order port.
@@ -45,6 +46,21 @@ pub trait Family {
     /// Offsets of the source and destination address inside the IP header.
     const SADDR_OFF: usize;
     const DADDR_OFF: usize;
+
+    /// The headers of the packet (IP right after the Ethernet header).
+    fn parse(ctx: &TcContext) -> Step<Headers<Self::Addr>>;
+
+    /// The IP header has a checksum (IPv4).
+    const IP_CSUM: bool;
+    /// The ICMP checksum covers the IP pseudo-header (ICMPv6).
+    const ICMP_PSEUDO: bool;
+
+    /// The IP header quoted by an ICMP error at `off`.
+    fn parse_inner(ctx: &TcContext, off: usize) -> Step<Inner<Self::Addr>>;
+
+    /// The ones'-complement difference between two addresses (`bpf_csum_diff`), for
+    /// `*_csum_replace(off, 0, diff, ..)`.
+    fn addr_csum_diff(old: Self::Addr, new: Self::Addr) -> Result<u32, c_long>;
 
     fn services() -> &'static HashMap<Self::SvcKey, SvcValue>;
     fn backends() -> &'static HashMap<u32, Self::Backend>;
@@ -86,6 +102,27 @@ pub fn l4_csum_flags<A>(h: &Headers<A>) -> u64 {
     }
 }
 
+/// `bpf_l4_csum_replace` flag for an IPv6 pseudo-header change: with a CHECKSUM_COMPLETE
+/// packet the kernel then leaves `skb->csum` alone (IPv6 has no header checksum that would
+/// cancel the change out). Linux uapi `BPF_F_IPV6` (6.16, backported to stable kernels);
+/// aya-ebpf 0.2's bindings predate it.
+pub const BPF_F_IPV6: u64 = 1 << 7;
+
+/// `l4_csum_replace(off, 0, diff, flags | BPF_F_IPV6)` for an IPv6 pseudo-header change;
+/// a kernel that does not know the flag refuses it (EINVAL), then the flag is left out
+/// (such a kernel gets `skb->csum` of CHECKSUM_COMPLETE packets wrong either way).
+#[inline(always)]
+pub fn l4_csum_replace_v6_pseudo(
+    ctx: &TcContext,
+    off: usize,
+    diff: u64,
+    flags: u64,
+) -> Result<(), c_long> {
+    let flags = flags | u64::from(BPF_F_PSEUDO_HDR);
+    ctx.l4_csum_replace(off, 0, diff, flags | BPF_F_IPV6)
+        .or_else(|_| ctx.l4_csum_replace(off, 0, diff, flags))
+}
+
 pub struct V4;
 pub struct V6;
 
@@ -101,6 +138,31 @@ impl Family for V4 {
 
     const SADDR_OFF: usize = 12;
     const DADDR_OFF: usize = 16;
+
+    #[inline(always)]
+    fn parse(ctx: &TcContext) -> Step<Headers<[u8; 4]>> {
+        packet::parse_ipv4(ctx, ETH_HLEN)
+    }
+
+    const IP_CSUM: bool = true;
+    const ICMP_PSEUDO: bool = false;
+
+    #[inline(always)]
+    fn parse_inner(ctx: &TcContext, off: usize) -> Step<Inner<[u8; 4]>> {
+        packet::inner_ipv4(ctx, off)
+    }
+
+    #[inline(always)]
+    fn addr_csum_diff(old: [u8; 4], new: [u8; 4]) -> Result<u32, c_long> {
+        let mut from = [u32::from_ne_bytes(old)];
+        let mut to = [u32::from_ne_bytes(new)];
+        // SAFETY: both buffers are 4 bytes of stack, 4-byte aligned as the helper wants.
+        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 4, to.as_mut_ptr(), 4, 0) };
+        if diff < 0 {
+            return Err(diff);
+        }
+        Ok(diff as u32)
+    }
 
     #[inline(always)]
     fn services() -> &'static HashMap<Svc4Key, SvcValue> {
@@ -180,6 +242,31 @@ impl Family for V6 {
     const DADDR_OFF: usize = 24;
 
     #[inline(always)]
+    fn parse(ctx: &TcContext) -> Step<Headers<[u8; 16]>> {
+        packet::parse_ipv6(ctx, ETH_HLEN)
+    }
+
+    const IP_CSUM: bool = false;
+    const ICMP_PSEUDO: bool = true;
+
+    #[inline(always)]
+    fn parse_inner(ctx: &TcContext, off: usize) -> Step<Inner<[u8; 16]>> {
+        packet::inner_ipv6(ctx, off)
+    }
+
+    #[inline(always)]
+    fn addr_csum_diff(old: [u8; 16], new: [u8; 16]) -> Result<u32, c_long> {
+        let mut from = words(old);
+        let mut to = words(new);
+        // SAFETY: both buffers are 16 bytes of stack, 4-byte aligned as the helper wants.
+        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
+        if diff < 0 {
+            return Err(diff);
+        }
+        Ok(diff as u32)
+    }
+
+    #[inline(always)]
     fn services() -> &'static HashMap<Svc6Key, SvcValue> {
         &SLB_SVC6_V1
     }
@@ -230,7 +317,8 @@ impl Family for V6 {
     }
 
     /// IPv6 has no header checksum; the L4 checksum covers the addresses through the
-    /// pseudo-header, fixed with the 16-byte difference (`l4_csum_replace` size 0).
+    /// pseudo-header, fixed with the 16-byte difference (`l4_csum_replace` size 0) and
+    /// `BPF_F_IPV6`, so `skb->csum` stays right for CHECKSUM_COMPLETE packets.
     #[inline(always)]
     fn rewrite_addr(
         ctx: &TcContext,
@@ -246,8 +334,12 @@ impl Family for V6 {
         if diff < 0 {
             return Err(diff);
         }
-        let flags = u64::from(BPF_F_PSEUDO_HDR) | l4_csum_flags(h);
-        ctx.l4_csum_replace(h.l4_csum_off(), 0, u64::from(diff as u32), flags)?;
+        l4_csum_replace_v6_pseudo(
+            ctx,
+            h.l4_csum_off(),
+            u64::from(diff as u32),
+            l4_csum_flags(h),
+        )?;
         ctx.store(h.l3_off + addr_off, &new, 0)
     }
 }

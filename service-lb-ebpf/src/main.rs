@@ -8,6 +8,7 @@ mod config;
 mod conntrack;
 mod counters;
 mod family;
+mod icmp;
 mod lb;
 mod maps;
 mod nat;

@@ -23,6 +23,35 @@ pub fn rewrite<F: Family>(
     side: Side,
     to: Endpoint<F::Addr>,
 ) -> Step<()> {
+    if rewrite_sub::<F>(ctx, h, side, &to) == 0 {
+        Ok(())
+    } else {
+        Err(Verdict::Drop(Reason::DropNatFailed))
+    }
+}
+
+/// The rewrite as a BPF subprogram (its checksum buffers in a frame of its own, not in
+/// every caller's): 0 on success, 1 when a helper failed.
+#[inline(never)]
+fn rewrite_sub<F: Family>(
+    ctx: &TcContext,
+    h: &Headers<F::Addr>,
+    side: Side,
+    to: &Endpoint<F::Addr>,
+) -> u64 {
+    match rewrite_inline::<F>(ctx, h, side, to) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+#[inline(always)]
+fn rewrite_inline<F: Family>(
+    ctx: &TcContext,
+    h: &Headers<F::Addr>,
+    side: Side,
+    to: &Endpoint<F::Addr>,
+) -> Step<()> {
     let (addr, port_be, addr_off, port_off) = match side {
         Side::Source => (h.saddr, h.sport_be, F::SADDR_OFF, SPORT_OFF),
         Side::Destination => (h.daddr, h.dport_be, F::DADDR_OFF, DPORT_OFF),

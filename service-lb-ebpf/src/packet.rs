@@ -7,9 +7,9 @@
 use aya_ebpf::programs::TcContext;
 use service_lb_common::{
     proto::{
-        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS,
-        IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN_MIN, IPV6_HLEN, TCP_HLEN_MIN,
-        UDP_HLEN,
+        ETH_P_IP, ETH_P_IPV6, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMP,
+        IPPROTO_ICMPV6, IPPROTO_ROUTING, IPPROTO_TCP, IPPROTO_UDP, IPV4_HLEN_MIN, IPV6_HLEN,
+        TCP_HLEN_MIN, UDP_HLEN,
     },
     Reason,
 };
@@ -91,6 +91,8 @@ const _: () = {
 
 /// IPv4 more-fragments flag and fragment offset bits of `flags_frag`.
 const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
+/// IPv4 fragment offset bits of `flags_frag`.
+const IPV4_FRAG_OFFSET: u16 = 0x1fff;
 
 /// The headers of a TCP or UDP packet, addresses of type `A` (`[u8; 4]` or `[u8; 16]`).
 #[derive(Clone, Copy)]
@@ -100,7 +102,8 @@ pub struct Headers<A> {
     /// Raw network-order ports, as they sit in the packet.
     pub sport_be: u16,
     pub dport_be: u16,
-    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`; `IPPROTO_ICMP` / `IPPROTO_ICMPV6` for an ICMP
+    /// error (ports 0, see `icmp`).
     pub proto: u8,
     /// TCP flags byte (0 for UDP).
     pub tcp_flags: u8,
@@ -128,11 +131,6 @@ impl<A> Headers<A> {
     }
 }
 
-pub enum Parsed {
-    V4(Headers<[u8; 4]>),
-    V6(Headers<[u8; 16]>),
-}
-
 /// The L4 part of `Headers`.
 struct L4 {
     sport_be: u16,
@@ -146,19 +144,19 @@ const fn pass(reason: Reason) -> Verdict {
 
 const MALFORMED: Verdict = Verdict::Drop(Reason::DropMalformed);
 
+/// The IP family of the frame (`ETH_P_IP` / `ETH_P_IPV6`); anything else passes.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Step<Parsed> {
+pub fn ethertype(ctx: &TcContext) -> Step<u16> {
     // Shorter than an Ethernet header: it cannot be IP.
     let ethertype: [u8; 2] = ctx.load(12).map_err(|_| pass(Reason::PassNotIp))?;
     match u16::from_be_bytes(ethertype) {
-        ETH_P_IP => parse_ipv4(ctx, ETH_HLEN).map(Parsed::V4),
-        ETH_P_IPV6 => parse_ipv6(ctx, ETH_HLEN).map(Parsed::V6),
+        t @ (ETH_P_IP | ETH_P_IPV6) => Ok(t),
         _ => Err(pass(Reason::PassNotIp)),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext, l3_off: usize) -> Step<Headers<[u8; 4]>> {
+pub fn parse_ipv4(ctx: &TcContext, l3_off: usize) -> Step<Headers<[u8; 4]>> {
     let ip: Ipv4Hdr = ctx.load(l3_off).map_err(|_| MALFORMED)?;
     let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
     if ip.version_ihl >> 4 != 4 || ihl < IPV4_HLEN_MIN {
@@ -187,7 +185,7 @@ fn parse_ipv4(ctx: &TcContext, l3_off: usize) -> Step<Headers<[u8; 4]>> {
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &TcContext, l3_off: usize) -> Step<Headers<[u8; 16]>> {
+pub fn parse_ipv6(ctx: &TcContext, l3_off: usize) -> Step<Headers<[u8; 16]>> {
     let ip: Ipv6Hdr = ctx.load(l3_off).map_err(|_| MALFORMED)?;
     if ip.version_class_flow[0] >> 4 != 6 {
         return Err(MALFORMED);
@@ -262,6 +260,108 @@ fn parse_l4(ctx: &TcContext, proto: u8, l4_off: usize, ip_end: usize) -> Step<L4
                 tcp_flags: 0,
             })
         }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            if l4_off + ICMP_HLEN > ip_end {
+                return Err(MALFORMED);
+            }
+            let kind: u8 = ctx.load(l4_off).map_err(|_| MALFORMED)?;
+            if !is_icmp_error(proto, kind) {
+                return Err(pass(Reason::PassOtherProto));
+            }
+            // An error quoting a packet: `icmp::translate` reads the quoted headers.
+            Ok(L4 {
+                sport_be: 0,
+                dport_be: 0,
+                tcp_flags: 0,
+            })
+        }
         _ => Err(pass(Reason::PassOtherProto)),
+    }
+}
+
+/// Length of the ICMP / ICMPv6 header before the quoted packet of an error.
+pub const ICMP_HLEN: usize = 8;
+
+/// The ICMP errors whose quoted packet may belong to a translated flow: ICMPv4
+/// destination unreachable (incl. fragmentation needed) and time exceeded; ICMPv6
+/// destination unreachable, packet too big and time exceeded.
+#[inline(always)]
+fn is_icmp_error(proto: u8, kind: u8) -> bool {
+    match proto {
+        IPPROTO_ICMP => kind == 3 || kind == 11,
+        _ => kind == 1 || kind == 2 || kind == 3,
+    }
+}
+
+/// An ICMP / ICMPv6 packet (only errors get past `parse`).
+#[inline(always)]
+pub fn is_icmp(proto: u8) -> bool {
+    proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6
+}
+
+/// The quoted packet's IP header of an ICMP error (addresses of type `A`).
+#[derive(Clone, Copy)]
+pub struct Inner<A> {
+    pub saddr: A,
+    pub daddr: A,
+    pub proto: u8,
+    /// Offset of the quoted IP header and of its L4 header.
+    pub l3_off: usize,
+    pub l4_off: usize,
+}
+
+/// The quoted IPv4 header at `off` (TCP or UDP, first fragment); anything else passes.
+#[inline(always)]
+pub fn inner_ipv4(ctx: &TcContext, off: usize) -> Step<Inner<[u8; 4]>> {
+    let ip: Ipv4Hdr = ctx.load(off).map_err(|_| pass(Reason::PassOtherProto))?;
+    let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
+    if ip.version_ihl >> 4 != 4 || ihl < IPV4_HLEN_MIN {
+        return Err(pass(Reason::PassOtherProto));
+    }
+    if u16::from_be_bytes(ip.flags_frag) & IPV4_FRAG_OFFSET != 0 {
+        return Err(pass(Reason::PassOtherProto));
+    }
+    inner_l4(ip.proto)?;
+    Ok(Inner {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        proto: ip.proto,
+        l3_off: off,
+        l4_off: off + ihl,
+    })
+}
+
+/// The quoted IPv6 header at `off` (TCP or UDP right after it); anything else passes.
+#[inline(always)]
+pub fn inner_ipv6(ctx: &TcContext, off: usize) -> Step<Inner<[u8; 16]>> {
+    let ip: Ipv6Hdr = ctx.load(off).map_err(|_| pass(Reason::PassOtherProto))?;
+    if ip.version_class_flow[0] >> 4 != 6 {
+        return Err(pass(Reason::PassOtherProto));
+    }
+    inner_l4(ip.next_header)?;
+    Ok(Inner {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        proto: ip.next_header,
+        l3_off: off,
+        l4_off: off + IPV6_HLEN,
+    })
+}
+
+#[inline(always)]
+fn inner_l4(proto: u8) -> Step<()> {
+    match proto {
+        IPPROTO_TCP | IPPROTO_UDP => Ok(()),
+        _ => Err(pass(Reason::PassOtherProto)),
+    }
+}
+
+/// Offset of the L4 checksum inside a TCP / UDP header.
+#[inline(always)]
+pub fn l4_csum_field(proto: u8) -> usize {
+    if proto == IPPROTO_TCP {
+        TCP_CSUM_OFF
+    } else {
+        UDP_CSUM_OFF
     }
 }

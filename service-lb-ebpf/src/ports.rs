@@ -32,6 +32,43 @@ pub fn for_new_flow<F: Family>(
     proto: u8,
     now: u64,
 ) -> Step<Option<u16>> {
+    let _ = ct;
+    match for_new_flow_sub::<F>(&peer, &client, u32::from(port_be), u32::from(proto), now) {
+        0 => Ok(None),
+        NO_FREE_PORT => Err(Verdict::Drop(Reason::DropNoFreePort)),
+        port => Ok(Some(port as u16)),
+    }
+}
+
+/// Raw "no free port" of `for_new_flow_sub` (0 = the client's own port, else the port).
+const NO_FREE_PORT: u64 = u64::MAX;
+
+/// `for_new_flow` as a subprogram (own stack frame).
+#[inline(never)]
+fn for_new_flow_sub<F: Family>(
+    peer: &Endpoint<F::Addr>,
+    client: &F::Addr,
+    port_be: u32,
+    proto: u32,
+    now: u64,
+) -> u64 {
+    let ct = F::conntrack(proto as u8);
+    match choose_port::<F>(ct, *peer, *client, port_be as u16, proto as u8, now) {
+        Ok(None) => 0,
+        Ok(Some(port)) => u64::from(port),
+        Err(_) => NO_FREE_PORT,
+    }
+}
+
+#[inline(always)]
+fn choose_port<F: Family>(
+    ct: &LruHashMap<F::CtKey, CtEntry>,
+    peer: Endpoint<F::Addr>,
+    client: F::Addr,
+    port_be: u16,
+    proto: u8,
+    now: u64,
+) -> Step<Option<u16>> {
     let taken = |port_be: u16| {
         let key = F::ct_key(
             peer.addr,

@@ -346,3 +346,63 @@ pub mod broken {
         out
     }
 }
+
+/// An ICMP error (ICMPv4 for IPv4 addresses, ICMPv6 for IPv6) from `src` to `dst` of
+/// type `kind`, `code`, with the 4 header bytes after the checksum `rest` (e.g. the MTU of
+/// fragmentation-needed / packet-too-big), quoting `quoted` (an IP packet, without its
+/// Ethernet header, possibly cut short). Checksums computed here.
+pub fn icmp_error(
+    src: IpAddr,
+    dst: IpAddr,
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted: &[u8],
+) -> anyhow::Result<Vec<u8>> {
+    let mut msg = vec![kind, code, 0, 0];
+    msg.extend_from_slice(&rest);
+    msg.extend_from_slice(quoted);
+    let (ether_type, ip) = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let csum = checksum(&msg);
+            msg[2..4].copy_from_slice(&csum.to_be_bytes());
+            let mut ip = Ipv4Header::new(
+                u16::try_from(msg.len())?,
+                64,
+                IpNumber(IPPROTO_ICMP),
+                s.octets(),
+                d.octets(),
+            )?;
+            ip.identification = 0x4343;
+            ip.header_checksum = 0;
+            let mut bytes = ip.to_bytes().to_vec();
+            let csum = checksum(&bytes);
+            bytes[10..12].copy_from_slice(&csum.to_be_bytes());
+            (EtherType::IPV4, bytes)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let csum = l4_checksum(src, dst, IPPROTO_ICMPV6, &msg);
+            msg[2..4].copy_from_slice(&csum.to_be_bytes());
+            let ip = Ipv6Header {
+                traffic_class: 0,
+                flow_label: Ipv6FlowLabel::ZERO,
+                payload_length: u16::try_from(msg.len())?,
+                next_header: IpNumber(IPPROTO_ICMPV6),
+                hop_limit: 64,
+                source: s.octets(),
+                destination: d.octets(),
+            };
+            (EtherType::IPV6, ip.to_bytes().to_vec())
+        }
+        _ => bail!("mixed address families {src} -> {dst}"),
+    };
+    let eth = Ethernet2Header {
+        source: SRC_MAC,
+        destination: DST_MAC,
+        ether_type,
+    };
+    let mut frame = eth.to_bytes().to_vec();
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&msg);
+    Ok(frame)
+}

@@ -429,6 +429,14 @@ impl Dataplane {
         }
     }
 
+    /// Removes a conntrack entry (as an LRU eviction would); the record's entry is ignored.
+    pub fn remove_ct(&mut self, record: CtRecord) -> anyhow::Result<()> {
+        match record {
+            CtRecord::V4 { map, key, .. } => self.remove::<CtKey4, CtEntry>(map, &key),
+            CtRecord::V6 { map, key, .. } => self.remove::<CtKey6, CtEntry>(map, &key),
+        }
+    }
+
     /// Every entry of the four conntrack maps.
     pub fn conntrack(&self) -> anyhow::Result<Vec<CtRecord>> {
         let mut all = Vec::new();

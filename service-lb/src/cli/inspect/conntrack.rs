@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use serde::Serialize;
 use service_lb_common::conntrack::{
     CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_BACKEND_GONE, CT_FLAG_CLOSING, CT_FLAG_DIRECT,
-    CT_FLAG_NORTH_SOUTH, CT_FLAG_PORT_NAT, CT_FLAG_SEEN_REPLY, CT_STATE_CLOSING,
-    CT_STATE_ESTABLISHED, CT_STATE_NEW,
+    CT_FLAG_FIN_BACKEND, CT_FLAG_FIN_CLIENT, CT_FLAG_NORTH_SOUTH, CT_FLAG_PORT_NAT, CT_FLAG_RST,
+    CT_FLAG_SEEN_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_HALF_CLOSED, CT_STATE_NEW,
 };
 
 use super::services::proto_name;
@@ -97,6 +97,9 @@ fn flag_names(flags: u16) -> Vec<&'static str> {
         (CT_FLAG_NORTH_SOUTH, "north_south"),
         (CT_FLAG_PORT_NAT, "port_nat"),
         (CT_FLAG_DIRECT, "direct"),
+        (CT_FLAG_FIN_CLIENT, "fin_client"),
+        (CT_FLAG_FIN_BACKEND, "fin_backend"),
+        (CT_FLAG_RST, "rst"),
     ]
     .into_iter()
     .filter(|(bit, _)| flags & bit != 0)
@@ -123,6 +126,7 @@ pub fn rows(records: &[CtRecord], now_ns: u64) -> Vec<ConntrackRow> {
                 CT_STATE_NEW => "new".into(),
                 CT_STATE_ESTABLISHED => "established".into(),
                 CT_STATE_CLOSING => "closing".into(),
+                CT_STATE_HALF_CLOSED => "half_closed".into(),
                 other => format!("unknown({other})"),
             },
             flags: flag_names(r.entry.flags),
