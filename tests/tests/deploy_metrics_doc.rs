@@ -9,6 +9,7 @@ use std::{
 };
 
 use prometheus_client::registry::Registry;
+use service_lb::dataplane::writer::Garbage;
 use service_lb::telemetry::metrics::{
     encode_text, DatapathCollector, DatapathSnapshot, MapFill, Metrics, PathCounter, SyncKind,
 };
@@ -30,6 +31,7 @@ fn exported() -> BTreeSet<String> {
     metrics.count_source_event("Service");
     metrics.count_interface_failure();
     metrics.set_services(1);
+    metrics.observe_conntrack(1, Some(&Garbage::default()));
     let collector = DatapathCollector::register(&mut registry);
     collector.set(DatapathSnapshot {
         maps: vec![MapFill {
