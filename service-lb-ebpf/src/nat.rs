@@ -1,7 +1,7 @@
 //! Address and port rewrite with checksum fix-ups (the per-family address part lives in
 //! `Family::rewrite_addr`).
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::BPF_F_RECOMPUTE_CSUM, programs::TcContext};
 use service_lb_common::Reason;
 
 use crate::{
@@ -61,16 +61,31 @@ fn rewrite_inline<F: Family>(
         F::rewrite_addr(ctx, h, addr_off, addr, to.addr).map_err(|_| FAILED)?;
     }
     if port_be != to.port_be {
-        let flags = l4_csum_flags(h) | 2;
-        ctx.l4_csum_replace(
-            h.l4_csum_off(),
-            u64::from(port_be),
-            u64::from(to.port_be),
-            flags,
-        )
-        .map_err(|_| FAILED)?;
-        ctx.store(h.l4_off + port_off, &to.port_be, 0)
+        // A UDP datagram without checksum (0, IPv4 only) keeps it at zero: no checksum
+        // field absorbs the port change, so the store itself must fold it into
+        // `skb->csum` of a CHECKSUM_COMPLETE skb (BPF_F_RECOMPUTE_CSUM; a no-op for the
+        // other checksum states). With a checksum, its update absorbs the change and
+        // `skb->csum` stays as it is.
+        let no_checksum = h.is_udp() && ctx.load::<u16>(h.l4_csum_off()).map_err(|_| FAILED)? == 0;
+        if no_checksum {
+            ctx.store(
+                h.l4_off + port_off,
+                &to.port_be,
+                BPF_F_RECOMPUTE_CSUM.into(),
+            )
             .map_err(|_| FAILED)?;
+        } else {
+            let flags = l4_csum_flags(h) | 2;
+            ctx.l4_csum_replace(
+                h.l4_csum_off(),
+                u64::from(port_be),
+                u64::from(to.port_be),
+                flags,
+            )
+            .map_err(|_| FAILED)?;
+            ctx.store(h.l4_off + port_off, &to.port_be, 0)
+                .map_err(|_| FAILED)?;
+        }
     }
     Ok(())
 }

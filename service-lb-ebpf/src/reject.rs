@@ -18,6 +18,7 @@
 //! refused, an address inside a service CIDR that no Service owns is dropped.
 
 use aya_ebpf::{
+    bindings::BPF_F_RECOMPUTE_CSUM,
     cty::c_long,
     helpers::{bpf_csum_diff, bpf_skb_change_tail, bpf_skb_store_bytes},
     maps::{lpm_trie::Key, HashMap, LpmTrie},
@@ -198,13 +199,16 @@ impl Buf {
             return Err(NoAnswer);
         }
         // SAFETY: `FRAME + len` lies inside the map value; `len` is a constant.
+        // BPF_F_RECOMPUTE_CSUM keeps `skb->csum` of a CHECKSUM_COMPLETE skb equal to the
+        // answer's bytes (the old bytes' sum out, the new ones' in); the Ethernet header
+        // only swaps its addresses, which leaves its sum as it was.
         let ret = unsafe {
             bpf_skb_store_bytes(
                 ctx.skb.skb,
                 0,
                 self.bytes.cast::<u8>().add(FRAME).cast(),
                 len as u32,
-                0,
+                u64::from(BPF_F_RECOMPUTE_CSUM),
             )
         };
         if ret < 0 {

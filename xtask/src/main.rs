@@ -75,9 +75,27 @@ fn test(args: &[String]) -> Result<()> {
     cmd.args(["test", "--no-fail-fast"]);
     if !args.is_empty() {
         cmd.arg("--").args(args);
+        return shell::run(&mut cmd);
     }
-    shell::run(&mut cmd)
+    let all = shell::run(&mut cmd);
+    // The packet fixtures once more on CHECKSUM_COMPLETE skbs (what a NIC with receive
+    // checksum offload hands over): the kernel then checks that every rewrite kept
+    // `skb->csum` right. The refusal fixtures are not in this pass yet (see
+    // docs/limitations.md).
+    let mut complete = shell::cargo();
+    complete
+        .env("SERVICE_LB_REQUIRE_EBPF", "1")
+        .env(CHECKSUM_COMPLETE_ENV, "1")
+        .args(["test", "--no-fail-fast", "-p", "service-lb-tests"])
+        .args(CHECKSUM_COMPLETE_SUITES.iter().flat_map(|t| ["--test", t]));
+    let complete = shell::run(&mut complete);
+    all.and(complete)
 }
+
+/// `service_lb_tests::packet::CHECKSUM_COMPLETE_ENV` (xtask does not depend on the tests crate).
+const CHECKSUM_COMPLETE_ENV: &str = "SLB_TEST_CHECKSUM_COMPLETE";
+/// Packet suites run a second time on CHECKSUM_COMPLETE skbs.
+const CHECKSUM_COMPLETE_SUITES: &[&str] = &["packet_tests", "packet_affinity"];
 
 fn demo() -> Result<()> {
     setup::run()?;

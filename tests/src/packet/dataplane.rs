@@ -39,6 +39,44 @@ const TEST_MAP_SIZES: [(&str, u32); 15] = [
     (maps::MEMBERS, 1024),
 ];
 
+/// Environment variable that makes every `Dataplane::run` a CHECKSUM_COMPLETE run
+/// (`cargo xtask test` runs the packet suites a second time with it).
+pub const CHECKSUM_COMPLETE_ENV: &str = "SLB_TEST_CHECKSUM_COMPLETE";
+
+fn checksum_complete_mode() -> bool {
+    std::env::var_os(CHECKSUM_COMPLETE_ENV).is_some_and(|v| v == "1")
+}
+
+/// `BPF_PROG_TEST_RUN` command of `bpf()`.
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+/// Test-run flag: the skb is CHECKSUM_COMPLETE and its csum is validated after the run
+/// (Linux >= 6.11).
+const BPF_F_TEST_SKB_CHECKSUM_COMPLETE: u32 = 1 << 2;
+
+/// `union bpf_attr`'s `test` member (BPF_PROG_TEST_RUN), as the kernel lays it out.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<TestRunAttr>() == 80);
+
 /// Room for what a program may add to a packet (it adds nothing today).
 const DATA_OUT_SLACK: usize = 256;
 
@@ -163,8 +201,13 @@ impl Dataplane {
         Ok(program.try_into()?)
     }
 
-    /// Runs the program of `hook` once on `packet`.
+    /// Runs the program of `hook` once on `packet` (a CHECKSUM_NONE skb, or with
+    /// `SLB_TEST_CHECKSUM_COMPLETE=1` in the environment a CHECKSUM_COMPLETE one whose csum
+    /// the kernel validates after the run: see `run_checksum_complete`).
     pub fn run(&self, hook: Hook, packet: &[u8]) -> anyhow::Result<RunOutput> {
+        if checksum_complete_mode() {
+            return self.run_checksum_complete(hook, packet);
+        }
         let mut out = vec![0u8; packet.len() + DATA_OUT_SLACK];
         let result = self
             .program(hook)?
@@ -177,6 +220,61 @@ impl Dataplane {
         out.truncate(usize::try_from(result.data_size_out)?);
         Ok(RunOutput {
             verdict: result.return_value as i32,
+            data: out,
+        })
+    }
+
+    /// Runs the program of `hook` once on `packet` as a CHECKSUM_COMPLETE skb: the kernel
+    /// seeds `skb->csum` from the packet (`BPF_F_TEST_SKB_CHECKSUM_COMPLETE`, which aya 0.14
+    /// does not expose, hence the raw `bpf()` call) and, after the program ran, fails the
+    /// run with EBADMSG when `skb->csum` no longer matches the packet the program left.
+    pub fn run_checksum_complete(&self, hook: Hook, packet: &[u8]) -> anyhow::Result<RunOutput> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let program = self.program(hook)?;
+        let fd = program
+            .fd()
+            .with_context(|| format!("fd of {}", hook.name()))?
+            .as_fd()
+            .as_raw_fd();
+        let mut out = vec![0u8; packet.len() + DATA_OUT_SLACK];
+        let mut attr = TestRunAttr {
+            prog_fd: u32::try_from(fd)?,
+            data_size_in: u32::try_from(packet.len())?,
+            data_size_out: u32::try_from(out.len())?,
+            data_in: packet.as_ptr() as u64,
+            data_out: out.as_mut_ptr() as u64,
+            repeat: 1,
+            flags: BPF_F_TEST_SKB_CHECKSUM_COMPLETE,
+            ..TestRunAttr::default()
+        };
+        // SAFETY: `attr` is the kernel's `bpf_attr.test` layout, zero where unused; the
+        // data pointers point at live buffers of the sizes given, for the whole call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &mut attr as *mut TestRunAttr,
+                std::mem::size_of::<TestRunAttr>(),
+            )
+        };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EBADMSG) {
+                bail!(
+                    "{}: skb->csum no longer matches the packet after the program ran (EBADMSG)",
+                    hook.name()
+                );
+            }
+            return Err(e).with_context(|| {
+                format!(
+                    "BPF_PROG_TEST_RUN of {} with CHECKSUM_COMPLETE",
+                    hook.name()
+                )
+            });
+        }
+        out.truncate(usize::try_from(attr.data_size_out)?);
+        Ok(RunOutput {
+            verdict: attr.retval as i32,
             data: out,
         })
     }
