@@ -86,7 +86,7 @@ pub fn classify<F: Fragments>(ctx: &TcContext, hook: Hook) -> u64 {
         },
         Kind::Later(key) => {
             // SAFETY: pointer from a successful lookup, copied at once.
-            let Some(nat) = F::frags().get_ptr(&key).map(|p| unsafe { p.read() }) else {
+            let Some(nat) = F::frags().get_ptr(key).map(|p| unsafe { p.read() }) else {
                 return Verdict::Pass(Reason::PassFragment).to_raw();
             };
             if F::rewrite(ctx, &key, &nat).is_err() {
@@ -120,7 +120,7 @@ pub fn record<F: Fragments>(ctx: &TcContext, hook: Hook, raw: u64) -> u64 {
     let nat = F::nat_of(&now);
     if F::same_datagram(&arrived, &now) && F::nat_of(&arrived) != nat {
         // An LRU insert fails only without memory: the later fragments then pass.
-        let _ = F::frags().insert(&arrived, &nat, u64::from(BPF_ANY));
+        let _ = F::frags().insert(arrived, nat, u64::from(BPF_ANY));
     }
     raw
 }

@@ -279,7 +279,7 @@ impl PacketSpec {
 /// `id` (IPv4: its low 16 bits; IPv6: the fragment header's, which directly follows the
 /// fixed header). IPv4 options and IPv6 extension headers of `spec` are not used.
 pub fn fragments(spec: &PacketSpec, chunk: usize, id: u32) -> anyhow::Result<Vec<Vec<u8>>> {
-    if chunk == 0 || chunk % 8 != 0 {
+    if chunk == 0 || !chunk.is_multiple_of(8) {
         bail!("fragment size {chunk} is not a positive multiple of 8");
     }
     let segment = spec.segment()?;
