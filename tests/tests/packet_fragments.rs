@@ -301,3 +301,23 @@ fn reply_record_is_not_used_by_request_hooks(
     let out = run_counted(&dp, Hook::ToPod, &sent[1], Reason::RevNatFragment)?;
     same_bytes("later reply fragment at to_pod", &out.data, &wanted[1])
 }
+
+/// IPv4 UDP without a checksum (0): the first fragment's checksum stays 0.
+#[test]
+fn v4_zero_checksum_fragments_are_dnated() -> anyhow::Result<()> {
+    let Some(dp) = load("v4_zero_checksum_fragments_are_dnated")? else {
+        return Ok(());
+    };
+    let fam = Fam::V4;
+    let request = big(fam.client(), fam.vip_socket()).with_l4(L4::UdpNoChecksum);
+    let translated = request.clone().with_dst(fam.backend());
+    send_fragments(
+        &dp,
+        Hook::FromPod,
+        fam,
+        &request,
+        &translated,
+        Reason::DnatNewFlow,
+        Reason::DnatFragment,
+    )
+}
