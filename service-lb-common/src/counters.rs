@@ -50,7 +50,8 @@ pub enum Reason {
     PassNotIp = 0,
     /// IP but neither TCP nor UDP (ICMP, ...): passed untouched.
     PassOtherProto = 1,
-    /// A fragment (IPv4 MF/offset, IPv6 fragment header): passed untouched.
+    /// A fragment passed untouched: of another protocol than UDP, or a later fragment of a
+    /// datagram whose first fragment was not translated (or not seen).
     PassFragment = 2,
     /// TCP/UDP, neither to a frontend nor part of a translated flow: passed untouched.
     PassNotService = 3,
@@ -108,11 +109,17 @@ pub enum Reason {
     /// A packet that is refused but gets no answer: a TCP reset (never answered), IPv4
     /// with options, or a helper that failed while building the answer.
     DropRefusedNoAnswer = 25,
+    /// A later fragment (no L4 header) of a UDP datagram whose first fragment was
+    /// translated towards a backend: its addresses rewritten as the first one's were.
+    DnatFragment = 26,
+    /// A later fragment of a reply datagram whose first fragment was reverse translated:
+    /// its addresses rewritten as the first one's were.
+    RevNatFragment = 27,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 26;
-    pub const ALL: [Reason; 26] = [
+    pub const COUNT: u32 = 28;
+    pub const ALL: [Reason; 28] = [
         Reason::PassNotIp,
         Reason::PassOtherProto,
         Reason::PassFragment,
@@ -139,6 +146,8 @@ impl Reason {
         Reason::RejectNoPort,
         Reason::DropServiceCidr,
         Reason::DropRefusedNoAnswer,
+        Reason::DnatFragment,
+        Reason::RevNatFragment,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -169,6 +178,8 @@ impl Reason {
             Reason::RejectNoPort => "reject_no_port",
             Reason::DropServiceCidr => "drop_service_cidr",
             Reason::DropRefusedNoAnswer => "drop_refused_no_answer",
+            Reason::DnatFragment => "dnat_fragment",
+            Reason::RevNatFragment => "revnat_fragment",
         }
     }
 

@@ -6,7 +6,8 @@
 //! value gained `nat_port_be` in what were padding bytes, always zero before, and new flag
 //! bits and a new state value (`CT_STATE_HALF_CLOSED`) that old entries never carry, so
 //! pinned conntrack maps stay valid and keep their name: established flows survive an
-//! upgrade.)
+//! upgrade. `SLB_CNT_V4`: the fragment reasons were appended, which moves every index
+//! `hook * Reason::COUNT + reason`.)
 //! The eBPF statics carry exactly these names.
 
 /// Layout version written into the `SLB_META_V1` map; bumped on any ABI change.
@@ -22,7 +23,7 @@ pub const CT4_TCP: &str = "SLB_CT4_TCP_V1";
 pub const CT4_ANY: &str = "SLB_CT4_ANY_V1";
 pub const CT6_TCP: &str = "SLB_CT6_TCP_V1";
 pub const CT6_ANY: &str = "SLB_CT6_ANY_V1";
-pub const COUNTERS: &str = "SLB_CNT_V3";
+pub const COUNTERS: &str = "SLB_CNT_V4";
 pub const META: &str = "SLB_META_V1";
 /// ClusterIP addresses (`vip::VipValue`), one map per family.
 pub const VIPS4: &str = "SLB_VIP4_V1";
@@ -36,9 +37,13 @@ pub const SCRATCH: &str = "SLB_SCRATCH_V1";
 pub const AFFINITY4: &str = "SLB_AFF4_V1";
 pub const AFFINITY6: &str = "SLB_AFF6_V1";
 pub const MEMBERS: &str = "SLB_MEMBER_V1";
+/// Fragmented UDP datagrams (`frag`): LRU per family, and the per-CPU pending key.
+pub const FRAG4: &str = "SLB_FRAG4_V1";
+pub const FRAG6: &str = "SLB_FRAG6_V1";
+pub const FRAG_PENDING: &str = "SLB_FRAGP_V1";
 
 /// Every map the object defines, in the order `inspect` and the layout check list them.
-pub const ALL: [&str; 20] = [
+pub const ALL: [&str; 23] = [
     SERVICES4,
     SERVICES6,
     BACKENDS4,
@@ -59,6 +64,9 @@ pub const ALL: [&str; 20] = [
     AFFINITY4,
     AFFINITY6,
     MEMBERS,
+    FRAG4,
+    FRAG6,
+    FRAG_PENDING,
 ];
 
 /// Default capacity of each services map: master + slot entries of all frontends.

@@ -28,3 +28,8 @@ unsafe impl aya::Pod for crate::affinity::Affinity6Key {}
 unsafe impl aya::Pod for crate::affinity::AffinityValue {}
 unsafe impl aya::Pod for crate::affinity::MemberKey {}
 unsafe impl aya::Pod for crate::affinity::MemberValue {}
+unsafe impl aya::Pod for crate::frag::FragKey4 {}
+unsafe impl aya::Pod for crate::frag::FragKey6 {}
+unsafe impl aya::Pod for crate::frag::FragNat4 {}
+unsafe impl aya::Pod for crate::frag::FragNat6 {}
+unsafe impl aya::Pod for crate::frag::FragPending {}

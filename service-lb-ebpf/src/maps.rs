@@ -11,6 +11,7 @@ use service_lb_common::{
         Affinity4Key, Affinity6Key, AffinityValue, MemberKey, MemberValue, DEFAULT_AFFINITY_MAX,
     },
     counters::COUNTERS_LEN,
+    frag::{FragKey4, FragKey6, FragNat4, FragNat6, FragPending, FRAG_MAX},
     maps::{
         DEFAULT_BACKENDS_MAX, DEFAULT_CT_ANY_MAX, DEFAULT_CT_TCP_MAX, DEFAULT_REVNAT_MAX,
         DEFAULT_SERVICES_MAX,
@@ -52,7 +53,7 @@ pub static SLB_CT6_ANY_V1: LruHashMap<CtKey6, CtEntry> =
 
 /// Per-CPU (hook, reason) counters, indexed by `counter_index`.
 #[map]
-pub static SLB_CNT_V3: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+pub static SLB_CNT_V4: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
 
 /// Written by userspace only (layout version); the programs never read it.
 #[map]
@@ -86,3 +87,12 @@ pub static SLB_AFF6_V1: LruHashMap<Affinity6Key, AffinityValue> =
 #[map]
 pub static SLB_MEMBER_V1: HashMap<MemberKey, MemberValue> =
     HashMap::with_max_entries(DEFAULT_SERVICES_MAX, 0);
+
+/// Translations of fragmented UDP datagrams, by first fragment (`common::frag`).
+#[map]
+pub static SLB_FRAG4_V1: LruHashMap<FragKey4, FragNat4> = LruHashMap::with_max_entries(FRAG_MAX, 0);
+#[map]
+pub static SLB_FRAG6_V1: LruHashMap<FragKey6, FragNat6> = LruHashMap::with_max_entries(FRAG_MAX, 0);
+/// The key of the first fragment being translated (`frag`).
+#[map]
+pub static SLB_FRAGP_V1: PerCpuArray<FragPending> = PerCpuArray::with_max_entries(1, 0);

@@ -2,7 +2,9 @@
 //! (`TcContext::load`), so non-linear skbs work and no read can run past the packet.
 //!
 //! Outcomes (see `Reason`): not IP -> pass; inconsistent IPv4/IPv6 header or truncated
-//! TCP/UDP header -> drop as malformed; fragments -> pass; other L4 protocols -> pass.
+//! TCP/UDP header -> drop as malformed; the first fragment of a UDP datagram (IPv4, or
+//! IPv6 with the fragment header right after the fixed header) is parsed like a whole
+//! datagram (see `frag`), other fragments -> pass; other L4 protocols -> pass.
 
 use aya_ebpf::programs::TcContext;
 use service_lb_common::{
@@ -51,6 +53,19 @@ struct Ipv6Hdr {
     daddr: [u8; 16],
 }
 
+/// The IPv6 fragment header.
+#[allow(dead_code)]
+#[repr(C)]
+pub struct Ipv6FragHdr {
+    pub next_header: u8,
+    pub reserved: u8,
+    pub offset_flags: [u8; 2],
+    pub id: [u8; 4],
+}
+
+/// Length of the IPv6 fragment header.
+pub const IPV6_FRAG_HLEN: usize = 8;
+
 /// The first two bytes of every skippable IPv6 extension header.
 #[repr(C)]
 struct Ipv6ExtHdr {
@@ -87,12 +102,13 @@ const _: () = {
     assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HLEN);
     assert!(core::mem::size_of::<TcpHdr>() == TCP_HLEN_MIN);
     assert!(core::mem::size_of::<UdpHdr>() == UDP_HLEN);
+    assert!(core::mem::size_of::<Ipv6FragHdr>() == IPV6_FRAG_HLEN);
 };
 
 /// IPv4 more-fragments flag and fragment offset bits of `flags_frag`.
-const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
+pub const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
 /// IPv4 fragment offset bits of `flags_frag`.
-const IPV4_FRAG_OFFSET: u16 = 0x1fff;
+pub const IPV4_FRAG_OFFSET: u16 = 0x1fff;
 
 /// The headers of a TCP or UDP packet, addresses of type `A` (`[u8; 4]` or `[u8; 16]`).
 #[derive(Clone, Copy)]
@@ -168,7 +184,8 @@ pub fn parse_ipv4(ctx: &TcContext, l3_off: usize) -> Step<Headers<[u8; 4]>> {
     if tot_len < ihl || tot_len > available {
         return Err(MALFORMED);
     }
-    if u16::from_be_bytes(ip.flags_frag) & IPV4_MF_AND_OFFSET != 0 {
+    let frag_bits = u16::from_be_bytes(ip.flags_frag) & IPV4_MF_AND_OFFSET;
+    if frag_bits != 0 && (frag_bits & IPV4_FRAG_OFFSET != 0 || ip.proto != IPPROTO_UDP) {
         return Err(pass(Reason::PassFragment));
     }
     let l4 = parse_l4(ctx, ip.proto, l3_off + ihl, l3_off + tot_len)?;
@@ -204,6 +221,14 @@ pub fn parse_ipv6(ctx: &TcContext, l3_off: usize) -> Step<Headers<[u8; 16]>> {
                 l4_off += (usize::from(ext.len_8) + 1) * 8;
             }
             _ => break,
+        }
+    }
+    if next == IPPROTO_FRAGMENT && l4_off == l3_off + IPV6_HLEN {
+        let fh: Ipv6FragHdr = ctx.load(l4_off).map_err(|_| MALFORMED)?;
+        // Offset (13 bits, 8-byte units), 2 reserved bits, M flag.
+        if u16::from_be_bytes(fh.offset_flags) >> 3 == 0 && fh.next_header == IPPROTO_UDP {
+            next = fh.next_header;
+            l4_off += IPV6_FRAG_HLEN;
         }
     }
     match next {

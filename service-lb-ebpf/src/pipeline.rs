@@ -27,6 +27,7 @@ use crate::{
         reply_of, store, wire_port, worth_writing, Created, NS_PER_S,
     },
     family::{Endpoint, Family, Side, V4, V6},
+    frag::{self, Fragments},
     icmp,
     lb::{self, Choice},
     nat,
@@ -57,11 +58,22 @@ macro_rules! headers_or_return {
 #[inline(always)]
 pub fn run(ctx: &TcContext, hook: Hook) -> Verdict {
     let raw = match packet::ethertype(ctx) {
-        Ok(ETH_P_IP) => dispatch::<V4>(ctx, hook),
-        Ok(_) => dispatch::<V6>(ctx, hook),
+        Ok(ETH_P_IP) => fragments_then::<V4>(ctx, hook),
+        Ok(_) => fragments_then::<V6>(ctx, hook),
         Err(verdict) => return verdict,
     };
     Verdict::from_raw(raw)
+}
+
+/// A later fragment is translated by `frag` alone; a first fragment goes through the
+/// pipeline, then its translation is recorded (see `frag`).
+#[inline(always)]
+fn fragments_then<F: Refuse + Sticky + Fragments>(ctx: &TcContext, hook: Hook) -> u64 {
+    match frag::classify::<F>(ctx, hook) {
+        frag::NOT_FRAGMENT => dispatch::<F>(ctx, hook),
+        frag::FIRST_FRAGMENT => frag::record::<F>(ctx, hook, dispatch::<F>(ctx, hook)),
+        decided => decided,
+    }
 }
 
 #[inline(always)]

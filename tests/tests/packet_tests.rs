@@ -358,8 +358,8 @@ fn bytes(spec: PacketSpec) -> Vec<u8> {
 #[case::v4_icmp(bytes(v4_to_vip(L4::IcmpEcho)), Reason::PassOtherProto)]
 #[case::v6_icmp(bytes(v6_to_vip(L4::IcmpEcho)), Reason::PassOtherProto)]
 #[case::arp(arp(), Reason::PassNotIp)]
-#[case::v4_fragment(bytes(v4_to_vip(L4::Udp).with_ipv4_more_fragments()), Reason::PassFragment)]
-#[case::v6_fragment(bytes(v6_to_vip(L4::Udp).with_ipv6_ext(&[Ipv6Ext::Fragment])), Reason::PassFragment)]
+#[case::v4_tcp_fragment(bytes(v4_to_vip(L4::SYN).with_ipv4_more_fragments()), Reason::PassFragment)]
+#[case::v6_tcp_fragment(bytes(v6_to_vip(L4::SYN).with_ipv6_ext(&[Ipv6Ext::Fragment])), Reason::PassFragment)]
 #[case::v6_fragment_after_ext(bytes(v6_to_vip(L4::SYN).with_ipv6_ext(&[Ipv6Ext::HopByHop, Ipv6Ext::Fragment])), Reason::PassFragment)]
 #[case::v6_too_many_ext_headers(bytes(v6_to_vip(L4::SYN).with_ipv6_ext(&[Ipv6Ext::HopByHop, Ipv6Ext::DestOpts, Ipv6Ext::Routing, Ipv6Ext::DestOpts, Ipv6Ext::DestOpts])), Reason::PassOtherProto)]
 fn passes_untouched(

@@ -10,6 +10,7 @@ use service_lb_common::{
         Affinity4Key, Affinity6Key, AffinityValue, MemberKey, MemberValue, DEFAULT_AFFINITY_MAX,
     },
     counters::COUNTERS_LEN,
+    frag::{FragKey4, FragKey6, FragNat4, FragNat6, FragPending, FRAG_MAX},
     maps,
     vip::{Scratch, SERVICE_CIDRS_MAX},
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Meta, RevNat4, RevNat6, Svc4Key, Svc6Key,
@@ -131,6 +132,9 @@ pub fn wanted(name: &str, sizes: &MapSizes) -> Option<MapLayout> {
         maps::AFFINITY6 => layout::<Affinity6Key, AffinityValue>(LruHash, DEFAULT_AFFINITY_MAX),
         // One entry per (frontend, backend) pair: at most one per slot entry.
         maps::MEMBERS => layout::<MemberKey, MemberValue>(Hash, sizes.services),
+        maps::FRAG4 => layout::<FragKey4, FragNat4>(LruHash, FRAG_MAX),
+        maps::FRAG6 => layout::<FragKey6, FragNat6>(LruHash, FRAG_MAX),
+        maps::FRAG_PENDING => layout::<u32, FragPending>(PerCpuArray, 1),
         _ => return None,
     };
     Some(l)
@@ -145,7 +149,10 @@ pub fn sized_by_options(name: &str, sizes: &MapSizes) -> Option<u32> {
         | maps::SERVICE_CIDRS6
         | maps::SCRATCH
         | maps::AFFINITY4
-        | maps::AFFINITY6 => None,
+        | maps::AFFINITY6
+        | maps::FRAG4
+        | maps::FRAG6
+        | maps::FRAG_PENDING => None,
         _ => wanted(name, sizes).map(|l| l.max_entries),
     }
 }

@@ -11,6 +11,7 @@ use aya::{
 use service_lb_common::{
     affinity::{Affinity4Key, Affinity6Key, AffinityValue, MemberKey, MemberValue},
     config::CONFIG_GLOBAL,
+    frag::{FragKey4, FragKey6, FragNat4, FragNat6, FragPending},
     maps,
     vip::Scratch,
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Hook, Meta, RevNat4, RevNat6, Svc4Key,
@@ -196,6 +197,9 @@ fn typed_check(name: &'static str, map: &Map) -> Result<(), MapError> {
         maps::AFFINITY4 => hash::<Affinity4Key, AffinityValue>(map),
         maps::AFFINITY6 => hash::<Affinity6Key, AffinityValue>(map),
         maps::MEMBERS => hash::<MemberKey, MemberValue>(map),
+        maps::FRAG4 => hash::<FragKey4, FragNat4>(map),
+        maps::FRAG6 => hash::<FragKey6, FragNat6>(map),
+        maps::FRAG_PENDING => PerCpuArray::<&MapData, FragPending>::try_from(map).map(drop),
         _ => Ok(()),
     }
 }

@@ -273,6 +273,69 @@ impl PacketSpec {
     }
 }
 
+/// The datagram of `spec` (its L4 checksum over the whole datagram, computed here) cut
+/// into IP fragments as a sender's kernel does: each carries at most `chunk` bytes of the
+/// L4 segment (`chunk` a multiple of 8), the first one with the L4 header. Identification
+/// `id` (IPv4: its low 16 bits; IPv6: the fragment header's, which directly follows the
+/// fixed header). IPv4 options and IPv6 extension headers of `spec` are not used.
+pub fn fragments(spec: &PacketSpec, chunk: usize, id: u32) -> anyhow::Result<Vec<Vec<u8>>> {
+    if chunk == 0 || !chunk.is_multiple_of(8) {
+        bail!("fragment size {chunk} is not a positive multiple of 8");
+    }
+    let segment = spec.segment()?;
+    let pieces: Vec<&[u8]> = segment.chunks(chunk).collect();
+    let mut frames = Vec::with_capacity(pieces.len());
+    for (i, piece) in pieces.iter().enumerate() {
+        let offset_8 = u16::try_from(i * chunk / 8)?;
+        let more = i + 1 < pieces.len();
+        let (ether_type, ip) = match (spec.src.ip(), spec.dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let len = u16::try_from(piece.len())?;
+                let mut ip =
+                    Ipv4Header::new(len, 64, IpNumber(spec.proto()), s.octets(), d.octets())?;
+                ip.identification = id as u16;
+                ip.dont_fragment = false;
+                ip.more_fragments = more;
+                ip.fragment_offset = IpFragOffset::try_new(offset_8)
+                    .map_err(|e| anyhow::anyhow!("fragment offset: {e:?}"))?;
+                ip.header_checksum = 0;
+                let mut bytes = ip.to_bytes().to_vec();
+                let csum = checksum(&bytes);
+                bytes[10..12].copy_from_slice(&csum.to_be_bytes());
+                (EtherType::IPV4, bytes)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let ip = Ipv6Header {
+                    traffic_class: 0,
+                    flow_label: Ipv6FlowLabel::ZERO,
+                    payload_length: u16::try_from(8 + piece.len())?,
+                    next_header: IpNumber(IPPROTO_FRAGMENT),
+                    hop_limit: 64,
+                    source: s.octets(),
+                    destination: d.octets(),
+                };
+                let mut bytes = ip.to_bytes().to_vec();
+                let offset_flags = (offset_8 << 3) | u16::from(more);
+                bytes.extend_from_slice(&[spec.proto(), 0]);
+                bytes.extend_from_slice(&offset_flags.to_be_bytes());
+                bytes.extend_from_slice(&id.to_be_bytes());
+                (EtherType::IPV6, bytes)
+            }
+            _ => bail!("mixed address families {} -> {}", spec.src, spec.dst),
+        };
+        let eth = Ethernet2Header {
+            source: SRC_MAC,
+            destination: DST_MAC,
+            ether_type,
+        };
+        let mut frame = eth.to_bytes().to_vec();
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(piece);
+        frames.push(frame);
+    }
+    Ok(frames)
+}
+
 /// "198.18.1.2:40000" or "[fd00:18:0:1::2]:40000".
 pub fn parse(addr: &str) -> SocketAddr {
     addr.parse()
