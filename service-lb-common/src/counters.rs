@@ -108,11 +108,19 @@ pub enum Reason {
     /// A packet that is refused but gets no answer: a TCP reset (never answered), IPv4
     /// with options, or a helper that failed while building the answer.
     DropRefusedNoAnswer = 25,
+    /// New flow whose chosen backend is the client itself (hairpin): DNAT, SNAT to the
+    /// hairpin address, sent back into the pod.
+    HairpinNewFlow = 26,
+    /// Packet of a known hairpin flow: the same translation, sent back into the pod.
+    HairpinEstablished = 27,
+    /// The pod's reply to the hairpin address: source back to the frontend, destination
+    /// back to the pod, sent back into the pod.
+    HairpinReply = 28,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 26;
-    pub const ALL: [Reason; 26] = [
+    pub const COUNT: u32 = 29;
+    pub const ALL: [Reason; 29] = [
         Reason::PassNotIp,
         Reason::PassOtherProto,
         Reason::PassFragment,
@@ -139,6 +147,9 @@ impl Reason {
         Reason::RejectNoPort,
         Reason::DropServiceCidr,
         Reason::DropRefusedNoAnswer,
+        Reason::HairpinNewFlow,
+        Reason::HairpinEstablished,
+        Reason::HairpinReply,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -169,6 +180,9 @@ impl Reason {
             Reason::RejectNoPort => "reject_no_port",
             Reason::DropServiceCidr => "drop_service_cidr",
             Reason::DropRefusedNoAnswer => "drop_refused_no_answer",
+            Reason::HairpinNewFlow => "hairpin_new_flow",
+            Reason::HairpinEstablished => "hairpin_established",
+            Reason::HairpinReply => "hairpin_reply",
         }
     }
 

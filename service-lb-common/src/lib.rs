@@ -16,6 +16,7 @@ pub mod affinity;
 pub mod config;
 pub mod conntrack;
 pub mod counters;
+pub mod hairpin;
 pub mod maps;
 pub mod meta;
 pub mod proto;

@@ -28,3 +28,4 @@ unsafe impl aya::Pod for crate::affinity::Affinity6Key {}
 unsafe impl aya::Pod for crate::affinity::AffinityValue {}
 unsafe impl aya::Pod for crate::affinity::MemberKey {}
 unsafe impl aya::Pod for crate::affinity::MemberValue {}
+unsafe impl aya::Pod for crate::hairpin::HairpinConfig {}

@@ -8,6 +8,7 @@ mod config;
 mod conntrack;
 mod counters;
 mod family;
+mod hairpin;
 mod icmp;
 mod lb;
 mod maps;
