@@ -150,8 +150,12 @@ fn e2e_hairpin_pod_reaches_itself_through_its_clusterip() -> Result<()> {
                 udp_ask(frontend)
             }
         })
-        .with_context(|| format!("{what}: the pod asking {frontend}"))
-        .with_context(|| daemon.log_tail(20))?;
+        .with_context(|| {
+            format!(
+                "{what}: the pod asking {frontend}; daemon log:\n{}",
+                daemon.log_tail(20)
+            )
+        })?;
         check(what, &answer, frontend, hairpin)?;
     }
 
