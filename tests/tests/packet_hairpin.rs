@@ -12,8 +12,8 @@ use anyhow::{bail, ensure, Context as _};
 use rstest::rstest;
 use service_lb_common::{
     conntrack::{
-        CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_HAIRPIN, CT_FLAG_SEEN_REPLY, CT_STATE_ESTABLISHED,
-        CT_STATE_NEW,
+        CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_HAIRPIN, CT_FLAG_PORT_NAT, CT_FLAG_SEEN_REPLY,
+        CT_STATE_ESTABLISHED, CT_STATE_NEW,
     },
     hairpin::HairpinConfig,
     proto::{IPPROTO_TCP, IPPROTO_UDP, VERDICT_PASS},
@@ -387,4 +387,96 @@ fn stray_packet_to_the_hairpin_address_passes(#[case] fam: Fam) -> anyhow::Resul
         Reason::PassNotService,
     )?;
     same_bytes(&out.data, &packet)
+}
+
+/// The wire port of the forward entry client -> `vip` with a rewritten port.
+fn wire_port(dp: &Dataplane, vip: SocketAddr) -> anyhow::Result<u16> {
+    let port_be = vip.port().to_be();
+    for record in dp.conntrack()? {
+        let (dir, dport_be, entry) = match record {
+            CtRecord::V4 { key, entry, .. } => (key.dir, key.dport_be, entry),
+            CtRecord::V6 { key, entry, .. } => (key.dir, key.dport_be, entry),
+        };
+        if dir == CT_DIR_SERVICE && dport_be == port_be && entry.flags & CT_FLAG_PORT_NAT != 0 {
+            return Ok(u16::from_be(entry.nat_port_be));
+        }
+    }
+    bail!("no forward entry with a rewritten port to {vip}")
+}
+
+/// The pod reaches itself through two frontends from one port: the second hairpin flow's
+/// reply tuple (pod:8080 -> pod:40000) is taken, so it goes out from another port (and
+/// the hairpin address); its reply comes back from the second frontend to the pod's own
+/// port.
+#[rstest]
+#[case::v4_tcp(Fam::V4, L4::SYN)]
+#[case::v6_udp(Fam::V6, L4::Udp)]
+fn second_frontend_hairpin_gets_another_port(
+    #[case] fam: Fam,
+    #[case] l4: L4,
+) -> anyhow::Result<()> {
+    let Some(mut dp) = load("second_frontend_hairpin_gets_another_port", HAIRPIN)? else {
+        return Ok(());
+    };
+    let proto = proto_of(l4);
+    let (first, answer, _) = packets(l4);
+    dp.install_frontend(&fam.frontend(proto))?;
+    dp.install_frontend(
+        &Frontend::new(fam.vip(), 81, proto, SERVICE_ID + 1).backend(
+            BACKEND_ID,
+            &fam.pod().to_string(),
+            8080,
+        ),
+    )?;
+    let [client, vip, backend, seen_as] = fam.sockets();
+    let vip2 = SocketAddr::new(vip.ip(), 81);
+
+    let out = run_counted(
+        &dp,
+        Hook::FromPod,
+        &PacketSpec::new(client, vip, first).build()?,
+        REDIRECT,
+        Reason::HairpinNewFlow,
+    )?;
+    same_bytes(
+        &out.data,
+        &turned_around(&PacketSpec::new(seen_as, backend, first))?,
+    )?;
+    let out = run_counted(
+        &dp,
+        Hook::FromPod,
+        &PacketSpec::new(client, vip2, first).build()?,
+        REDIRECT,
+        Reason::HairpinNewFlow,
+    )?;
+    let wire = wire_port(&dp, vip2)?;
+    ensure!(wire != client.port(), "the second flow kept port {wire}");
+    let seen_as_2 = SocketAddr::new(seen_as.ip(), wire);
+    same_bytes(
+        &out.data,
+        &turned_around(&PacketSpec::new(seen_as_2, backend, first))?,
+    )?;
+
+    let out = run_counted(
+        &dp,
+        Hook::FromPod,
+        &PacketSpec::new(backend, seen_as_2, answer).build()?,
+        REDIRECT,
+        Reason::HairpinReply,
+    )?;
+    same_bytes(
+        &out.data,
+        &turned_around(&PacketSpec::new(vip2, client, answer))?,
+    )?;
+    let out = run_counted(
+        &dp,
+        Hook::FromPod,
+        &PacketSpec::new(backend, seen_as, answer).build()?,
+        REDIRECT,
+        Reason::HairpinReply,
+    )?;
+    same_bytes(
+        &out.data,
+        &turned_around(&PacketSpec::new(vip, client, answer))?,
+    )
 }
