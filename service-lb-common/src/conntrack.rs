@@ -38,6 +38,11 @@ pub const CT_FLAG_FIN_CLIENT: u16 = 1 << 6;
 pub const CT_FLAG_FIN_BACKEND: u16 = 1 << 7;
 /// TCP: a RST was seen (either direction).
 pub const CT_FLAG_RST: u16 = 1 << 8;
+/// A hairpin flow (a pod reaching itself through a frontend, see `hairpin`): set at
+/// creation on both entries. The client's source is rewritten to the hairpin address, so
+/// the reply entry is keyed backend -> hairpin address, and every packet of the flow goes
+/// back into the pod it came from.
+pub const CT_FLAG_HAIRPIN: u16 = 1 << 14;
 
 /// Flags that only ever get set on a live entry (never cleared in place): the programs
 /// OR them into the flags word atomically, so concurrent updates of one entry never lose

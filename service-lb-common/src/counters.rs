@@ -115,11 +115,19 @@ pub enum Reason {
     /// A later fragment of a reply datagram whose first fragment was reverse translated:
     /// its addresses rewritten as the first one's were.
     RevNatFragment = 27,
+    /// New flow whose chosen backend is the client itself (hairpin): DNAT, SNAT to the
+    /// hairpin address, sent back into the pod.
+    HairpinNewFlow = 28,
+    /// Packet of a known hairpin flow: the same translation, sent back into the pod.
+    HairpinEstablished = 29,
+    /// The pod's reply to the hairpin address: source back to the frontend, destination
+    /// back to the pod, sent back into the pod.
+    HairpinReply = 30,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 28;
-    pub const ALL: [Reason; 28] = [
+    pub const COUNT: u32 = 31;
+    pub const ALL: [Reason; 31] = [
         Reason::PassNotIp,
         Reason::PassOtherProto,
         Reason::PassFragment,
@@ -148,6 +156,9 @@ impl Reason {
         Reason::DropRefusedNoAnswer,
         Reason::DnatFragment,
         Reason::RevNatFragment,
+        Reason::HairpinNewFlow,
+        Reason::HairpinEstablished,
+        Reason::HairpinReply,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -180,6 +191,9 @@ impl Reason {
             Reason::DropRefusedNoAnswer => "drop_refused_no_answer",
             Reason::DnatFragment => "dnat_fragment",
             Reason::RevNatFragment => "revnat_fragment",
+            Reason::HairpinNewFlow => "hairpin_new_flow",
+            Reason::HairpinEstablished => "hairpin_established",
+            Reason::HairpinReply => "hairpin_reply",
         }
     }
 

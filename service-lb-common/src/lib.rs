@@ -17,6 +17,7 @@ pub mod config;
 pub mod conntrack;
 pub mod counters;
 pub mod frag;
+pub mod hairpin;
 pub mod maps;
 pub mod meta;
 pub mod proto;

@@ -6,7 +6,7 @@
 //! value gained `nat_port_be` in what were padding bytes, always zero before, and new flag
 //! bits and a new state value (`CT_STATE_HALF_CLOSED`) that old entries never carry, so
 //! pinned conntrack maps stay valid and keep their name: established flows survive an
-//! upgrade. `SLB_CNT_V4`: the fragment reasons were appended, which moves every index
+//! upgrade. `SLB_CNT_V4`: the fragment and hairpin reasons were appended, which moves every index
 //! `hook * Reason::COUNT + reason`.)
 //! The eBPF statics carry exactly these names.
 

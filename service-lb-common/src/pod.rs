@@ -33,3 +33,4 @@ unsafe impl aya::Pod for crate::frag::FragKey6 {}
 unsafe impl aya::Pod for crate::frag::FragNat4 {}
 unsafe impl aya::Pod for crate::frag::FragNat6 {}
 unsafe impl aya::Pod for crate::frag::FragPending {}
+unsafe impl aya::Pod for crate::hairpin::HairpinConfig {}

@@ -9,6 +9,7 @@ mod conntrack;
 mod counters;
 mod family;
 mod frag;
+mod hairpin;
 mod icmp;
 mod lb;
 mod maps;

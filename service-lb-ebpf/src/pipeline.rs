@@ -12,8 +12,8 @@
 use aya_ebpf::programs::TcContext;
 use service_lb_common::{
     conntrack::{
-        CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_BACKEND_GONE, CT_FLAG_DIRECT, CT_FLAG_NORTH_SOUTH,
-        CT_FLAG_PORT_NAT,
+        CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_BACKEND_GONE, CT_FLAG_DIRECT, CT_FLAG_HAIRPIN,
+        CT_FLAG_NORTH_SOUTH, CT_FLAG_PORT_NAT,
     },
     proto::{ETH_P_IP, IPPROTO_TCP, TCP_FLAG_ACK, TCP_FLAG_SYN},
     CtEntry, DataplaneConfig, Hook, Reason,
@@ -28,7 +28,7 @@ use crate::{
     },
     family::{Endpoint, Family, Side, V4, V6},
     frag::{self, Fragments},
-    icmp,
+    hairpin, icmp,
     lb::{self, Choice},
     nat,
     packet::{self, Headers},
@@ -78,6 +78,11 @@ fn fragments_then<F: Refuse + Sticky + Fragments>(ctx: &TcContext, hook: Hook) -
 
 #[inline(always)]
 fn dispatch<F: Refuse + Sticky>(ctx: &TcContext, hook: Hook) -> u64 {
+    hairpin::finish::<F>(ctx, steps::<F>(ctx, hook))
+}
+
+#[inline(always)]
+fn steps<F: Refuse + Sticky>(ctx: &TcContext, hook: Hook) -> u64 {
     let reason = match if matches!(hook, Hook::ToPod | Hook::ToNet) {
         reply::<F>(ctx, hook)
     } else {
@@ -85,14 +90,15 @@ fn dispatch<F: Refuse + Sticky>(ctx: &TcContext, hook: Hook) -> u64 {
     } {
         LOOKUP_MISS => Reason::DnatNewFlow,
         LOOKUP_RESELECT => Reason::DnatReselect,
+        HAIRPIN_REPLY => return hairpin::reply::<F>(ctx, hook),
         code if (ICMP_ERROR..ICMP_ERROR + 0x1_0000).contains(&code) => {
             return icmp::translate::<F>(ctx, hook, (code - ICMP_ERROR) as usize);
         }
         decided => return decided,
     };
-    // Filled by `choose` (backend id, service id), read by `new_flow`: it lives in this
-    // (the entry's) frame, so it is kept small.
-    let mut choice = [0u32; 2];
+    // Filled by `choose` (backend id, service id, `CT_FLAG_HAIRPIN` or 0), read by
+    // `new_flow`: it lives in this (the entry's) frame, so it is kept small.
+    let mut choice = [0u32; 3];
     match choose::<F>(ctx, hook, &mut choice) {
         CHOSEN => {}
         NOT_SERVICE => return not_service::<F>(ctx, hook),
@@ -101,6 +107,10 @@ fn dispatch<F: Refuse + Sticky>(ctx: &TcContext, hook: Hook) -> u64 {
     match new_flow::<F>(ctx, hook, &choice) {
         LOST_RACE => follow_winner::<F>(ctx, hook),
         decided => match Verdict::from_raw(decided) {
+            // Finished by `hairpin::finish`.
+            Verdict::Pass(Reason::DnatNewFlow) if choice[2] != 0 => {
+                Verdict::Pass(Reason::HairpinNewFlow).to_raw()
+            }
             Verdict::Pass(Reason::DnatNewFlow) => Verdict::Pass(reason).to_raw(),
             _ => decided,
         },
@@ -108,15 +118,15 @@ fn dispatch<F: Refuse + Sticky>(ctx: &TcContext, hook: Hook) -> u64 {
 }
 
 /// What every step needs besides the packet.
-struct Env {
-    hook: Hook,
-    cfg: DataplaneConfig,
-    now: u64,
+pub(crate) struct Env {
+    pub(crate) hook: Hook,
+    pub(crate) cfg: DataplaneConfig,
+    pub(crate) now: u64,
 }
 
 /// The step's environment.
 #[inline(always)]
-fn env(hook: Hook) -> Env {
+pub(crate) fn env(hook: Hook) -> Env {
     Env {
         hook,
         cfg: config::get(),
@@ -141,6 +151,8 @@ const LOOKUP_RESELECT: u64 = RAW_OTHER + 1;
 const CHOSEN: u64 = RAW_OTHER + 2;
 const NOT_SERVICE: u64 = RAW_OTHER + 3;
 const LOST_RACE: u64 = RAW_OTHER + 4;
+/// A pod's reply to the hairpin address (see `hairpin`).
+const HAIRPIN_REPLY: u64 = RAW_OTHER + 5;
 /// The packet is an ICMP error (see `icmp`).
 /// `ICMP_ERROR + offset of the ICMP header`: the entry point hands it to `icmp`
 /// without parsing the outer headers again.
@@ -151,14 +163,18 @@ const ICMP_ERROR: u64 = RAW_OTHER + 0x1_0000;
 /// verdict (a frontend with no endpoint, or an undefined port of a ClusterIP, is refused:
 /// see `reject`).
 #[inline(never)]
-fn choose<F: Refuse + Sticky>(ctx: &TcContext, hook: Hook, choice: &mut [u32; 2]) -> u64 {
+fn choose<F: Refuse + Sticky>(ctx: &TcContext, hook: Hook, choice: &mut [u32; 3]) -> u64 {
     let h = match F::parse(ctx) {
         Ok(h) => h,
         Err(verdict) => return verdict.to_raw(),
     };
     match lb::choose::<F>(hook, &h) {
         Ok(chosen) => {
-            *choice = [chosen.backend_id, chosen.service_id];
+            // The client is its own backend: a hairpin flow (see `hairpin`).
+            let hairpin =
+                hook == Hook::FromPod && chosen.backend.addr == h.saddr && hairpin::on::<F>();
+            let flag = if hairpin { CT_FLAG_HAIRPIN } else { 0 };
+            *choice = [chosen.backend_id, chosen.service_id, u32::from(flag)];
             CHOSEN
         }
         Err(Verdict::Pass(Reason::PassNotService)) => match reject::unowned::<F>(ctx, &h) {
@@ -193,6 +209,9 @@ fn established<F: Family>(ctx: &TcContext, hook: Hook) -> u64 {
     let env = env(hook);
     if packet::is_icmp(h.proto) {
         return ICMP_ERROR + h.l4_off as u64;
+    }
+    if hairpin::is_reply::<F>(hook, &h) {
+        return HAIRPIN_REPLY;
     }
     match lookup::<F>(ctx, &h, &env) {
         Ok(Lookup::Done(verdict)) | Err(verdict) => verdict.to_raw(),
@@ -269,6 +288,10 @@ fn lookup<F: Family>(ctx: &TcContext, h: &Headers<F::Addr>, env: &Env) -> Step<L
     if !direct {
         nat::rewrite::<F>(ctx, h, Side::Destination, backend)?;
     }
+    if entry.flags & CT_FLAG_HAIRPIN != 0 {
+        // Finished by `hairpin::finish`.
+        reason = Reason::HairpinEstablished;
+    }
     if entry.flags & CT_FLAG_PORT_NAT != 0 {
         rewrite_client_port::<F>(ctx, h, entry.nat_port_be)?;
     }
@@ -344,8 +367,8 @@ fn sync_reply_entry<F: Family>(
 /// source port when the reply tuple is taken, see `ports`), DNAT to the chosen backend.
 /// When another CPU created the flow at the same moment, its translation is used.
 #[inline(never)]
-fn new_flow<F: Family>(ctx: &TcContext, hook: Hook, choice: &[u32; 2]) -> u64 {
-    let [backend_id, service_id] = *choice;
+fn new_flow<F: Family>(ctx: &TcContext, hook: Hook, choice: &[u32; 3]) -> u64 {
+    let [backend_id, service_id, hairpin_flag] = *choice;
     // The backend `choose` just read (a concurrent delete makes this a miss).
     let Some(backend) = lb::get(F::backends(), &backend_id) else {
         return Verdict::Drop(Reason::DropBackendGone).to_raw();
@@ -356,7 +379,7 @@ fn new_flow<F: Family>(ctx: &TcContext, hook: Hook, choice: &[u32; 2]) -> u64 {
         backend: F::backend_endpoint(&backend),
     };
     let h = headers_or_return!(ctx);
-    match new_flow_step::<F>(ctx, &h, &env(hook), &choice) {
+    match new_flow_step::<F>(ctx, &h, &env(hook), &choice, hairpin_flag as u16) {
         Ok(Created::Theirs) => LOST_RACE,
         Ok(Created::Ours) => Verdict::Pass(Reason::DnatNewFlow).to_raw(),
         Err(verdict) => verdict.to_raw(),
@@ -369,11 +392,12 @@ fn new_flow_step<F: Family>(
     h: &Headers<F::Addr>,
     env: &Env,
     choice: &Choice<F::Addr>,
+    hairpin_flag: u16,
 ) -> Step<Created> {
     let flags = if env.hook == Hook::FromNet {
         CT_FLAG_NORTH_SOUTH
     } else {
-        0
+        hairpin_flag
     };
     let fresh = conntrack::new_entry(choice.backend_id, choice.service_id, flags);
     let backend = choice.backend;
@@ -421,7 +445,12 @@ fn follow_winner_step<F: Family>(
     if winner.flags & CT_FLAG_PORT_NAT != 0 {
         rewrite_client_port::<F>(ctx, h, winner.nat_port_be)?;
     }
-    Ok(Verdict::Pass(Reason::DnatCtRace))
+    Ok(Verdict::Pass(if winner.flags & CT_FLAG_HAIRPIN != 0 {
+        // Finished by `hairpin::finish`.
+        Reason::HairpinNewFlow
+    } else {
+        Reason::DnatCtRace
+    }))
 }
 
 /// A packet to no frontend and of no tracked flow: passed untouched, unless it starts a
@@ -594,7 +623,11 @@ fn reply_step<F: Family>(ctx: &TcContext, h: &Headers<F::Addr>, env: &Env) -> St
     let next = advanced(&env.cfg, h.proto, h.tcp_flags, CT_DIR_REPLY, entry, env.now);
     if worth_writing(&entry, &next) {
         store(slot, &entry, &next);
-        if sync_forward_entry::<F>(h, &frontend, client_port_be, &next, env) && !direct {
+        let client = Endpoint {
+            addr: h.daddr,
+            port_be: client_port_be,
+        };
+        if sync_forward_entry::<F>(h, &frontend, &client, &next, env) && !direct {
             reason = Reason::RevNatCtForwardEvicted;
         }
     }
@@ -611,25 +644,25 @@ fn reply_step<F: Family>(ctx: &TcContext, h: &Headers<F::Addr>, env: &Env) -> St
     Ok(Verdict::Pass(reason))
 }
 
-/// Keeps the forward entry of the flow (client = the reply's destination, on its own
-/// port) in step with its reply entry `reply` (flags, state, expiry). A forward entry
+/// Keeps the forward entry of the flow (`client`: the reply's destination on its own
+/// port, or the pod itself for a hairpin flow) in step with its reply entry `reply` (flags, state, expiry). A forward entry
 /// marked backend-gone is left alone. `true` when it was missing (LRU eviction) and was
 /// created again from `reply`, so the client's next packet keeps its backend; not when
 /// the flow's backend is gone (the next datagram re-balances instead).
 /// A subprogram (own stack frame).
 #[inline(never)]
-fn sync_forward_entry<F: Family>(
+pub(crate) fn sync_forward_entry<F: Family>(
     h: &Headers<F::Addr>,
     frontend: &Endpoint<F::Addr>,
-    client_port_be: u16,
+    client: &Endpoint<F::Addr>,
     reply: &CtEntry,
     env: &Env,
 ) -> bool {
     let ct = F::conntrack(h.proto);
     let key = F::ct_key(
-        h.daddr,
+        client.addr,
         frontend.addr,
-        client_port_be,
+        client.port_be,
         frontend.port_be,
         h.proto,
         CT_DIR_SERVICE,

@@ -314,6 +314,8 @@ impl DaemonOptions {
                 "--map-revnat-max=256".into(),
                 "--map-ct-tcp-max=16384".into(),
                 "--map-ct-any-max=16384".into(),
+                format!("--hairpin-ipv4={}", crate::topology::TEST_HAIRPIN_IPV4),
+                format!("--hairpin-ipv6={}", crate::topology::TEST_HAIRPIN_IPV6),
             ],
             log,
         }

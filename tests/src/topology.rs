@@ -444,3 +444,9 @@ pub fn ensure_bpffs_mounted() -> Result<()> {
     )
     .with_context(|| format!("mounting bpffs at {BPFFS_ROOT}"))
 }
+
+/// Hairpin source addresses for test nodes (`--hairpin-ipv4` / `--hairpin-ipv6`): from the
+/// node range, which pods route via their gateway (the real-cluster defaults are outside
+/// the test ranges). No node has them.
+pub const TEST_HAIRPIN_IPV4: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
+pub const TEST_HAIRPIN_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xff, 0, 0, 0, 0, 0, 0xfe);

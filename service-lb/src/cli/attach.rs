@@ -3,10 +3,13 @@
 //! maps are pinned); the daemon, or anything writing the pinned maps, programs services.
 //! The data-plane flags here are the ones `run` takes too.
 
-use std::path::PathBuf;
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use clap::Args;
-use service_lb_common::DataplaneConfig;
+use service_lb_common::{hairpin::HairpinConfig, DataplaneConfig};
 
 use super::Failure;
 use crate::dataplane::{Dataplane, DataplaneOptions, MapSizes, PinMismatch, DEFAULT_BPFFS};
@@ -36,6 +39,19 @@ pub struct DataplaneArgs {
     /// included, is lost) instead of refusing to start.
     #[arg(long, env = "SERVICE_LB_RECREATE_MISMATCHED_MAPS")]
     pub recreate_mismatched_maps: bool,
+    /// Source address a pod sees when it reaches itself through a Service (hairpin);
+    /// 0.0.0.0 turns IPv4 hairpin off. The default is Cilium's service loopback address
+    /// (link-local: never a pod's, a node's or a Service's address, never routed off the
+    /// node; such packets never reach the node's routing, the programs send them back into
+    /// the pod).
+    #[arg(long, env = "SERVICE_LB_HAIRPIN_IPV4", default_value_t = Ipv4Addr::from(HairpinConfig::DEFAULT.v4))]
+    pub hairpin_ipv4: Ipv4Addr,
+    /// As `--hairpin-ipv4` for IPv6; :: turns it off. The default is in the discard-only
+    /// prefix 100::/64 (RFC 6666): never anyone's address. A link-local one (fe80::/10)
+    /// would not do: the pod would look it up with neighbour discovery on its interface
+    /// instead of sending the reply to its gateway, where `from_pod` translates it.
+    #[arg(long, env = "SERVICE_LB_HAIRPIN_IPV6", default_value_t = Ipv6Addr::from(HairpinConfig::DEFAULT.v6))]
+    pub hairpin_ipv6: Ipv6Addr,
 }
 
 impl DataplaneArgs {
@@ -54,6 +70,10 @@ impl DataplaneArgs {
                 PinMismatch::Recreate
             } else {
                 PinMismatch::Refuse
+            },
+            hairpin: HairpinConfig {
+                v4: self.hairpin_ipv4.octets(),
+                v6: self.hairpin_ipv6.octets(),
             },
         }
     }

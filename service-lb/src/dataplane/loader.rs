@@ -12,6 +12,7 @@ use service_lb_common::{
     affinity::{Affinity4Key, Affinity6Key, AffinityValue, MemberKey, MemberValue},
     config::CONFIG_GLOBAL,
     frag::{FragKey4, FragKey6, FragNat4, FragNat6, FragPending},
+    hairpin::HAIRPIN_GLOBAL,
     maps,
     vip::Scratch,
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Hook, Meta, RevNat4, RevNat6, Svc4Key,
@@ -75,6 +76,7 @@ impl Dataplane {
             }
         }
         loader.override_global(CONFIG_GLOBAL, &options.config, true);
+        loader.override_global(HAIRPIN_GLOBAL, &options.hairpin, true);
         let mut ebpf = loader.load(bytes).map_err(DataplaneError::Load)?;
         debug!(bpffs = %bpffs.display(), "object loaded, maps pinned");
 

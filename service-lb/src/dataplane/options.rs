@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use service_lb_common::{maps, DataplaneConfig};
+use service_lb_common::{hairpin::HairpinConfig, maps, DataplaneConfig};
 
 /// Default bpffs folder that holds every pin of the data plane.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/service-lb";
@@ -51,6 +51,8 @@ pub struct DataplaneOptions {
     pub sizes: MapSizes,
     pub config: DataplaneConfig,
     pub on_pin_mismatch: PinMismatch,
+    /// Hairpin source addresses (the `SLB_HAIRPIN` global; all-zero = off).
+    pub hairpin: HairpinConfig,
 }
 
 impl Default for DataplaneOptions {
@@ -60,6 +62,7 @@ impl Default for DataplaneOptions {
             sizes: MapSizes::default(),
             config: DataplaneConfig::default(),
             on_pin_mismatch: PinMismatch::default(),
+            hairpin: HairpinConfig::DEFAULT,
         }
     }
 }

@@ -14,6 +14,7 @@ use service_lb_common::{
     affinity::{Affinity4Key, Affinity6Key, AffinityValue, MemberKey, MemberValue},
     config::CONFIG_GLOBAL,
     counters::counter_index,
+    hairpin::{HairpinConfig, HAIRPIN_GLOBAL},
     maps,
     service::{SCOPE_EXTERNAL, SVC_FLAG_CLUSTER_IP},
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, DataplaneConfig, Hook, Reason, RevNat4,
@@ -172,12 +173,31 @@ impl Dataplane {
     /// Loads the object with `config` patched into `SLB_CONFIG`, and loads (verifies)
     /// all four programs.
     pub fn load_with(config: DataplaneConfig) -> anyhow::Result<Self> {
+        Self::load_patched(config, None)
+    }
+
+    /// As `load_with`, with `hairpin` patched into `SLB_HAIRPIN` too (the object's own
+    /// value: hairpin off).
+    pub fn load_with_hairpin(
+        config: DataplaneConfig,
+        hairpin: HairpinConfig,
+    ) -> anyhow::Result<Self> {
+        Self::load_patched(config, Some(hairpin))
+    }
+
+    fn load_patched(
+        config: DataplaneConfig,
+        hairpin: Option<HairpinConfig>,
+    ) -> anyhow::Result<Self> {
         ensure!(!object::is_stub(), object::STUB_HINT);
         let mut loader = EbpfLoader::new();
         for (name, size) in TEST_MAP_SIZES {
             loader.map_max_entries(name, size);
         }
         loader.override_global(CONFIG_GLOBAL, &config, true);
+        if let Some(hairpin) = &hairpin {
+            loader.override_global(HAIRPIN_GLOBAL, hairpin, true);
+        }
         let mut ebpf = loader
             .load(object::bytes())
             .context("loading the eBPF object")?;

@@ -11,10 +11,11 @@ use service_lb::dataplane::{
     Attachment, BackendSpec, BpfMaps, Dataplane, DataplaneOptions, Family, FrontendKey,
     FrontendSpec, L4Proto, MapSizes, MapStore, ServiceWriter,
 };
+use service_lb_common::hairpin::HairpinConfig;
 use service_lb_common::service::{BACKEND_STATE_ACTIVE, SCOPE_EXTERNAL, SVC_FLAG_CLUSTER_IP};
 
 use crate::netns::run_in;
-use crate::topology::{Node, POD_VETH_GLOB, UNDERLAY_DEV};
+use crate::topology::{Node, POD_VETH_GLOB, TEST_HAIRPIN_IPV4, TEST_HAIRPIN_IPV6, UNDERLAY_DEV};
 
 /// Map sizes for a test node: small, so a test loads quickly and uses little memory.
 pub fn test_map_sizes() -> MapSizes {
@@ -34,6 +35,10 @@ pub fn install(node: &Node) -> Result<Vec<Attachment>> {
     let options = DataplaneOptions {
         bpffs: node.bpffs.path().to_path_buf(),
         sizes: test_map_sizes(),
+        hairpin: HairpinConfig {
+            v4: TEST_HAIRPIN_IPV4.octets(),
+            v6: TEST_HAIRPIN_IPV6.octets(),
+        },
         ..DataplaneOptions::default()
     };
     run_in(&node.ns, || {

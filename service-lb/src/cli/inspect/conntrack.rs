@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use serde::Serialize;
 use service_lb_common::conntrack::{
     CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_BACKEND_GONE, CT_FLAG_CLOSING, CT_FLAG_DIRECT,
-    CT_FLAG_FIN_BACKEND, CT_FLAG_FIN_CLIENT, CT_FLAG_NORTH_SOUTH, CT_FLAG_PORT_NAT, CT_FLAG_RST,
-    CT_FLAG_SEEN_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_HALF_CLOSED, CT_STATE_NEW,
+    CT_FLAG_FIN_BACKEND, CT_FLAG_FIN_CLIENT, CT_FLAG_HAIRPIN, CT_FLAG_NORTH_SOUTH,
+    CT_FLAG_PORT_NAT, CT_FLAG_RST, CT_FLAG_SEEN_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
+    CT_STATE_HALF_CLOSED, CT_STATE_NEW,
 };
 
 use super::services::proto_name;
@@ -100,6 +101,7 @@ fn flag_names(flags: u16) -> Vec<&'static str> {
         (CT_FLAG_FIN_CLIENT, "fin_client"),
         (CT_FLAG_FIN_BACKEND, "fin_backend"),
         (CT_FLAG_RST, "rst"),
+        (CT_FLAG_HAIRPIN, "hairpin"),
     ]
     .into_iter()
     .filter(|(bit, _)| flags & bit != 0)
@@ -233,6 +235,14 @@ mod tests {
         assert_eq!(rows[0].nat_port, Some(40000));
         assert_eq!(rows[0].cells()[8], "40000");
         assert_eq!(rows[0].dir, "reply");
+    }
+
+    #[test]
+    fn names_the_hairpin_flag() {
+        assert_eq!(
+            flag_names(CT_FLAG_SEEN_REPLY | CT_FLAG_HAIRPIN),
+            vec!["seen_reply", "hairpin"]
+        );
     }
 
     #[test]
