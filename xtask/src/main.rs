@@ -95,7 +95,12 @@ fn test(args: &[String]) -> Result<()> {
 /// `service_lb_tests::packet::CHECKSUM_COMPLETE_ENV` (xtask does not depend on the tests crate).
 const CHECKSUM_COMPLETE_ENV: &str = "SLB_TEST_CHECKSUM_COMPLETE";
 /// Packet suites run a second time on CHECKSUM_COMPLETE skbs.
-const CHECKSUM_COMPLETE_SUITES: &[&str] = &["packet_tests", "packet_affinity", "packet_fragments"];
+const CHECKSUM_COMPLETE_SUITES: &[&str] = &[
+    "packet_tests",
+    "packet_affinity",
+    "packet_fragments",
+    "packet_hairpin",
+];
 
 fn demo() -> Result<()> {
     setup::run()?;
