@@ -20,7 +20,7 @@ use service_lb_common::{
     CtEntry, DataplaneConfig, Hook, Reason,
 };
 use service_lb_tests::{
-    packet::{ct_record, CtRecord, Dataplane, Frontend, PacketSpec, RunOutput, L4},
+    packet::{ct_record, CtRecord, Dataplane, Frontend, PacketSpec, L4},
     privileges::require_root,
     topology::{TEST_HAIRPIN_IPV4, TEST_HAIRPIN_IPV6},
 };
@@ -118,28 +118,6 @@ fn load(test: &str, hairpin: HairpinConfig) -> anyhow::Result<Option<Dataplane>>
     Ok(Some(Dataplane::load_with_hairpin(CONFIG, hairpin)?))
 }
 
-/// Runs `packet` through `hook`, checks the verdict and that exactly the counter
-/// (hook, reason) moved.
-fn run_counted(
-    dp: &Dataplane,
-    hook: Hook,
-    packet: &[u8],
-    verdict: i32,
-    reason: Reason,
-) -> anyhow::Result<RunOutput> {
-    let before = dp.counters()?;
-    let out = dp.run(hook, packet)?;
-    ensure!(
-        out.verdict == verdict,
-        "{}: verdict {}, expected {verdict} ({})",
-        hook.name(),
-        out.verdict,
-        reason.name()
-    );
-    dp.expect_counted(&before, hook, reason, packet.len())?;
-    Ok(out)
-}
-
 /// The frame of `spec` as it goes back into the pod: the Ethernet source and
 /// destination swapped (the builder's frame goes from the pod to its gateway).
 fn turned_around(spec: &PacketSpec) -> anyhow::Result<Vec<u8>> {
@@ -235,8 +213,7 @@ fn pod_reaches_itself_through_its_service(#[case] fam: Fam, #[case] l4: L4) -> a
     // First packet: destination -> the pod on the target port, source -> the hairpin
     // address (same port); back into the pod.
     let request = PacketSpec::new(client, vip, first);
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &request.build()?,
         REDIRECT,
@@ -251,20 +228,13 @@ fn pod_reaches_itself_through_its_service(#[case] fam: Fam, #[case] l4: L4) -> a
     // On its way into the pod (the redirect goes through the veth's egress), `to_pod`
     // leaves it alone: it is of no reply tuple.
     let into_pod = turned_around(&PacketSpec::new(seen_as, backend, first))?;
-    let out = run_counted(
-        &dp,
-        Hook::ToPod,
-        &into_pod,
-        VERDICT_PASS,
-        Reason::PassNotService,
-    )?;
+    let out = dp.run_counted(Hook::ToPod, &into_pod, VERDICT_PASS, Reason::PassNotService)?;
     same_bytes(&out.data, &into_pod)?;
 
     // The pod answers the hairpin address (via its gateway): source -> the VIP,
     // destination -> the pod on the client's port; back into the pod.
     let reply = PacketSpec::new(backend, seen_as, answer);
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &reply.build()?,
         REDIRECT,
@@ -276,8 +246,7 @@ fn pod_reaches_itself_through_its_service(#[case] fam: Fam, #[case] l4: L4) -> a
     expect_flow(&dp, fam, proto, seen)?;
 
     // The translated reply entering the pod: not a reply tuple either.
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::ToPod,
         &translated,
         VERDICT_PASS,
@@ -287,8 +256,7 @@ fn pod_reaches_itself_through_its_service(#[case] fam: Fam, #[case] l4: L4) -> a
 
     // A later packet of the flow: the first one's translation.
     let next = PacketSpec::new(client, vip, later);
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &next.build()?,
         REDIRECT,
@@ -317,8 +285,7 @@ fn hairpin_off_only_dnats(#[case] fam: Fam, #[case] l4: L4) -> anyhow::Result<()
     dp.install_frontend(&fam.frontend(proto))?;
     let [client, vip, backend, _] = fam.sockets();
     let request = PacketSpec::new(client, vip, l4);
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &request.build()?,
         VERDICT_PASS,
@@ -345,8 +312,7 @@ fn only_a_pod_that_is_its_own_backend_is_hairpinned(#[case] fam: Fam) -> anyhow:
         .parse()?,
         40000,
     );
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &PacketSpec::new(other, vip, L4::SYN).build()?,
         VERDICT_PASS,
@@ -356,8 +322,7 @@ fn only_a_pod_that_is_its_own_backend_is_hairpinned(#[case] fam: Fam) -> anyhow:
         &out.data,
         &PacketSpec::new(other, backend, L4::SYN).build()?,
     )?;
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromNet,
         &PacketSpec::new(client, vip, L4::SYN).build()?,
         VERDICT_PASS,
@@ -379,13 +344,7 @@ fn stray_packet_to_the_hairpin_address_passes(#[case] fam: Fam) -> anyhow::Resul
     };
     let [_, _, backend, seen_as] = fam.sockets();
     let packet = PacketSpec::new(backend, seen_as, L4::Udp).build()?;
-    let out = run_counted(
-        &dp,
-        Hook::FromPod,
-        &packet,
-        VERDICT_PASS,
-        Reason::PassNotService,
-    )?;
+    let out = dp.run_counted(Hook::FromPod, &packet, VERDICT_PASS, Reason::PassNotService)?;
     same_bytes(&out.data, &packet)
 }
 
@@ -431,8 +390,7 @@ fn second_frontend_hairpin_gets_another_port(
     let [client, vip, backend, seen_as] = fam.sockets();
     let vip2 = SocketAddr::new(vip.ip(), 81);
 
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &PacketSpec::new(client, vip, first).build()?,
         REDIRECT,
@@ -442,8 +400,7 @@ fn second_frontend_hairpin_gets_another_port(
         &out.data,
         &turned_around(&PacketSpec::new(seen_as, backend, first))?,
     )?;
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &PacketSpec::new(client, vip2, first).build()?,
         REDIRECT,
@@ -457,8 +414,7 @@ fn second_frontend_hairpin_gets_another_port(
         &turned_around(&PacketSpec::new(seen_as_2, backend, first))?,
     )?;
 
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &PacketSpec::new(backend, seen_as_2, answer).build()?,
         REDIRECT,
@@ -468,8 +424,7 @@ fn second_frontend_hairpin_gets_another_port(
         &out.data,
         &turned_around(&PacketSpec::new(vip2, client, answer))?,
     )?;
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &PacketSpec::new(backend, seen_as, answer).build()?,
         REDIRECT,

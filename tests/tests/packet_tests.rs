@@ -22,7 +22,7 @@ use service_lb_tests::{
     packet::{
         builder::{self, arp, broken},
         clock::boot_ns,
-        ct_record, CtRecord, Dataplane, Frontend, Ipv6Ext, PacketSpec, RunOutput, L4,
+        ct_record, CtRecord, Dataplane, Frontend, Ipv6Ext, PacketSpec, L4,
     },
     privileges::require_root,
 };
@@ -93,28 +93,6 @@ fn load(test: &str) -> anyhow::Result<Option<Dataplane>> {
         return Ok(None);
     }
     Ok(Some(Dataplane::load_with(CONFIG)?))
-}
-
-/// Runs `packet` through `hook` and checks the verdict and that exactly the counter
-/// (hook, reason) moved by this packet.
-fn run_counted(
-    dp: &Dataplane,
-    hook: Hook,
-    packet: &[u8],
-    verdict: i32,
-    reason: Reason,
-) -> anyhow::Result<RunOutput> {
-    let before = dp.counters()?;
-    let out = dp.run(hook, packet)?;
-    ensure!(
-        out.verdict == verdict,
-        "{}: verdict {}, expected {verdict} ({})",
-        hook.name(),
-        out.verdict,
-        reason.name()
-    );
-    dp.expect_counted(&before, hook, reason, packet.len())?;
-    Ok(out)
 }
 
 /// Fails unless `actual` equals `expected` byte for byte (with a readable diff).
@@ -253,7 +231,7 @@ fn new_flow_is_dnated(
 
     let packet = input.build()?;
     let t0 = boot_ns()?;
-    let out = run_counted(&dp, hook, &packet, VERDICT_PASS, Reason::DnatNewFlow)?;
+    let out = dp.run_counted(hook, &packet, VERDICT_PASS, Reason::DnatNewFlow)?;
     let t1 = boot_ns()?;
     same_bytes(&out.data, &input.clone().with_dst(backend).build()?)?;
 
@@ -303,8 +281,7 @@ fn reply_is_reverse_nated(
     let vip = fam.vip_socket(80);
 
     let first = PacketSpec::new(fam.client(), vip, request);
-    run_counted(
-        &dp,
+    dp.run_counted(
         Hook::FromPod,
         &first.build()?,
         VERDICT_PASS,
@@ -313,13 +290,7 @@ fn reply_is_reverse_nated(
 
     let reply = PacketSpec::new(backend, fam.client(), response);
     let t0 = boot_ns()?;
-    let out = run_counted(
-        &dp,
-        hook,
-        &reply.build()?,
-        VERDICT_PASS,
-        Reason::RevNatReply,
-    )?;
+    let out = dp.run_counted(hook, &reply.build()?, VERDICT_PASS, Reason::RevNatReply)?;
     let t1 = boot_ns()?;
     same_bytes(&out.data, &reply.clone().with_src(vip).build()?)?;
 
@@ -377,7 +348,7 @@ fn passes_untouched(
             ..fam.frontend(IPPROTO_UDP, 1)
         })?;
     }
-    let out = run_counted(&dp, hook, &packet, VERDICT_PASS, reason)?;
+    let out = dp.run_counted(hook, &packet, VERDICT_PASS, reason)?;
     same_bytes(&out.data, &packet)?;
     expect_conntrack(&dp, &[], 0, 0)
 }
@@ -420,7 +391,7 @@ fn malformed_is_dropped(
     };
     dp.install_frontend(&Fam::V4.frontend(IPPROTO_TCP, 1))?;
     dp.install_frontend(&Fam::V6.frontend(IPPROTO_TCP, 1))?;
-    run_counted(&dp, hook, &packet, VERDICT_DROP, Reason::DropMalformed)?;
+    dp.run_counted(hook, &packet, VERDICT_DROP, Reason::DropMalformed)?;
     expect_conntrack(&dp, &[], 0, 0)
 }
 
@@ -484,8 +455,7 @@ fn two_scopes_send_pods_to_the_internal_backends() -> anyhow::Result<()> {
     dp.install_frontend(&internal)?;
     dp.install_frontend(&external)?;
     let input = PacketSpec::new(Fam::V4.client(), Fam::V4.vip_socket(80), L4::SYN);
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &input.build()?,
         VERDICT_PASS,
@@ -499,8 +469,7 @@ fn two_scopes_send_pods_to_the_internal_backends() -> anyhow::Result<()> {
             .build()?,
     )?;
     let from_outside = input.with_sport(40001);
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromNet,
         &from_outside.build()?,
         VERDICT_PASS,
@@ -525,8 +494,7 @@ fn established_flow_keeps_its_backend_when_the_set_changes(#[case] fam: Fam) -> 
     let old = fam.frontend(IPPROTO_TCP, 1);
     dp.install_frontend(&old)?;
     let syn = PacketSpec::new(fam.client(), fam.vip_socket(80), L4::SYN);
-    run_counted(
-        &dp,
+    dp.run_counted(
         Hook::FromPod,
         &syn.build()?,
         VERDICT_PASS,
@@ -543,8 +511,7 @@ fn established_flow_keeps_its_backend_when_the_set_changes(#[case] fam: Fam) -> 
     dp.install_frontend(&new)?;
 
     let ack = syn.clone().with_l4(L4::ACK);
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &ack.build()?,
         VERDICT_PASS,
@@ -559,8 +526,7 @@ fn established_flow_keeps_its_backend_when_the_set_changes(#[case] fam: Fam) -> 
 
     // A new flow goes to one of the new backends.
     let other = syn.with_sport(40001);
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &other.build()?,
         VERDICT_PASS,
@@ -595,8 +561,7 @@ fn tcp_flow_to_a_removed_backend_keeps_dropping(#[case] fam: Fam) -> anyhow::Res
     dp.install_frontend(&old)?;
     let syn = PacketSpec::new(fam.client(), fam.vip_socket(80), L4::SYN);
     let s0 = boot_ns()?;
-    run_counted(
-        &dp,
+    dp.run_counted(
         Hook::FromPod,
         &syn.build()?,
         VERDICT_PASS,
@@ -614,22 +579,10 @@ fn tcp_flow_to_a_removed_backend_keeps_dropping(#[case] fam: Fam) -> anyhow::Res
 
     let ack = syn.with_l4(L4::ACK).build()?;
     let t0 = boot_ns()?;
-    run_counted(
-        &dp,
-        Hook::FromPod,
-        &ack,
-        VERDICT_DROP,
-        Reason::DropBackendGone,
-    )?;
+    dp.run_counted(Hook::FromPod, &ack, VERDICT_DROP, Reason::DropBackendGone)?;
     let t1 = boot_ns()?;
     // Still dropped, even though the frontend has a live backend again.
-    run_counted(
-        &dp,
-        Hook::FromPod,
-        &ack,
-        VERDICT_DROP,
-        Reason::DropBackendGone,
-    )?;
+    dp.run_counted(Hook::FromPod, &ack, VERDICT_DROP, Reason::DropBackendGone)?;
 
     // The forward entry is marked and kept for the closing lifetime; the reply entry is
     // as the SYN left it.
@@ -669,8 +622,7 @@ fn udp_flow_to_a_removed_backend_reselects(#[case] fam: Fam) -> anyhow::Result<(
     dp.install_frontend(&old)?;
     let datagram = PacketSpec::new(fam.client(), fam.vip_socket(80), L4::Udp);
     let s0 = boot_ns()?;
-    run_counted(
-        &dp,
+    dp.run_counted(
         Hook::FromPod,
         &datagram.build()?,
         VERDICT_PASS,
@@ -690,8 +642,7 @@ fn udp_flow_to_a_removed_backend_reselects(#[case] fam: Fam) -> anyhow::Result<(
     // written for it (the dead backend's reply entry is left to expire).
     let new_backend = SocketAddr::new(replacement.backends[0].addr, 8080);
     let t0 = boot_ns()?;
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &datagram.build()?,
         VERDICT_PASS,
@@ -723,8 +674,7 @@ fn udp_flow_to_a_removed_backend_reselects(#[case] fam: Fam) -> anyhow::Result<(
     expect_conntrack_windows(&dp, &all)?;
 
     // And it stays there.
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &datagram.build()?,
         VERDICT_PASS,
@@ -762,8 +712,7 @@ fn expired_entry_is_not_reused(#[case] fam: Fam) -> anyhow::Result<()> {
 
     let syn = PacketSpec::new(fam.client(), vip, L4::SYN);
     let t0 = boot_ns()?;
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &syn.build()?,
         VERDICT_PASS,
@@ -789,16 +738,14 @@ fn established_tcp_flow(dp: &mut Dataplane, fam: Fam) -> anyhow::Result<(PacketS
     dp.install_frontend(&frontend)?;
     let backend = SocketAddr::new(frontend.backends[0].addr, 8080);
     let syn = PacketSpec::new(fam.client(), fam.vip_socket(80), L4::SYN);
-    run_counted(
-        dp,
+    dp.run_counted(
         Hook::FromPod,
         &syn.build()?,
         VERDICT_PASS,
         Reason::DnatNewFlow,
     )?;
     let syn_ack = PacketSpec::new(backend, fam.client(), L4::SYN_ACK);
-    run_counted(
-        dp,
+    dp.run_counted(
         Hook::ToPod,
         &syn_ack.build()?,
         VERDICT_PASS,
@@ -822,8 +769,7 @@ fn tcp_fin_from_one_side_half_closes_then_both_close(#[case] fam: Fam) -> anyhow
 
     let fin = syn.with_l4(L4::FIN_ACK);
     let t0 = boot_ns()?;
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &fin.build()?,
         VERDICT_PASS,
@@ -841,8 +787,7 @@ fn tcp_fin_from_one_side_half_closes_then_both_close(#[case] fam: Fam) -> anyhow
 
     // The backend still sends: translated, the flow stays half-closed.
     let data = syn_ack.clone().with_l4(L4::ACK);
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::ToPod,
         &data.build()?,
         VERDICT_PASS,
@@ -858,8 +803,7 @@ fn tcp_fin_from_one_side_half_closes_then_both_close(#[case] fam: Fam) -> anyhow
 
     let backend_fin = syn_ack.with_l4(L4::FIN_ACK);
     let t2 = boot_ns()?;
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::ToPod,
         &backend_fin.build()?,
         VERDICT_PASS,
@@ -890,8 +834,7 @@ fn tcp_rst_closes(#[case] fam: Fam, #[case] from_backend: bool) -> anyhow::Resul
     let t0 = boot_ns()?;
     if from_backend {
         let rst = syn_ack.with_l4(L4::RST);
-        let out = run_counted(
-            &dp,
+        let out = dp.run_counted(
             Hook::ToPod,
             &rst.build()?,
             VERDICT_PASS,
@@ -900,8 +843,7 @@ fn tcp_rst_closes(#[case] fam: Fam, #[case] from_backend: bool) -> anyhow::Resul
         same_bytes(&out.data, &rst.clone().with_src(vip).build()?)?;
     } else {
         let rst = syn.with_l4(L4::RST);
-        let out = run_counted(
-            &dp,
+        let out = dp.run_counted(
             Hook::FromPod,
             &rst.build()?,
             VERDICT_PASS,
@@ -940,8 +882,7 @@ fn syn_on_a_closed_flow_picks_afresh(#[case] fam: Fam) -> anyhow::Result<()> {
         return Ok(());
     };
     let (syn, syn_ack) = established_tcp_flow(&mut dp, fam)?;
-    run_counted(
-        &dp,
+    dp.run_counted(
         Hook::ToPod,
         &syn_ack.with_l4(L4::RST).build()?,
         VERDICT_PASS,
@@ -956,8 +897,7 @@ fn syn_on_a_closed_flow_picks_afresh(#[case] fam: Fam) -> anyhow::Result<()> {
     dp.install_frontend(&now)?;
     let new_backend = SocketAddr::new(now.backends[0].addr, 8080);
     let t0 = boot_ns()?;
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &syn.build()?,
         VERDICT_PASS,
@@ -990,8 +930,7 @@ fn syn_on_a_half_closed_flow_keeps_its_backend(#[case] fam: Fam) -> anyhow::Resu
         return Ok(());
     };
     let (syn, syn_ack) = established_tcp_flow(&mut dp, fam)?;
-    run_counted(
-        &dp,
+    dp.run_counted(
         Hook::FromPod,
         &syn.clone().with_l4(L4::FIN_ACK).build()?,
         VERDICT_PASS,
@@ -1003,8 +942,7 @@ fn syn_on_a_half_closed_flow_keeps_its_backend(#[case] fam: Fam) -> anyhow::Resu
     }
     .backend(101, &fam.backend_addr(1), 8080);
     dp.install_frontend(&now)?;
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &syn.build()?,
         VERDICT_PASS,
@@ -1038,13 +976,7 @@ fn expired_entry_is_not_resurrected_by_a_reply(#[case] fam: Fam) -> anyhow::Resu
         dp.insert_ct(r)?;
     }
     let reply = PacketSpec::new(backend, fam.client(), L4::ACK).build()?;
-    let out = run_counted(
-        &dp,
-        Hook::ToPod,
-        &reply,
-        VERDICT_PASS,
-        Reason::PassNotService,
-    )?;
+    let out = dp.run_counted(Hook::ToPod, &reply, VERDICT_PASS, Reason::PassNotService)?;
     same_bytes(&out.data, &reply)?;
     let mut now = dp.conntrack()?;
     now.sort_by_key(|r| format!("{r:?}"));
@@ -1070,8 +1002,7 @@ fn evicted_entries_are_recreated_and_counted(#[case] fam: Fam) -> anyhow::Result
     dp.install_frontend(&frontend)?;
     let vip = fam.vip_socket(80);
     let syn = PacketSpec::new(fam.client(), vip, L4::SYN);
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &syn.build()?,
         VERDICT_PASS,
@@ -1100,8 +1031,7 @@ fn evicted_entries_are_recreated_and_counted(#[case] fam: Fam) -> anyhow::Result
     )?)?;
     let syn_ack = PacketSpec::new(backend, fam.client(), L4::SYN_ACK);
     let t0 = boot_ns()?;
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::ToPod,
         &syn_ack.build()?,
         VERDICT_PASS,
@@ -1134,8 +1064,7 @@ fn evicted_entries_are_recreated_and_counted(#[case] fam: Fam) -> anyhow::Result
     )?)?;
     let fin = syn.with_l4(L4::FIN_ACK);
     let t2 = boot_ns()?;
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &fin.build()?,
         VERDICT_PASS,
@@ -1173,8 +1102,7 @@ fn reply_without_revnat_entry_drops(#[case] fam: Fam) -> anyhow::Result<()> {
     let frontend = fam.frontend(IPPROTO_UDP, 1);
     dp.install_frontend(&frontend)?;
     let request = PacketSpec::new(fam.client(), fam.vip_socket(80), L4::Udp);
-    run_counted(
-        &dp,
+    dp.run_counted(
         Hook::FromPod,
         &request.build()?,
         VERDICT_PASS,
@@ -1186,8 +1114,7 @@ fn reply_without_revnat_entry_drops(#[case] fam: Fam) -> anyhow::Result<()> {
         fam.client(),
         L4::Udp,
     );
-    run_counted(
-        &dp,
+    dp.run_counted(
         Hook::ToPod,
         &reply.build()?,
         VERDICT_DROP,
@@ -1351,16 +1278,14 @@ fn direct_flow_on_a_translated_flows_port_gets_another_port(
 
     let t0 = boot_ns()?;
     let translated = PacketSpec::new(client, vip, start);
-    run_counted(
-        &dp,
+    dp.run_counted(
         Hook::FromPod,
         &translated.build()?,
         VERDICT_PASS,
         Reason::DnatNewFlow,
     )?;
     let direct = PacketSpec::new(client, backend, start);
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &direct.build()?,
         VERDICT_PASS,
@@ -1402,8 +1327,7 @@ fn direct_flow_on_a_translated_flows_port_gets_another_port(
 
     let t2 = boot_ns()?;
     let direct_reply = PacketSpec::new(backend, wire_client, response);
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         reply_hook,
         &direct_reply.build()?,
         VERDICT_PASS,
@@ -1412,8 +1336,7 @@ fn direct_flow_on_a_translated_flows_port_gets_another_port(
     same_bytes(&out.data, &direct_reply.clone().with_dst(client).build()?)?;
 
     let translated_reply = PacketSpec::new(backend, client, response);
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         reply_hook,
         &translated_reply.build()?,
         VERDICT_PASS,
@@ -1422,8 +1345,7 @@ fn direct_flow_on_a_translated_flows_port_gets_another_port(
     same_bytes(&out.data, &translated_reply.clone().with_src(vip).build()?)?;
 
     let direct_next = PacketSpec::new(client, backend, next);
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &direct_next.build()?,
         VERDICT_PASS,
@@ -1461,8 +1383,7 @@ fn mid_stream_tcp_to_a_pod_is_not_rewritten(#[case] fam: Fam) -> anyhow::Result<
     dp.install_frontend(&frontend)?;
     let backend = SocketAddr::new(frontend.backends[0].addr, 8080);
     let t0 = boot_ns()?;
-    run_counted(
-        &dp,
+    dp.run_counted(
         Hook::FromPod,
         &PacketSpec::new(fam.client(), fam.vip_socket(80), L4::SYN).build()?,
         VERDICT_PASS,
@@ -1470,13 +1391,7 @@ fn mid_stream_tcp_to_a_pod_is_not_rewritten(#[case] fam: Fam) -> anyhow::Result<
     )?;
     let t1 = boot_ns()?;
     let ack = PacketSpec::new(fam.client(), backend, L4::ACK).build()?;
-    let out = run_counted(
-        &dp,
-        Hook::FromPod,
-        &ack,
-        VERDICT_PASS,
-        Reason::PassNotService,
-    )?;
+    let out = dp.run_counted(Hook::FromPod, &ack, VERDICT_PASS, Reason::PassNotService)?;
     same_bytes(&out.data, &ack)?;
     expect_conntrack(
         &dp,
@@ -1524,8 +1439,7 @@ fn second_frontend_to_the_same_backend_gets_another_port(
 
     let t0 = boot_ns()?;
     let to_first = PacketSpec::new(client, vip1, start);
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &to_first.build()?,
         VERDICT_PASS,
@@ -1533,8 +1447,7 @@ fn second_frontend_to_the_same_backend_gets_another_port(
     )?;
     same_bytes(&out.data, &to_first.clone().with_dst(backend).build()?)?;
     let to_second = PacketSpec::new(client, vip2, start);
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::FromPod,
         &to_second.build()?,
         VERDICT_PASS,
@@ -1588,8 +1501,7 @@ fn second_frontend_to_the_same_backend_gets_another_port(
     expect_conntrack(&dp, &expected, t0, t1)?;
 
     let reply_second = PacketSpec::new(backend, wire_client, response);
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::ToPod,
         &reply_second.build()?,
         VERDICT_PASS,
@@ -1604,8 +1516,7 @@ fn second_frontend_to_the_same_backend_gets_another_port(
             .build()?,
     )?;
     let reply_first = PacketSpec::new(backend, client, response);
-    let out = run_counted(
-        &dp,
+    let out = dp.run_counted(
         Hook::ToPod,
         &reply_first.build()?,
         VERDICT_PASS,
@@ -1635,13 +1546,7 @@ fn no_free_port_drops(#[case] fam: Fam) -> anyhow::Result<()> {
     }
     let before = dp.conntrack()?.len();
     let direct = PacketSpec::new(client, backend, L4::Udp).build()?;
-    run_counted(
-        &dp,
-        Hook::FromPod,
-        &direct,
-        VERDICT_DROP,
-        Reason::DropNoFreePort,
-    )?;
+    dp.run_counted(Hook::FromPod, &direct, VERDICT_DROP, Reason::DropNoFreePort)?;
     let after = dp.conntrack()?.len();
     ensure!(
         after == before,
@@ -1715,8 +1620,7 @@ fn icmp_error_to_the_client_is_reverse_translated(
     let backend = SocketAddr::new(frontend.backends[0].addr, 8080);
     let vip = fam.vip_socket(80);
     let first = if proto == IPPROTO_TCP { L4::SYN } else { l4 };
-    run_counted(
-        &dp,
+    dp.run_counted(
         Hook::FromPod,
         &PacketSpec::new(fam.client(), vip, first).build()?,
         VERDICT_PASS,
@@ -1743,7 +1647,7 @@ fn icmp_error_to_the_client_is_reverse_translated(
         &quoted(&on_wire, keep)?,
     )?;
     let conntrack_before = dp.conntrack()?;
-    let out = run_counted(&dp, hook, &error, VERDICT_PASS, Reason::RevNatIcmpError)?;
+    let out = dp.run_counted(hook, &error, VERDICT_PASS, Reason::RevNatIcmpError)?;
     let as_sent = PacketSpec::new(fam.client(), vip, l4);
     let expected_sender = if from_backend { vip.ip() } else { router(fam) };
     let expected = builder::icmp_error(
@@ -1780,8 +1684,7 @@ fn icmp_error_from_the_client_is_translated(
     let backend = SocketAddr::new(frontend.backends[0].addr, 8080);
     let vip = fam.vip_socket(80);
     let first = if proto == IPPROTO_TCP { L4::SYN } else { l4 };
-    run_counted(
-        &dp,
+    dp.run_counted(
         Hook::FromPod,
         &PacketSpec::new(fam.client(), vip, first).build()?,
         VERDICT_PASS,
@@ -1797,13 +1700,7 @@ fn icmp_error_from_the_client_is_translated(
         rest,
         &quoted(&received, None)?,
     )?;
-    let out = run_counted(
-        &dp,
-        Hook::FromPod,
-        &error,
-        VERDICT_PASS,
-        Reason::DnatIcmpError,
-    )?;
+    let out = dp.run_counted(Hook::FromPod, &error, VERDICT_PASS, Reason::DnatIcmpError)?;
     let as_sent = PacketSpec::new(backend, fam.client(), l4);
     let expected = builder::icmp_error(
         fam.client().ip(),
@@ -1839,7 +1736,7 @@ fn icmp_error_of_no_tracked_flow_passes_untouched(
         rest,
         &quoted(&stranger, None)?,
     )?;
-    let out = run_counted(&dp, hook, &error, VERDICT_PASS, Reason::PassOtherProto)?;
+    let out = dp.run_counted(hook, &error, VERDICT_PASS, Reason::PassOtherProto)?;
     same_bytes(&out.data, &error)
 }
 
@@ -1863,15 +1760,13 @@ fn icmp_error_restores_a_rewritten_client_port(#[case] fam: Fam) -> anyhow::Resu
     let backend = SocketAddr::new(first.backends[0].addr, 8080);
     let client = fam.client();
     let (vip1, vip2) = (fam.vip_socket(80), fam.vip_socket(81));
-    run_counted(
-        &dp,
+    dp.run_counted(
         Hook::FromPod,
         &PacketSpec::new(client, vip1, L4::Udp).build()?,
         VERDICT_PASS,
         Reason::DnatNewFlow,
     )?;
-    run_counted(
-        &dp,
+    dp.run_counted(
         Hook::FromPod,
         &PacketSpec::new(client, vip2, L4::Udp).build()?,
         VERDICT_PASS,
@@ -1888,13 +1783,7 @@ fn icmp_error_restores_a_rewritten_client_port(#[case] fam: Fam) -> anyhow::Resu
         rest,
         &quoted(&on_wire, None)?,
     )?;
-    let out = run_counted(
-        &dp,
-        Hook::ToPod,
-        &error,
-        VERDICT_PASS,
-        Reason::RevNatIcmpError,
-    )?;
+    let out = dp.run_counted(Hook::ToPod, &error, VERDICT_PASS, Reason::RevNatIcmpError)?;
     let as_sent = PacketSpec::new(client, vip2, L4::Udp);
     let expected = builder::icmp_error(
         vip2.ip(),

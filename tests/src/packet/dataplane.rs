@@ -597,6 +597,28 @@ impl Dataplane {
         Ok(moved)
     }
 
+    /// Runs `packet` through `hook` once and checks the verdict and that exactly the counter
+    /// (hook, reason) moved by this packet.
+    pub fn run_counted(
+        &self,
+        hook: Hook,
+        packet: &[u8],
+        verdict: i32,
+        reason: Reason,
+    ) -> anyhow::Result<RunOutput> {
+        let before = self.counters()?;
+        let out = self.run(hook, packet)?;
+        ensure!(
+            out.verdict == verdict,
+            "{}: verdict {}, expected {verdict} ({})",
+            hook.name(),
+            out.verdict,
+            reason.name()
+        );
+        self.expect_counted(&before, hook, reason, packet.len())?;
+        Ok(out)
+    }
+
     /// Fails unless the counters moved since `before` by exactly one packet of `len`
     /// bytes, under (`hook`, `reason`), and nowhere else.
     pub fn expect_counted(
