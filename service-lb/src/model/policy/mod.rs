@@ -67,6 +67,7 @@ pub mod lookup;
 mod ports;
 pub mod reference;
 mod selector;
+pub mod sink;
 mod state;
 mod view;
 
