@@ -191,20 +191,45 @@ pub struct ServiceManifest {
 
 impl ServiceManifest {
     pub fn yaml(&self) -> String {
+        self.yaml_with(&ServiceExtras::default())
+    }
+
+    /// The manifest with `extras` (labels, sessionAffinity) added.
+    pub fn yaml_with(&self, extras: &ServiceExtras) -> String {
         let families: Vec<&str> = self
             .cluster_ips
             .iter()
             .map(|ip| if ip.is_ipv4() { "IPv4" } else { "IPv6" })
             .collect();
         let mut out = format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}\nspec:\n  type: ClusterIP\n  clusterIP: {}\n  clusterIPs: [{}]\n  ipFamilies: [{}]\n  ipFamilyPolicy: {}\n  ports:\n",
-            self.name,
-            self.namespace,
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}\n",
+            self.name, self.namespace,
+        );
+        if !extras.labels.is_empty() {
+            out.push_str("  labels:\n");
+            for (key, value) in &extras.labels {
+                out.push_str(&format!("    {key}: \"{value}\"\n"));
+            }
+        }
+        out.push_str(&format!(
+            "spec:\n  type: ClusterIP\n  clusterIP: {}\n  clusterIPs: [{}]\n  ipFamilies: [{}]\n  ipFamilyPolicy: {}\n",
             self.cluster_ips.first().map_or_else(String::new, |ip| ip.to_string()),
             join(self.cluster_ips.iter().map(|ip| format!("\"{ip}\""))),
             families.join(", "),
             if families.len() > 1 { "RequireDualStack" } else { "SingleStack" },
-        );
+        ));
+        match extras.session_affinity {
+            SessionAffinity::None => {}
+            SessionAffinity::ClientIp { timeout_s: None } => {
+                out.push_str("  sessionAffinity: ClientIP\n");
+            }
+            SessionAffinity::ClientIp {
+                timeout_s: Some(timeout),
+            } => out.push_str(&format!(
+                "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: {timeout}\n"
+            )),
+        }
+        out.push_str("  ports:\n");
         for (port, target) in &self.ports {
             out.push_str(&format!(
                 "  - name: {}\n    port: {}\n    targetPort: {target}\n    protocol: {}\n",
@@ -213,6 +238,25 @@ impl ServiceManifest {
         }
         out
     }
+}
+
+/// `spec.sessionAffinity` of a Service manifest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SessionAffinity {
+    /// Not set (kube's default, `None`).
+    #[default]
+    None,
+    /// `ClientIP`, with `sessionAffinityConfig.clientIP.timeoutSeconds` when `Some`
+    /// (kube-proxy's default of 10800 s otherwise).
+    ClientIp { timeout_s: Option<u32> },
+}
+
+/// What [`ServiceManifest::yaml_with`] adds to the plain manifest.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceExtras {
+    /// `metadata.labels` (e.g. `service.kubernetes.io/headless`).
+    pub labels: Vec<(String, String)>,
+    pub session_affinity: SessionAffinity,
 }
 
 /// One endpoint of a slice.
@@ -542,6 +586,107 @@ pub fn frontends(bpffs: &Path) -> Result<BTreeMap<String, Vec<String>>> {
             (r.frontend, backends)
         })
         .collect())
+}
+
+/// Every frontend row of the pinned maps (`service-lb inspect services`), with its
+/// affinity timeout and flags.
+pub fn frontend_rows(bpffs: &Path) -> Result<Vec<service_lb::cli::inspect::services::ServiceRow>> {
+    let maps = BpfMaps::open_pinned(bpffs)
+        .with_context(|| format!("opening the maps pinned in {}", bpffs.display()))?;
+    service_lb::cli::inspect::services::rows(&maps).context("reading the services")
+}
+
+/// The key [`frontends`] uses: `vip:port/tcp`.
+pub fn frontend_key(vip: SocketAddr, protocol: &str) -> String {
+    format!("{vip}/{}", protocol.to_ascii_lowercase())
+}
+
+/// Polls the pinned maps in `bpffs` until `done` holds for the rows; returns how long it
+/// took. Fails after `bound` with `what` and the last rows seen.
+pub fn wait_for_rows(
+    bpffs: &Path,
+    what: &str,
+    bound: Duration,
+    done: impl Fn(&[service_lb::cli::inspect::services::ServiceRow]) -> bool,
+) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let rows = frontend_rows(bpffs)?;
+        if done(&rows) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > bound {
+            let seen: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} affinity {} -> {:?}",
+                        r.frontend, r.affinity_timeout_s, r.backends
+                    )
+                })
+                .collect();
+            bail!("{what}: not within {bound:?}; the maps hold {seen:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits until each `(frontend key, backends)` of `wanted` is in the pinned maps with
+/// exactly those backends (any order); other frontends are not looked at.
+pub fn wait_frontends(
+    bpffs: &Path,
+    wanted: &[(String, Vec<String>)],
+    bound: Duration,
+) -> Result<Duration> {
+    let wanted: Vec<(String, Vec<String>)> = wanted
+        .iter()
+        .map(|(frontend, backends)| {
+            let mut backends = backends.clone();
+            backends.sort();
+            (frontend.clone(), backends)
+        })
+        .collect();
+    wait_for_rows(bpffs, &format!("frontends {wanted:?}"), bound, |rows| {
+        wanted.iter().all(|(frontend, backends)| {
+            rows.iter().any(|r| {
+                let mut have = r.backends.clone();
+                have.sort();
+                r.frontend == *frontend && have == *backends
+            })
+        })
+    })
+}
+
+/// Starts one daemon per node of `cluster`, all reading `manifests`, each with
+/// [`DaemonOptions::for_node`] plus `extra_args`, and waits until every one is ready.
+/// The daemons are returned in node order; drop them before the cluster.
+pub fn start_per_node(
+    cluster: &crate::topology::Cluster,
+    manifests: &ManifestDir,
+    extra_args: &[String],
+    ready_bound: Duration,
+) -> Result<Vec<Daemon>> {
+    let mut daemons = Vec::new();
+    for node in &cluster.nodes {
+        let mut options = DaemonOptions::for_node(
+            node.bpffs.path(),
+            manifests.path(),
+            &node.name,
+            manifests.log_path(&node.name),
+        );
+        options.extra_args.extend(extra_args.iter().cloned());
+        daemons.push(
+            Daemon::start(&node.ns, options)
+                .with_context(|| format!("starting the daemon of node {}", node.name))?,
+        );
+    }
+    for (node, daemon) in cluster.nodes.iter().zip(daemons.iter_mut()) {
+        let ready = daemon
+            .wait_ready(ready_bound)
+            .with_context(|| format!("the daemon of node {}", node.name))?;
+        eprintln!("daemon of node {} ready after {ready:?}", node.name);
+    }
+    Ok(daemons)
 }
 
 /// Parses Prometheus text samples: `name{labels}` -> value.

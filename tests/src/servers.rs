@@ -331,6 +331,21 @@ pub fn tcp_ask_from(addr: SocketAddr, port: u16) -> Result<Answer> {
     HeldConnection::greeted(socket.into(), addr).map(|held| held.first)
 }
 
+/// `tcp_ask` from local address `source` (any port): the client address a Service's
+/// session affinity keys on.
+pub fn tcp_ask_bound(addr: SocketAddr, source: std::net::IpAddr) -> Result<Answer> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .context("tcp socket")?;
+    socket
+        .bind(&SocketAddr::new(source, 0).into())
+        .with_context(|| format!("binding a tcp client socket to {source}"))?;
+    socket
+        .connect_timeout(&addr.into(), CLIENT_TIMEOUT)
+        .with_context(|| format!("tcp connect {addr} from {source}"))?;
+    HeldConnection::greeted(socket.into(), addr).map(|held| held.first)
+}
+
 /// A TCP connection kept open to check that established flows keep working.
 pub struct HeldConnection {
     reader: BufReader<TcpStream>,

@@ -203,6 +203,51 @@ impl Cluster {
         nodes.chain(pods).chain(switch).collect()
     }
 
+    /// Gives pod `name` one more address per family, host `host` of its node's pod CIDRs
+    /// (198.18.i.host/32, fd00:18:0:i::host/128), routed to it by its node: another
+    /// client address in the same pod (session affinity keys on the client address).
+    /// `host` must be above the node's pod addresses (and below 255).
+    pub fn add_pod_address(&self, name: &str, host: u8) -> Result<(Ipv4Addr, Ipv6Addr)> {
+        let pod = self.pod(name)?;
+        let node = self.node(pod.node)?;
+        let first_free =
+            usize::from(FIRST_POD_HOST) + self.pods.iter().filter(|p| p.node == pod.node).count();
+        if usize::from(host) < first_free || host == u8::MAX {
+            bail!(
+                "host {host} collides with a pod or gateway address of node {}",
+                node.name
+            );
+        }
+        let v4 = Ipv4Addr::new(198, 18, node.index, host);
+        let v6 = Ipv6Addr::new(0xfd00, 0x18, 0, node.index.into(), 0, 0, 0, host.into());
+        pod.ns
+            .ip(&["addr", "add", &format!("{v4}/32"), "dev", POD_DEV])?;
+        // Deprecated at once: used when a socket binds it, never picked as the source of
+        // an unbound one (the pod's first address stays its default).
+        pod.ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{v6}/128"),
+            "dev",
+            POD_DEV,
+            "nodad",
+            "preferred_lft",
+            "0",
+        ])?;
+        node.ns
+            .ip(&["route", "add", &format!("{v4}/32"), "dev", &pod.host_veth])?;
+        node.ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            &format!("{v6}/128"),
+            "dev",
+            &pod.host_veth,
+        ])?;
+        Ok((v4, v6))
+    }
+
     fn add_node(&self, index: u8) -> Result<Node> {
         let name = format!("n{index}");
         let ns = new_namespace(&format!("{}-{name}", self.prefix))?;
