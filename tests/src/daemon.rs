@@ -751,6 +751,31 @@ mod tests {
             "{yaml}"
         );
         assert!(yaml.contains("ipFamilyPolicy: RequireDualStack"), "{yaml}");
+        assert!(
+            !yaml.contains("labels:") && !yaml.contains("sessionAffinity"),
+            "{yaml}"
+        );
+        let extras = ServiceExtras {
+            labels: vec![("service.kubernetes.io/headless".into(), String::new())],
+            session_affinity: SessionAffinity::ClientIp { timeout_s: Some(7) },
+        };
+        let with = svc.yaml_with(&extras);
+        assert!(
+            with.contains("metadata:\n  name: web\n  namespace: default\n  labels:\n    service.kubernetes.io/headless: \"\"\nspec:\n"),
+            "{with}"
+        );
+        assert!(
+            with.contains("  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 7\n  ports:\n"),
+            "{with}"
+        );
+        let default_timeout = svc.yaml_with(&ServiceExtras {
+            session_affinity: SessionAffinity::ClientIp { timeout_s: None },
+            ..ServiceExtras::default()
+        });
+        assert!(
+            default_timeout.contains("  sessionAffinity: ClientIP\n  ports:\n"),
+            "{default_timeout}"
+        );
         let slice = SliceManifest {
             namespace: "default".into(),
             name: "web-v4".into(),

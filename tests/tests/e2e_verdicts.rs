@@ -699,7 +699,7 @@ fn affinity(f: &Fixture, other_clients: &[(std::net::Ipv4Addr, std::net::Ipv6Add
             );
         };
         eprintln!(
-            "{family} another client address ({source}, the {tried}. tried) sticks to {other}, \
+            "{family} another client address ({source}, other address #{tried} tried) sticks to {other}, \
              {} to {chosen}",
             client.addr(fam.v6)
         );
