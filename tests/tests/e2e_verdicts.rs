@@ -29,9 +29,9 @@ use anyhow::{bail, ensure, Context, Result};
 use service_lb::dataplane::CounterTotal;
 use service_lb_common::{Hook, Reason};
 use service_lb_tests::daemon::{
-    frontend_key, frontend_rows, start_per_node, wait_for_rows, wait_frontends, Daemon,
-    EndpointSpec, ManifestDir, PortSpec, ServiceExtras, ServiceManifest, SessionAffinity,
-    SliceManifest,
+    frontend_key, frontend_rows, metric_samples, metric_sum, start_per_node, wait_for_rows,
+    wait_frontends, Daemon, EndpointSpec, ManifestDir, PortSpec, ServiceExtras, ServiceManifest,
+    SessionAffinity, SliceManifest,
 };
 use service_lb_tests::netns::{run_in, sweep_leftovers, NetNs};
 use service_lb_tests::privileges::require_root;
@@ -459,6 +459,28 @@ fn verdicts(f: &Fixture) -> Result<()> {
         "unowned service-CIDR packets counted: {dropped}"
     );
     eprintln!("drop_service_cidr counted {dropped} packets (SYNs and retransmissions)");
+
+    // The daemon's /metrics exports the same counters (cumulative since it started, so at
+    // least what this phase counted).
+    let samples = metric_samples(&f.daemon.metrics()?);
+    for (reason, at_least) in [
+        (Reason::RejectNoEndpoint, 4),
+        (Reason::RejectNoPort, 4),
+        (Reason::DropServiceCidr, dropped),
+    ] {
+        let label = format!("reason=\"{}\"", reason.name());
+        let exported = metric_sum(
+            &samples,
+            "service_lb_datapath_packets_total",
+            &["hook=\"from_pod\"", &label],
+        );
+        eprintln!("/metrics from_pod {}: {exported}", reason.name());
+        ensure!(
+            exported >= at_least as f64,
+            "/metrics shows {exported} from_pod {} packets, the maps counted {at_least}",
+            reason.name()
+        );
+    }
     Ok(())
 }
 
