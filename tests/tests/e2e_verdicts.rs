@@ -14,8 +14,9 @@
 //!
 //! Affinity: `sessionAffinity: ClientIP` in the Service manifest (kube-proxy's default
 //! timeout first): every connection of one client address lands on one backend, while
-//! other client addresses can land elsewhere; switched off in the manifest, connections
-//! spread; with `timeoutSeconds: 1` an expired entry no longer binds the client.
+//! other client addresses can land elsewhere; when that backend leaves the slices the
+//! client sticks to another one; switched off in the manifest, connections spread; with
+//! `timeoutSeconds: 1` an expired entry no longer binds the client.
 //!
 //! Times (to refusal, from a manifest write to the maps and to the new verdict) are
 //! printed, never asserted.
@@ -725,6 +726,40 @@ fn affinity(f: &Fixture, other_clients: &[(std::net::Ipv4Addr, std::net::Ipv6Add
              {} to {chosen}",
             client.addr(fam.v6)
         );
+
+        // The chosen backend leaves the slices: the client's entry no longer binds it; its
+        // next connections stick to one of the others. Then the backend comes back.
+        let rest: Vec<&str> = STICKY_BACKENDS
+            .iter()
+            .copied()
+            .filter(|b| *b != chosen)
+            .collect();
+        f.write_slices("sticky", &target_ports(), &rest)?;
+        let remaining = rest
+            .iter()
+            .map(|b| f.backend(b, vip.ip(), TCP_TARGET))
+            .collect::<Result<Vec<_>>>()?;
+        let took = wait_frontends(
+            f.bpffs()?,
+            &[(frontend_key(vip, "tcp"), remaining)],
+            CHANGE_BOUND,
+        )?;
+        let moved = ask_batch(&client.ns, vip, client.addr(fam.v6), AFFINITY_CALLS)?;
+        eprintln!(
+            "{family} {chosen} left the slices (maps after {took:?}): the client's next \
+             {AFFINITY_CALLS} connections went to {:?}",
+            distinct(&moved)
+        );
+        ensure!(
+            distinct(&moved).len() == 1 && moved[0] != chosen,
+            "{family}: after {chosen} left, the client must stick to one other backend: {moved:?}"
+        );
+        f.write_slices("sticky", &target_ports(), &STICKY_BACKENDS)?;
+        let all = STICKY_BACKENDS
+            .iter()
+            .map(|b| f.backend(b, vip.ip(), TCP_TARGET))
+            .collect::<Result<Vec<_>>>()?;
+        wait_frontends(f.bpffs()?, &[(frontend_key(vip, "tcp"), all)], CHANGE_BOUND)?;
     }
 
     // Switched off in the manifest: new connections spread (all 20 on one of three: 3^-19).
