@@ -8,14 +8,11 @@
 //! - An expired entry is never used nor refreshed: `live` reports it as missing.
 //! - Creation uses `BPF_NOEXIST` (`create`): when two CPUs create one flow at once, one
 //!   wins and the other is told, so it follows the winner's translation.
-//! - In-place updates (`store`) re-read the flags right before writing and OR the new
-//!   ones in (flags are only ever added to a live entry), then write the state byte and
-//!   the expiry; they never write the whole entry back from an old copy. The window in
-//!   which a concurrent flag could still be lost is the two instructions between that
-//!   read and the write (an atomic OR would close it: the stable `AtomicU64::fetch_or`
-//!   does not exist on the BPF target, and the nightly intrinsic crashed this LLVM).
-//!   State and expiry are plain stores (last writer wins; the next packet recomputes both
-//!   from the flags).
+//! - In-place updates (`store`) OR the flags they add into the entry with one atomic
+//!   instruction (`BPF_ATOMIC | BPF_OR`; flags are only ever added to a live entry), so
+//!   two CPUs setting different flags of one flow at once both land; they never write the
+//!   whole entry back from an old copy. State and expiry are plain stores (last writer
+//!   wins; the next packet recomputes both from the flags).
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -148,22 +145,44 @@ pub fn worth_writing(current: &CtEntry, next: &CtEntry) -> bool {
         || next.expires_ns - current.expires_ns >= NS_PER_S
 }
 
-/// Writes `next` over the live entry at `slot` (read as `current`): re-reads the flags
-/// word just before writing and keeps every flag another CPU set since `current` was
-/// read, then writes state and expiry.
+/// Writes `next` over the live entry at `slot` (read as `current`): ORs the flags `next`
+/// adds into the entry atomically (so a flag another CPU sets at the same time is never
+/// lost), then writes state and expiry.
 #[inline(always)]
 pub fn store(slot: *mut CtEntry, current: &CtEntry, next: &CtEntry) {
-    // SAFETY: `slot` points at a live map value of type `CtEntry`.
-    unsafe {
-        let flags = core::ptr::addr_of_mut!((*slot).flags);
-        let now_there = flags.read_volatile();
-        if next.flags & !now_there != 0 {
-            flags.write_volatile(now_there | next.flags);
+    if next.flags & !current.flags != 0 {
+        // SAFETY: `slot` points at a live map value of type `CtEntry`; its 8-byte word at
+        // the offset of `flags` holds the flags in its low 16 bits (little endian; layout
+        // asserted in service-lb-common), so OR-ing a u16 into it touches only the flags.
+        unsafe {
+            let word = core::ptr::addr_of_mut!((*slot).flags).cast::<u64>();
+            atomic_or_u64(word, u64::from(next.flags));
         }
+    }
+    // SAFETY: as above.
+    unsafe {
         core::ptr::addr_of_mut!((*slot).state).write_volatile(next.state);
         core::ptr::addr_of_mut!((*slot).expires_ns).write_volatile(next.expires_ns);
     }
-    let _ = current;
+}
+
+/// `*word |= bits` as one `BPF_STX | BPF_ATOMIC | BPF_DW` instruction with `BPF_OR`
+/// (kernel >= 5.12, LLVM's `-mcpu=v3` encoding). Written as inline assembly: the BPF
+/// target has no compare-and-swap, so core's `AtomicU64::fetch_or` is not there.
+///
+/// # Safety
+/// `word` is an 8-byte aligned pointer into a map value the program may write.
+#[inline(always)]
+unsafe fn atomic_or_u64(word: *mut u64, bits: u64) {
+    // SAFETY: the caller's promise; the instruction touches only `*word`.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({word} + 0) |= {bits}",
+            word = in(reg) word,
+            bits = in(reg) bits,
+            options(nostack, preserves_flags),
+        );
+    }
 }
 
 /// Creates or replaces the entry under `key`.

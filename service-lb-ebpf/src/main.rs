@@ -2,6 +2,8 @@
 //! turns the verdict into a counted tc return code; nothing is silently dropped or passed.
 #![no_std]
 #![no_main]
+// `asm!` on the BPF target (conntrack's atomic flag OR).
+#![feature(asm_experimental_arch)]
 
 mod affinity;
 mod config;

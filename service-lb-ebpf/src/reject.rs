@@ -18,9 +18,14 @@
 //! refused, an address inside a service CIDR that no Service owns is dropped.
 
 use aya_ebpf::{
-    bindings::BPF_F_RECOMPUTE_CSUM,
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_NET, BPF_F_ADJ_ROOM_NO_CSUM_RESET, BPF_F_RECOMPUTE_CSUM,
+    },
     cty::c_long,
-    helpers::{bpf_csum_diff, bpf_skb_change_tail, bpf_skb_store_bytes},
+    helpers::{
+        bpf_csum_diff, bpf_csum_update, bpf_skb_adjust_room, bpf_skb_change_tail,
+        bpf_skb_store_bytes,
+    },
     maps::{lpm_trie::Key, HashMap, LpmTrie},
     programs::TcContext,
 };
@@ -109,18 +114,31 @@ pub fn unowned<F: Refuse>(ctx: &TcContext, h: &Headers<F::Addr>) -> Step<()> {
 
 /// The answer is built in the per-CPU scratch buffer (the stack is too small): the frame
 /// from `FRAME` (so the IP header, at `IP`, is 4-byte aligned for `bpf_csum_diff`), a
-/// pseudo-header at `PSEUDO`.
+/// pseudo-header at `PSEUDO`, and `ZEROS_LEN` zero bytes at `ZEROS` (see `Buf::send`).
 const FRAME: usize = 2;
 const IP: usize = FRAME + ETH_HLEN;
 const PSEUDO: usize = 160;
 const PSEUDO6_LEN: usize = 40;
 const PSEUDO4_LEN: usize = 12;
-const USED: usize = PSEUDO + PSEUDO6_LEN;
+const ZEROS: usize = PSEUDO + PSEUDO6_LEN;
+const ZEROS_LEN: usize = SCRATCH_LEN - ZEROS;
+const USED: usize = SCRATCH_LEN;
+
+/// Bytes `bpf_skb_adjust_room` opens or closes at once (it refuses more: `-EFAULT`).
+const ADJ_ROOM_MAX: usize = 0xfff;
+/// Where `bpf_skb_adjust_room(BPF_ADJ_ROOM_NET)` opens or closes room: after the Ethernet
+/// header and the family's base IP header (`bpf_skb_net_base_len`).
+const ROOM4: usize = ETH_HLEN + IPV4_HLEN_MIN;
+const ROOM6: usize = ETH_HLEN + IPV6_HLEN;
 
 const _: () = {
     assert!(IP.is_multiple_of(4) && PSEUDO.is_multiple_of(4));
     assert!(IP + IPV6_HLEN + ICMP_HLEN + QUOTE6 <= PSEUDO);
-    assert!(USED <= SCRATCH_LEN);
+    assert!(USED <= SCRATCH_LEN && USED.is_multiple_of(8));
+    // The longest part of an answer after its room offset is zeroed from `ZEROS`.
+    assert!(IPV6_HLEN + ICMP_HLEN + QUOTE6 - IPV6_HLEN <= ZEROS_LEN);
+    assert!(IPV4_HLEN_MIN + ICMP_HLEN + QUOTE4 - IPV4_HLEN_MIN <= ZEROS_LEN);
+    assert!(TCP_HLEN_MIN <= ZEROS_LEN);
 };
 
 /// The scratch buffer, with the bytes an answer uses zeroed.
@@ -190,18 +208,31 @@ impl Buf {
         Ok(())
     }
 
-    /// Replaces the packet with the `len`-byte frame built at `FRAME`.
+    /// Replaces the packet with the `len`-byte frame built at `FRAME`; `room` is where
+    /// `bpf_skb_adjust_room(BPF_ADJ_ROOM_NET)` works for this family (`ROOM4`/`ROOM6`).
+    ///
+    /// `bpf_skb_store_bytes` with `BPF_F_RECOMPUTE_CSUM` keeps `skb->csum` of a
+    /// CHECKSUM_COMPLETE skb equal to the answer's bytes (the old bytes' sum out, the new
+    /// ones' in; the Ethernet header only swaps its addresses, which leaves its sum as it
+    /// was), but only while the skb is still CHECKSUM_COMPLETE, and `bpf_skb_change_tail`
+    /// ends that: growing or trimming turns it into CHECKSUM_NONE and leaves `skb->csum`
+    /// stale (`__skb_grow_rcsum` / `__skb_trim_rcsum` in `include/linux/skbuff.h`). So a
+    /// CHECKSUM_COMPLETE skb is resized with `resize_complete` instead, which keeps
+    /// `skb->csum` exact; any other skb (and one `resize_complete` cannot handle) with
+    /// `bpf_skb_change_tail`.
     #[inline(always)]
-    fn send(&self, ctx: &TcContext, len: usize) -> Result<(), NoAnswer> {
-        // SAFETY: `ctx.skb.skb` is the program's own context.
-        let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, len as u32, 0) };
-        if ret < 0 {
-            return Err(NoAnswer);
+    fn send(&self, ctx: &TcContext, len: usize, room: usize) -> Result<(), NoAnswer> {
+        // SAFETY: `ctx.skb.skb` is the program's own context. Adding 0 changes nothing;
+        // the helper fails (-ENOTSUPP) unless the skb is CHECKSUM_COMPLETE.
+        let complete = unsafe { bpf_csum_update(ctx.skb.skb, 0) } >= 0;
+        if !complete || self.resize_complete(ctx, len, room).is_err() {
+            // SAFETY: as above.
+            let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, len as u32, 0) };
+            if ret < 0 {
+                return Err(NoAnswer);
+            }
         }
         // SAFETY: `FRAME + len` lies inside the map value; `len` is a constant.
-        // BPF_F_RECOMPUTE_CSUM keeps `skb->csum` of a CHECKSUM_COMPLETE skb equal to the
-        // answer's bytes (the old bytes' sum out, the new ones' in); the Ethernet header
-        // only swaps its addresses, which leaves its sum as it was.
         let ret = unsafe {
             bpf_skb_store_bytes(
                 ctx.skb.skb,
@@ -209,6 +240,77 @@ impl Buf {
                 self.bytes.cast::<u8>().add(FRAME).cast(),
                 len as u32,
                 u64::from(BPF_F_RECOMPUTE_CSUM),
+            )
+        };
+        if ret < 0 {
+            Err(NoAnswer)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Makes a CHECKSUM_COMPLETE skb `len` bytes long with `skb->csum` still the sum of its
+    /// bytes (from the network header, as the stack and the test run count it), using only
+    /// operations that keep it so (`net/core/filter.c`):
+    /// - `bpf_skb_adjust_room` with `BPF_F_ADJ_ROOM_NO_CSUM_RESET` inserts zeros at `room`
+    ///   (`bpf_skb_generic_push`: no change to the sum) or removes bytes there, taking their
+    ///   sum out (`bpf_skb_generic_pop`: `skb_postpull_rcsum`); `room` lies an even number
+    ///   of bytes after the network header;
+    /// - the bytes after the opened or closed room move; that keeps their sum only when
+    ///   they move by an even count or are all zero. So room is only opened in even counts,
+    ///   and before room is closed, the bytes that will follow it (the last `len - room`)
+    ///   are overwritten with zeros through `bpf_skb_store_bytes(BPF_F_RECOMPUTE_CSUM)`.
+    ///
+    /// The content is garbage afterwards; `send` overwrites all of it.
+    #[inline(always)]
+    fn resize_complete(&self, ctx: &TcContext, len: usize, room: usize) -> Result<(), NoAnswer> {
+        let skb = ctx.skb.skb;
+        let mut cur = ctx.len() as usize;
+        if cur < len {
+            let grow = (len - cur + 1) & !1;
+            // SAFETY: the program's own context.
+            let ret = unsafe {
+                bpf_skb_adjust_room(
+                    skb,
+                    grow as i32,
+                    BPF_ADJ_ROOM_NET,
+                    u64::from(BPF_F_ADJ_ROOM_NO_CSUM_RESET),
+                )
+            };
+            if ret < 0 {
+                return Err(NoAnswer);
+            }
+            cur += grow;
+        }
+        let excess = cur - len;
+        if excess == 0 {
+            return Ok(());
+        }
+        if excess > ADJ_ROOM_MAX || cur < len || len < room {
+            return Err(NoAnswer);
+        }
+        let tail = len - room;
+        // SAFETY: `ZEROS + tail` lies inside the map value (asserted above); the offset is
+        // inside the packet (`cur - tail >= room`).
+        let ret = unsafe {
+            bpf_skb_store_bytes(
+                skb,
+                (cur - tail) as u32,
+                self.bytes.cast::<u8>().add(ZEROS).cast(),
+                tail as u32,
+                u64::from(BPF_F_RECOMPUTE_CSUM),
+            )
+        };
+        if ret < 0 {
+            return Err(NoAnswer);
+        }
+        // SAFETY: the program's own context.
+        let ret = unsafe {
+            bpf_skb_adjust_room(
+                skb,
+                -(excess as i32),
+                BPF_ADJ_ROOM_NET,
+                u64::from(BPF_F_ADJ_ROOM_NO_CSUM_RESET),
             )
         };
         if ret < 0 {
@@ -365,7 +467,7 @@ impl Refuse for V4 {
         let total = IPV4_HLEN_MIN + TCP_HLEN_MIN;
         put_ipv4(&mut buf, 0, total, true, IPPROTO_TCP, h.daddr, h.saddr)?;
         put_eth(ctx, &mut buf)?;
-        buf.send(ctx, ETH_HLEN + total)
+        buf.send(ctx, ETH_HLEN + total, ROOM4)
     }
 
     #[inline(always)]
@@ -391,7 +493,7 @@ impl Refuse for V4 {
             h.saddr,
         )?;
         put_eth(ctx, &mut buf)?;
-        buf.send(ctx, ETH_HLEN + total)
+        buf.send(ctx, ETH_HLEN + total, ROOM4)
     }
 
     #[inline(always)]
@@ -417,7 +519,7 @@ impl Refuse for V6 {
         buf.checksum(TCP, TCP_HLEN_MIN, seed, TCP + 16)?;
         put_ipv6(&mut buf, TCP_HLEN_MIN, IPPROTO_TCP, h.daddr, h.saddr);
         put_eth(ctx, &mut buf)?;
-        buf.send(ctx, ETH_HLEN + IPV6_HLEN + TCP_HLEN_MIN)
+        buf.send(ctx, ETH_HLEN + IPV6_HLEN + TCP_HLEN_MIN, ROOM6)
     }
 
     #[inline(always)]
@@ -436,7 +538,7 @@ impl Refuse for V6 {
         buf.checksum(ICMP, LEN, seed, ICMP + 2)?;
         put_ipv6(&mut buf, LEN, IPPROTO_ICMPV6, h.daddr, h.saddr);
         put_eth(ctx, &mut buf)?;
-        buf.send(ctx, ETH_HLEN + IPV6_HLEN + LEN)
+        buf.send(ctx, ETH_HLEN + IPV6_HLEN + LEN, ROOM6)
     }
 
     #[inline(always)]

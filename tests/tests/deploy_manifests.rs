@@ -539,6 +539,7 @@ fn rbac_grants_exactly_what_the_source_watches() {
         for resource in &rule.resources {
             let group = match resource.as_str() {
                 "endpointslices" => "discovery.k8s.io",
+                "servicecidrs" => "networking.k8s.io",
                 _ => "",
             };
             assert_eq!(rule.api_groups, [group], "{resource}");
@@ -548,7 +549,12 @@ fn rbac_grants_exactly_what_the_source_watches() {
     assert_eq!(granted, watched_resources());
     assert_eq!(
         granted,
-        BTreeSet::from(["endpointslices".into(), "nodes".into(), "services".into()])
+        BTreeSet::from([
+            "endpointslices".into(),
+            "nodes".into(),
+            "servicecidrs".into(),
+            "services".into()
+        ])
     );
 }
 

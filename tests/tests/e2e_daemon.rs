@@ -648,3 +648,109 @@ fn e2e_daemon_bad_input_keeps_the_last_good_state() -> Result<()> {
     assert!(daemon.exited()?.is_none());
     Ok(())
 }
+
+/// The service CIDRs the daemon programmed, both families, as text.
+fn programmed_service_cidrs(node: &Node) -> Result<BTreeSet<String>> {
+    use service_lb::dataplane::{BpfMaps, Family, MapStore};
+    let maps = BpfMaps::open_pinned(node.bpffs.path())?;
+    let mut all = BTreeSet::new();
+    for family in Family::ALL {
+        all.extend(
+            maps.list_service_cidrs(family)?
+                .iter()
+                .map(ToString::to_string),
+        );
+    }
+    Ok(all)
+}
+
+/// Packets of the pods' hook dropped as unowned service-CIDR addresses.
+fn service_cidr_drops(node: &Node) -> Result<u64> {
+    use service_lb_common::{Hook, Reason};
+    let counters = service_lb_tests::scenario::dataplane::counters(node)?;
+    Ok(counters
+        .iter()
+        .filter(|c| c.hook == Hook::FromPod && c.reason == Reason::DropServiceCidr)
+        .map(|c| c.packets)
+        .sum())
+}
+
+/// A TCP connect from the client pod with a short timeout; its outcome does not matter,
+/// the counters tell what the data path did with the SYN.
+fn poke(f: &Fixture, addr: SocketAddr) -> Result<()> {
+    run_in(&f.client()?.ns, || {
+        let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500));
+        Ok(())
+    })
+}
+
+#[test]
+fn e2e_daemon_service_cidr_objects_make_unowned_addresses_drop() -> Result<()> {
+    if !require_root("e2e_daemon_service_cidr_objects_make_unowned_addresses_drop") {
+        return Ok(());
+    }
+    let mut f = Fixture::new(&["b1"])?;
+    // The ranges come from a ServiceCIDR object only: no --service-cidrs flag.
+    let object =
+        "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata:\n  name: kubernetes\n\
+                  spec:\n  cidrs: [198.19.0.0/17, fd00:19::/108]\n";
+    f.manifests.write("service-cidr.yaml", object)?;
+    f.start(&[])?;
+    let node = f.node()?;
+    let wanted: BTreeSet<String> = ["198.19.0.0/17", "fd00:19::/108"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let started = Instant::now();
+    while programmed_service_cidrs(node)? != wanted {
+        ensure!(
+            started.elapsed() < CHANGE_BOUND,
+            "service CIDRs not programmed from the object: {:?}",
+            programmed_service_cidrs(node)?
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "MEASURED ServiceCIDR object programmed {:?} after ready",
+        started.elapsed()
+    );
+
+    let unowned4 = sa(ip("198.19.0.99"), TCP_PORT);
+    let unowned6 = sa(ip("fd00:19::99"), TCP_PORT);
+    let before = service_cidr_drops(node)?;
+    poke(&f, unowned4)?;
+    poke(&f, unowned6)?;
+    let dropped = service_cidr_drops(node)? - before;
+    ensure!(
+        dropped >= 2,
+        "a SYN to an unowned address of each family is dropped: {dropped}"
+    );
+    // The Service inside the range still answers.
+    let answer = run_in(&f.client()?.ns, || tcp_ask(sa(ip(VIP4), TCP_PORT)))?;
+    assert_eq!(answer.name, "b1");
+
+    // The object goes: so does the range, and nothing is dropped as unowned any more.
+    f.manifests.remove("service-cidr.yaml")?;
+    let removed = Instant::now();
+    while !programmed_service_cidrs(node)?.is_empty() {
+        ensure!(
+            removed.elapsed() < CHANGE_BOUND,
+            "service CIDRs left after the object went: {:?}",
+            programmed_service_cidrs(node)?
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "MEASURED ServiceCIDR object removed from the maps {:?} after the file went",
+        removed.elapsed()
+    );
+    let before = service_cidr_drops(node)?;
+    poke(&f, unowned4)?;
+    poke(&f, unowned6)?;
+    assert_eq!(
+        service_cidr_drops(node)?,
+        before,
+        "no range, no unowned drop"
+    );
+    Ok(())
+}

@@ -404,6 +404,74 @@ fn a_long_datagram_is_quoted_only_up_to_its_udp_header() -> anyhow::Result<()> {
     )
 }
 
+/// Answers are longer or shorter than their requests by even and odd counts, or exactly as
+/// long: the program grows or shrinks the skb each way (and on a CHECKSUM_COMPLETE skb must
+/// keep `skb->csum` right through every one of them; `SLB_TEST_CHECKSUM_COMPLETE=1`).
+#[rstest]
+fn answers_of_every_length_difference(
+    #[values(Fam::V4, Fam::V6)] fam: Fam,
+    #[values(0, 1, 2, 3, 28, 29, 300, 301)] payload: usize,
+) -> anyhow::Result<()> {
+    let Some(mut dp) = load("answers_of_every_length_difference")? else {
+        return Ok(());
+    };
+    no_endpoint(&mut dp, fam, IPPROTO_TCP)?;
+    no_endpoint(&mut dp, fam, IPPROTO_UDP)?;
+    let server = SocketAddr::new(fam.vip(), 80);
+    let mut spec = PacketSpec::new(fam.client(), server, L4::SYN);
+    spec.payload = vec![0xa5; payload];
+    let request = spec.build()?;
+    let ack = BUILDER_SEQ + 1 + payload_len(&spec);
+    let expected = expected_reset(&request, fam.client(), server, 0, Some(ack))?;
+    run_expect(
+        &dp,
+        Hook::FromNet,
+        &request,
+        REDIRECT,
+        Reason::RejectNoEndpoint,
+        Some(&expected),
+    )?;
+    let mut spec = PacketSpec::new(fam.client(), server, L4::Udp);
+    spec.payload = vec![0x3c; payload];
+    let request = spec.build()?;
+    let expected = expected_unreachable(&request, fam.vip())?;
+    run_expect(
+        &dp,
+        Hook::FromNet,
+        &request,
+        REDIRECT,
+        Reason::RejectNoEndpoint,
+        Some(&expected),
+    )
+}
+
+/// A minimum-size Ethernet frame carries padding after the IP packet (a NIC hands it up
+/// as is): the answer is built from the IP packet and the padding goes.
+#[rstest]
+fn a_padded_frame_gets_an_unpadded_answer(
+    #[values(Fam::V4, Fam::V6)] fam: Fam,
+    #[values(1, 6, 7)] padding: usize,
+) -> anyhow::Result<()> {
+    let Some(mut dp) = load("a_padded_frame_gets_an_unpadded_answer")? else {
+        return Ok(());
+    };
+    no_endpoint(&mut dp, fam, IPPROTO_TCP)?;
+    let server = SocketAddr::new(fam.vip(), 80);
+    let mut spec = PacketSpec::new(fam.client(), server, L4::SYN);
+    spec.payload = Vec::new();
+    let mut request = spec.build()?;
+    let expected = expected_reset(&request, fam.client(), server, 0, Some(BUILDER_SEQ + 1))?;
+    request.extend(std::iter::repeat_n(0xee, padding));
+    run_expect(
+        &dp,
+        Hook::FromNet,
+        &request,
+        REDIRECT,
+        Reason::RejectNoEndpoint,
+        Some(&expected),
+    )
+}
+
 #[test]
 fn udp_with_ipv4_options_is_dropped_without_answer() -> anyhow::Result<()> {
     let Some(mut dp) = load("udp_with_ipv4_options_is_dropped_without_answer")? else {

@@ -13,6 +13,7 @@ use k8s_openapi::{
     api::{
         core::v1::{Node, Service, ServiceSpec},
         discovery::v1::{Endpoint, EndpointSlice},
+        networking::v1::{ServiceCIDR, ServiceCIDRSpec},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -28,7 +29,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 const NODE: &str = "n1";
-const KINDS: [&str; 3] = ["Service", "EndpointSlice", "Node"];
+const KINDS: [&str; 4] = ["Service", "EndpointSlice", "Node", "ServiceCIDR"];
 /// Hang guard for the server side (watches reconnecting), not a timing check.
 const SERVER_WAIT: Duration = Duration::from_secs(30);
 
@@ -80,6 +81,16 @@ fn node(name: &str) -> Node {
     Node {
         metadata: meta(None, name, &[]),
         ..Node::default()
+    }
+}
+
+fn service_cidr(name: &str, cidrs: &[&str]) -> ServiceCIDR {
+    ServiceCIDR {
+        metadata: meta(None, name, &[]),
+        spec: Some(ServiceCIDRSpec {
+            cidrs: Some(cidrs.iter().map(|c| (*c).to_owned()).collect()),
+        }),
+        status: None,
     }
 }
 
@@ -289,6 +300,67 @@ async fn initial_lists_arrive_per_kind_with_selectors_and_pages() -> Result<()> 
             "{watch:?}"
         );
     }
+    h.stop().await
+}
+
+#[tokio::test]
+async fn service_cidrs_are_listed_and_watched_cluster_wide() -> Result<()> {
+    let mut h = Harness::start("service-cidrs", |server| {
+        seed_two_services(server)?;
+        server.apply(&service_cidr(
+            "kubernetes",
+            &["198.19.0.0/17", "fd00:19::/108"],
+        ))?;
+        Ok(())
+    })
+    .await?;
+    let seen = h.synced().await?;
+    assert_eq!(
+        strings(&of_kind(&seen, "ServiceCIDR")),
+        [
+            "ServiceCIDR Init",
+            "ServiceCIDR InitApply kubernetes",
+            "ServiceCIDR InitDone"
+        ]
+    );
+    let listed = h
+        .events
+        .object("ServiceCIDR", "kubernetes")
+        .context("ServiceCIDR kubernetes")?;
+    assert_eq!(listed["spec"]["cidrs"][0], "198.19.0.0/17");
+    assert_eq!(listed["spec"]["cidrs"][1], "fd00:19::/108");
+    // All of them, cluster-wide: no namespace, no selector.
+    let requests = h.server.requests();
+    let lists: Vec<_> = requests
+        .iter()
+        .filter(|r| r.path == "/apis/networking.k8s.io/v1/servicecidrs")
+        .collect();
+    ensure!(!lists.is_empty(), "no list or watch of servicecidrs");
+    for r in &lists {
+        assert_eq!(r.query.get("labelSelector"), None, "{r:?}");
+        assert_eq!(r.query.get("fieldSelector"), None, "{r:?}");
+    }
+
+    h.server
+        .apply(&service_cidr("extra", &["198.19.128.0/17"]))?;
+    h.server
+        .delete::<ServiceCIDR>("", "extra")
+        .context("extra existed")?;
+    h.server
+        .apply(&service_cidr("sentinel", &["fd00:19::/112"]))?;
+    let mut seen = Vec::new();
+    while !seen.contains(&Seen::Apply("ServiceCIDR", "sentinel".into())) {
+        seen.push(h.events.next().await?);
+    }
+    assert_eq!(
+        strings(&of_kind(&seen, "ServiceCIDR")),
+        [
+            "ServiceCIDR Apply extra",
+            "ServiceCIDR Delete extra",
+            "ServiceCIDR Apply sentinel"
+        ]
+    );
+    assert_eq!(h.events.names("ServiceCIDR"), ["kubernetes", "sentinel"]);
     h.stop().await
 }
 

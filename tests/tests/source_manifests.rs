@@ -14,7 +14,7 @@ use service_lb_tests::fake_apiserver::recorder::{Recorder, Seen};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-const KINDS: [&str; 3] = ["Service", "EndpointSlice", "Node"];
+const KINDS: [&str; 4] = ["Service", "EndpointSlice", "Node", "ServiceCIDR"];
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// Namespace of the sentinel Services that mark "everything before has arrived".
 const SENTINEL_NAMESPACE: &str = "zz-sentinel";
@@ -36,6 +36,14 @@ fn slice_yaml(name: &str, service: &str, address: &str) -> String {
 
 fn node_yaml(name: &str) -> String {
     format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n")
+}
+
+fn service_cidr_yaml(name: &str, cidrs: &[&str]) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata:\n  name: {name}\n\
+         spec:\n  cidrs: [{}]\n",
+        cidrs.join(", ")
+    )
 }
 
 fn documents(docs: &[String]) -> String {
@@ -234,6 +242,62 @@ async fn initial_list_of_every_kind_from_eligible_files_only() -> Result<()> {
     );
     assert!(of_kind(&seen, "Rejected").is_empty(), "{seen:?}");
     assert_eq!(h.cluster_ip("web").as_deref(), Some("198.19.0.1"));
+    h.stop().await
+}
+
+#[tokio::test]
+async fn service_cidrs_are_read_cluster_scoped_and_followed() -> Result<()> {
+    let mut h = Harness::start("service-cidrs", DEBOUNCE, |folder| {
+        folder.write(
+            "cidrs.yaml",
+            &documents(&[
+                service_cidr_yaml("kubernetes", &["198.19.0.0/17", "fd00:19::/108"]),
+                service_yaml("web", "198.19.0.1"),
+            ]),
+        )
+    })?;
+    let seen = h.synced().await?;
+    assert_eq!(
+        initial_list(&seen, "ServiceCIDR"),
+        [
+            "ServiceCIDR Init",
+            "ServiceCIDR InitApply kubernetes",
+            "ServiceCIDR InitDone"
+        ]
+    );
+    let listed = h
+        .events
+        .object("ServiceCIDR", "kubernetes")
+        .context("ServiceCIDR kubernetes")?;
+    assert_eq!(listed["spec"]["cidrs"][1], "fd00:19::/108");
+    assert!(
+        listed["metadata"].get("namespace").is_none(),
+        "cluster-scoped: no namespace is added: {listed}"
+    );
+
+    // (A batch sends Services first, so a sentinel Service does not mark the end of a
+    // ServiceCIDR change: wait for the ServiceCIDR event itself.)
+    h.folder.write(
+        "extra.yaml",
+        &service_cidr_yaml("extra", &["198.19.128.0/17"]),
+    )?;
+    let applied = Seen::Apply("ServiceCIDR", "extra".into());
+    let seen = h.events.take_until(|s| *s == applied).await?;
+    assert_eq!(seen, [applied]);
+    h.folder.remove("extra.yaml")?;
+    let deleted = Seen::Delete("ServiceCIDR", "extra".into());
+    let seen = h.events.take_until(|s| *s == deleted).await?;
+    assert_eq!(seen, [deleted]);
+    // Another apiVersion of a known kind makes the file an error (its objects stay).
+    h.folder.write(
+        "cidrs.yaml",
+        &service_cidr_yaml("kubernetes", &["198.19.0.0/16"])
+            .replace("networking.k8s.io/v1", "networking.k8s.io/v1beta1"),
+    )?;
+    let seen = h.events.take_until(|s| s.kind() == "Rejected").await?;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(h.settle("s1").await?, Vec::<String>::new());
+    assert_eq!(h.events.names("ServiceCIDR"), ["kubernetes"]);
     h.stop().await
 }
 

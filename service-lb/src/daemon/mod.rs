@@ -17,6 +17,7 @@ pub mod config;
 pub mod datapath;
 pub mod event_loop;
 pub mod reconcile;
+pub mod service_cidrs;
 
 #[cfg(test)]
 mod tests;
@@ -176,7 +177,8 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
         config.node_name.clone(),
         metrics,
         health.clone(),
-    );
+    )
+    .with_service_cidr_flag(&config.service_cidrs);
 
     let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
     let source_task = tokio::spawn(run_source(config.source.clone(), tx, cancel.clone()));

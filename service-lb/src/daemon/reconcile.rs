@@ -16,8 +16,9 @@ use std::{
 use kube::runtime::watcher;
 use tracing::{debug, error, info, warn};
 
+use super::service_cidrs::ServiceCidrs;
 use crate::{
-    dataplane::{sync::SyncReport, MapStore, Syncer},
+    dataplane::{program_service_cidrs, sync::SyncReport, Cidr, MapStore, Syncer},
     model::{ClusterState, ServiceDesired, ServiceName, Skip},
     source::{Rejection, SourceEvent},
     telemetry::{
@@ -52,6 +53,8 @@ pub struct Reconciler<M: MapStore> {
     full_synced: bool,
     /// Skips last reported per Service: each is counted once, not on every sync.
     skips_seen: BTreeMap<ServiceName, Vec<Skip>>,
+    /// `--service-cidrs` plus the ServiceCIDR objects (written apart from the Services).
+    service_cidrs: ServiceCidrs,
 }
 
 impl<M: MapStore + Send + 'static> Reconciler<M> {
@@ -70,7 +73,16 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
             pending: false,
             full_synced: false,
             skips_seen: BTreeMap::new(),
+            service_cidrs: ServiceCidrs::new(&[]),
         }
+    }
+
+    /// The `--service-cidrs` ranges (programmed at start-up): kept in the union with the
+    /// ServiceCIDR objects' ranges.
+    #[must_use]
+    pub fn with_service_cidr_flag(mut self, flag: &[Cidr]) -> Self {
+        self.service_cidrs = ServiceCidrs::new(flag);
+        self
     }
 
     /// The first full sync has been applied.
@@ -119,7 +131,29 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
                 self.metrics.count_source_event("Rejected");
                 self.rejected(&rejection);
             }
+            SourceEvent::ServiceCidr(e) => {
+                self.metrics.count_source_event("ServiceCIDR");
+                self.service_cidrs.apply(*e);
+                self.write_service_cidrs();
+            }
         }
+    }
+
+    /// Writes the union of flag and ServiceCIDR ranges when it changed (a few LPM-trie
+    /// updates, done in place: the Services' syncs do not wait for it). A failed write is
+    /// logged and tried again on the next ServiceCIDR event and on every full resync.
+    fn write_service_cidrs(&mut self) {
+        let Some(cidrs) = self.service_cidrs.change() else {
+            return;
+        };
+        let Some(syncer) = self.syncer.as_mut() else {
+            return;
+        };
+        let result = program_service_cidrs(syncer.writer_mut().store_mut(), &cidrs);
+        if let Err(e) = &result {
+            error!(error = %e, "writing the service CIDRs failed; will retry");
+        }
+        self.service_cidrs.programmed(&cidrs, result.is_ok());
     }
 
     fn changed(&mut self) {
@@ -167,6 +201,7 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
 
     /// The periodic full resync (repairs drift); a no-op before the first full sync.
     pub async fn resync(&mut self) -> Result<Option<SyncDone>, ReconcileError> {
+        self.write_service_cidrs();
         if !self.full_synced {
             return Ok(None);
         }
@@ -304,6 +339,7 @@ pub fn kind_of(origin: &str) -> &'static str {
         Some("Service") => "Service",
         Some("EndpointSlice") => "EndpointSlice",
         Some("Node") => "Node",
+        Some("ServiceCIDR") => "ServiceCIDR",
         _ => "input",
     }
 }

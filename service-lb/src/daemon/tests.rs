@@ -309,3 +309,66 @@ async fn the_loop_syncs_stops_on_cancel_and_reports_a_dead_source() {
     .await;
     assert!(matches!(result, Err(LoopError::SourceEnded)), "{result:?}");
 }
+
+fn service_cidr(name: &str, cidrs: &[&str]) -> Arc<k8s_openapi::api::networking::v1::ServiceCIDR> {
+    Arc::new(
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"cidrs": cidrs}}))
+            .expect("a valid ServiceCIDR"),
+    )
+}
+
+#[tokio::test]
+async fn service_cidr_objects_join_the_flag_once_listed_and_never_hold_up_services() {
+    use crate::dataplane::{program_service_cidrs, Cidr};
+    let cidr = |t: &str| -> Cidr { t.parse().expect("cidr") };
+    let flag = [cidr("198.19.0.0/17")];
+    // As the daemon starts: the flag's ranges written before the reconciler exists.
+    let mut maps = maps_left_by_a_previous_run();
+    program_service_cidrs(&mut maps, &flag).expect("programs");
+    let mut h = harness();
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    h.registry = registry;
+    let writer = ServiceWriter::open(maps).expect("recovers");
+    h.reconciler = Reconciler::new(Syncer::new(writer), "n1".into(), metrics, h.health.clone())
+        .with_service_cidr_flag(&flag);
+    let programmed = |h: &Harness| -> Vec<String> {
+        h.maps()
+            .service_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+
+    // Services sync while the ServiceCIDR list has not even started (an API server
+    // without the kind never lists it).
+    h.initial_lists(true);
+    assert!(h.reconciler.wants_sync());
+    h.reconciler.sync().await.expect("syncs").expect("did sync");
+    assert_eq!(programmed(&h), ["198.19.0.0/17"]);
+
+    h.send(SourceEvent::ServiceCidr(Box::new(Event::Init)));
+    h.send(SourceEvent::ServiceCidr(Box::new(Event::InitApply(
+        service_cidr("kubernetes", &["198.19.128.0/17", "fd00:19::/108"]),
+    ))));
+    assert_eq!(
+        programmed(&h),
+        ["198.19.0.0/17"],
+        "an unfinished list is not used"
+    );
+    h.send(SourceEvent::ServiceCidr(Box::new(Event::InitDone)));
+    assert_eq!(
+        programmed(&h),
+        ["198.19.0.0/17", "198.19.128.0/17", "fd00:19::/108"]
+    );
+
+    h.send(SourceEvent::ServiceCidr(Box::new(Event::Delete(
+        service_cidr("kubernetes", &[]),
+    ))));
+    assert_eq!(programmed(&h), ["198.19.0.0/17"], "the flag's range stays");
+    let text = encode_text(&h.registry).expect("encodes");
+    assert!(
+        text.contains("kind=\"ServiceCIDR\""),
+        "ServiceCIDR events are counted: {text}"
+    );
+}

@@ -1,4 +1,5 @@
-//! The Kubernetes API source: kube-runtime watchers for Service, EndpointSlice and this Node.
+//! The Kubernetes API source: kube-runtime watchers for Service, EndpointSlice, this Node
+//! and ServiceCIDR.
 //!
 //! Each kind is one `watcher` stream with kube-proxy's selectors and the default backoff.
 //! Every watcher event is forwarded unchanged: a (re)list (first start, after a 410 Gone,
@@ -36,7 +37,7 @@ pub async fn run(
     let client = client::build(config.kubeconfig.as_deref()).await?;
     info!(
         node = config.node_name.as_deref().unwrap_or("<none>"),
-        "watching Services, EndpointSlices and this Node"
+        "watching Services, EndpointSlices, ServiceCIDRs and this Node"
     );
     let all = streams::forward_all(client, config.node_name, events);
     tokio::select! {

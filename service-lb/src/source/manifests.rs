@@ -324,6 +324,7 @@ fn init_event(kind: Kind, step: InitStep) -> SourceEvent {
         Kind::Service => SourceEvent::Service(marker(step)),
         Kind::EndpointSlice => SourceEvent::EndpointSlice(marker(step)),
         Kind::Node => SourceEvent::Node(marker(step)),
+        Kind::ServiceCidr => SourceEvent::ServiceCidr(marker(step)),
     }
 }
 
@@ -346,5 +347,6 @@ fn object_event(object: Object, step: ObjectStep) -> SourceEvent {
         Object::Service(o) => SourceEvent::Service(wrap(o, step)),
         Object::EndpointSlice(o) => SourceEvent::EndpointSlice(wrap(o, step)),
         Object::Node(o) => SourceEvent::Node(wrap(o, step)),
+        Object::ServiceCidr(o) => SourceEvent::ServiceCidr(wrap(o, step)),
     }
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::ServiceCIDR,
 };
 use kube::runtime::watcher;
 
@@ -43,6 +44,8 @@ pub enum SourceEvent {
     /// known kind that does not deserialize). The source keeps the last good objects of that
     /// origin; the daemon logs a warning and counts it under `reason`.
     Rejected(Rejection),
+    /// `networking.k8s.io/v1` ServiceCIDR (cluster-scoped): ranges ClusterIPs come from.
+    ServiceCidr(Box<watcher::Event<Arc<ServiceCIDR>>>),
 }
 
 /// Why some input was left out.

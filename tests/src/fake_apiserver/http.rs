@@ -102,6 +102,7 @@ fn route(path: &str) -> Option<(Collection, Option<String>)> {
         Collection::Services,
         Collection::EndpointSlices,
         Collection::Nodes,
+        Collection::ServiceCidrs,
     ]
     .into_iter()
     .find_map(|collection| {

@@ -33,6 +33,7 @@ use k8s_openapi::{
     api::{
         core::v1::{Node, Service},
         discovery::v1::EndpointSlice,
+        networking::v1::ServiceCIDR,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -57,6 +58,10 @@ impl Served for EndpointSlice {
 
 impl Served for Node {
     const COLLECTION: Collection = Collection::Nodes;
+}
+
+impl Served for ServiceCIDR {
+    const COLLECTION: Collection = Collection::ServiceCidrs;
 }
 
 /// A running fake API server; stops when dropped.

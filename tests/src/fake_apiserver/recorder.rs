@@ -163,6 +163,7 @@ impl Recorder {
             SourceEvent::EndpointSlice(e) => self.absorb_kind("EndpointSlice", *e),
             SourceEvent::Node(e) => self.absorb_kind("Node", *e),
             SourceEvent::Rejected(r) => Ok(Seen::Rejected(r.origin, r.reason)),
+            SourceEvent::ServiceCidr(e) => self.absorb_kind("ServiceCIDR", *e),
         }
     }
 

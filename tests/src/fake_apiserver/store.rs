@@ -14,6 +14,7 @@ pub enum Collection {
     Services,
     EndpointSlices,
     Nodes,
+    ServiceCidrs,
 }
 
 impl Collection {
@@ -21,6 +22,7 @@ impl Collection {
         match self {
             Collection::Services | Collection::Nodes => "v1",
             Collection::EndpointSlices => "discovery.k8s.io/v1",
+            Collection::ServiceCidrs => "networking.k8s.io/v1",
         }
     }
 
@@ -29,11 +31,12 @@ impl Collection {
             Collection::Services => "Service",
             Collection::EndpointSlices => "EndpointSlice",
             Collection::Nodes => "Node",
+            Collection::ServiceCidrs => "ServiceCIDR",
         }
     }
 
     pub fn namespaced(self) -> bool {
-        self != Collection::Nodes
+        !matches!(self, Collection::Nodes | Collection::ServiceCidrs)
     }
 
     /// `(api prefix, plural)`: `/api/v1` + `services`.
@@ -42,6 +45,7 @@ impl Collection {
             Collection::Services => ("/api/v1", "services"),
             Collection::EndpointSlices => ("/apis/discovery.k8s.io/v1", "endpointslices"),
             Collection::Nodes => ("/api/v1", "nodes"),
+            Collection::ServiceCidrs => ("/apis/networking.k8s.io/v1", "servicecidrs"),
         }
     }
 }

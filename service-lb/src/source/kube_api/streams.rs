@@ -6,6 +6,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::ServiceCIDR,
 };
 use kube::{
     runtime::{watcher, WatchStreamExt},
@@ -65,10 +66,22 @@ pub(super) async fn forward_all(
             None => info!("no node name: this node's Node object is not watched"),
         }
     };
+    // Cluster-scoped, all of them (the allocator's ranges). An API server without the kind
+    // (before Kubernetes 1.33) fails this watch with backoff forever; nothing waits on it.
+    let service_cidrs = forward(
+        "ServiceCIDR",
+        watch_stream(
+            Api::<ServiceCIDR>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        events.clone(),
+        SourceEvent::ServiceCidr,
+    );
     // Each ends only when the receiver is gone; then all do.
     tokio::select! {
         () = services => {}
         () = slices => {}
+        () = service_cidrs => {}
         () = async { node.await; std::future::pending::<()>().await } => {}
     }
 }

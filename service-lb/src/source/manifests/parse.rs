@@ -8,7 +8,8 @@
 //! it in the file, so the parser's positions in the message are the file's. JSON: one object,
 //! or a `kind: List` whose `items` are objects.
 //!
-//! Kinds used: `v1` Service, `discovery.k8s.io/v1` EndpointSlice, `v1` Node. Other kinds go
+//! Kinds used: `v1` Service, `discovery.k8s.io/v1` EndpointSlice, `v1` Node,
+//! `networking.k8s.io/v1` ServiceCIDR. Other kinds go
 //! to [`ParsedFile::ignored`]. A known kind with another `apiVersion`, a document without a
 //! `kind`, or an object that does not deserialize makes the whole file an error.
 
@@ -18,6 +19,7 @@ use k8s_openapi::{
     api::{
         core::v1::{Node, Service},
         discovery::v1::EndpointSlice,
+        networking::v1::ServiceCIDR,
     },
     Resource,
 };
@@ -28,6 +30,7 @@ pub enum Object {
     Service(Arc<Service>),
     EndpointSlice(Arc<EndpointSlice>),
     Node(Arc<Node>),
+    ServiceCidr(Arc<ServiceCIDR>),
 }
 
 /// What one file held.
@@ -62,6 +65,7 @@ enum Kind {
     Service,
     EndpointSlice,
     Node,
+    ServiceCidr,
 }
 
 impl Kind {
@@ -70,6 +74,7 @@ impl Kind {
             k if k == Service::KIND => Some(Self::Service),
             k if k == EndpointSlice::KIND => Some(Self::EndpointSlice),
             k if k == Node::KIND => Some(Self::Node),
+            k if k == ServiceCIDR::KIND => Some(Self::ServiceCidr),
             _ => None,
         }
     }
@@ -79,6 +84,7 @@ impl Kind {
             Self::Service => Service::API_VERSION,
             Self::EndpointSlice => EndpointSlice::API_VERSION,
             Self::Node => Node::API_VERSION,
+            Self::ServiceCidr => ServiceCIDR::API_VERSION,
         }
     }
 }
@@ -175,6 +181,7 @@ impl YamlDocument {
             Kind::Service => Object::Service(Arc::new(self.parse()?)),
             Kind::EndpointSlice => Object::EndpointSlice(Arc::new(self.parse()?)),
             Kind::Node => Object::Node(Arc::new(self.parse()?)),
+            Kind::ServiceCidr => Object::ServiceCidr(Arc::new(self.parse()?)),
         })
     }
 
@@ -364,6 +371,9 @@ fn add_json_object(
             Arc::new(serde_json::from_value(value).map_err(json_error)?),
         )),
         Classified::Use(Kind::Node) => parsed.objects.push(Object::Node(Arc::new(
+            serde_json::from_value(value).map_err(json_error)?,
+        ))),
+        Classified::Use(Kind::ServiceCidr) => parsed.objects.push(Object::ServiceCidr(Arc::new(
             serde_json::from_value(value).map_err(json_error)?,
         ))),
     }

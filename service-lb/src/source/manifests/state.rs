@@ -19,16 +19,28 @@ pub(crate) enum Kind {
     Service,
     EndpointSlice,
     Node,
+    ServiceCidr,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Node];
+    pub(crate) const ALL: [Kind; 4] = [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Node,
+        Kind::ServiceCidr,
+    ];
+
+    /// Objects of this kind live in a namespace (Nodes and ServiceCIDRs are cluster-scoped).
+    pub(crate) fn namespaced(self) -> bool {
+        matches!(self, Kind::Service | Kind::EndpointSlice)
+    }
 
     pub(crate) fn of(object: &Object) -> Kind {
         match object {
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Node(_) => Kind::Node,
+            Object::ServiceCidr(_) => Kind::ServiceCidr,
         }
     }
 }
@@ -95,6 +107,7 @@ impl Stored {
             Object::Service(o) => serde_json::to_vec(&**o),
             Object::EndpointSlice(o) => serde_json::to_vec(&**o),
             Object::Node(o) => serde_json::to_vec(&**o),
+            Object::ServiceCidr(o) => serde_json::to_vec(&**o),
         };
         match json {
             Ok(bytes) => Self::Json(bytes.into_boxed_slice()),
@@ -117,6 +130,9 @@ impl Stored {
                 serde_json::from_slice(bytes).map(|o| Object::EndpointSlice(Arc::new(o)))
             }
             Kind::Node => serde_json::from_slice(bytes).map(|o| Object::Node(Arc::new(o))),
+            Kind::ServiceCidr => {
+                serde_json::from_slice(bytes).map(|o| Object::ServiceCidr(Arc::new(o)))
+            }
         };
         object
             .inspect_err(|error| warn!(%error, ?kind, "cannot read back a stored manifest object"))

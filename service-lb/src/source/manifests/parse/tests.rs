@@ -17,6 +17,14 @@ fn names(parsed: &ParsedFile) -> Vec<String> {
                 s.metadata.name.clone().unwrap_or_default()
             ),
             Object::Node(n) => format!("Node {}", n.metadata.name.clone().unwrap_or_default()),
+            Object::ServiceCidr(c) => format!(
+                "ServiceCIDR {} {:?}",
+                c.metadata.name.clone().unwrap_or_default(),
+                c.spec
+                    .as_ref()
+                    .and_then(|s| s.cidrs.clone())
+                    .unwrap_or_default()
+            ),
         })
         .collect()
 }
@@ -242,4 +250,32 @@ fn a_misleading_hint_changes_nothing(
         }
         (got, expected) => panic!("got {got:?}, expected {expected:?}"),
     }
+}
+
+#[test]
+fn service_cidrs_in_yaml_and_json_and_only_networking_v1() {
+    let yaml = "\
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata:
+  name: kubernetes
+spec:
+  cidrs: [198.19.0.0/17, fd00:19::/108]
+";
+    let parsed = parse_file(yaml, false).unwrap();
+    assert_eq!(
+        names(&parsed),
+        [r#"ServiceCIDR kubernetes ["198.19.0.0/17", "fd00:19::/108"]"#]
+    );
+    let json = r#"{"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+                   "metadata": {"name": "extra"}, "spec": {"cidrs": ["198.19.128.0/17"]}}"#;
+    let parsed = parse_file(json, true).unwrap();
+    assert_eq!(names(&parsed), [r#"ServiceCIDR extra ["198.19.128.0/17"]"#]);
+    let beta = yaml.replace("networking.k8s.io/v1", "networking.k8s.io/v1beta1");
+    let err = parse_file(&beta, false).unwrap_err();
+    assert!(
+        err.message.contains("networking.k8s.io/v1beta1"),
+        "{}",
+        err.message
+    );
 }
