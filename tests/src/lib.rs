@@ -5,6 +5,7 @@
 //!   `shared/notes/test-network.md`, small TCP/UDP servers and clients.
 //! - `scenario`: end-to-end scenarios shared by the tests and `cargo xtask demo`.
 pub mod bench;
+pub mod cgroup;
 pub mod daemon;
 pub mod fake_apiserver;
 pub mod kube_proxy_rules;
