@@ -12,29 +12,30 @@ use anyhow::{bail, Context, Result};
 
 use crate::netns::{run_prefix, FAMILY_PREFIX};
 
-/// Where the cgroup v2 hierarchy is mounted on the project's machines (hybrid layout).
-/// `SLB_TEST_CGROUP2_ROOT` overrides (a pure cgroup v2 machine: `/sys/fs/cgroup`).
-pub const DEFAULT_CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
+/// Where the cgroup v2 hierarchy is looked for: the hybrid layout of the project's
+/// machines, then a pure cgroup v2 machine. `SLB_TEST_CGROUP2_ROOT` overrides both.
+pub const CGROUP2_ROOTS: [&str; 2] = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"];
 
 /// `statfs.f_type` of cgroup2.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// The cgroup v2 mount point.
 pub fn cgroup2_root() -> Result<PathBuf> {
-    let root = std::env::var("SLB_TEST_CGROUP2_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(DEFAULT_CGROUP2_ROOT));
-    let stat =
-        nix::sys::statfs::statfs(&root).with_context(|| format!("statfs {}", root.display()))?;
-    #[allow(clippy::unnecessary_cast)]
-    let kind = stat.filesystem_type().0 as i64;
-    if kind != CGROUP2_SUPER_MAGIC {
-        bail!(
-            "{} is not a cgroup2 mount (set SLB_TEST_CGROUP2_ROOT)",
-            root.display()
-        );
+    let candidates: Vec<PathBuf> = match std::env::var("SLB_TEST_CGROUP2_ROOT") {
+        Ok(root) => vec![PathBuf::from(root)],
+        Err(_) => CGROUP2_ROOTS.iter().map(PathBuf::from).collect(),
+    };
+    for root in &candidates {
+        let Ok(stat) = nix::sys::statfs::statfs(root) else {
+            continue;
+        };
+        #[allow(clippy::unnecessary_cast)]
+        let kind = stat.filesystem_type().0 as i64;
+        if kind == CGROUP2_SUPER_MAGIC {
+            return Ok(root.clone());
+        }
     }
-    Ok(root)
+    bail!("no cgroup2 mount at {candidates:?} (set SLB_TEST_CGROUP2_ROOT)")
 }
 
 /// A cgroup folder of this run; the process is moved back and the folder removed on drop.

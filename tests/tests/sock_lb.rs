@@ -278,7 +278,7 @@ fn tcp_connect_error(frontend: SocketAddr) -> Result<(Option<i32>, Duration)> {
 
 type Case = (&'static str, fn(&mut Fixture) -> Result<()>);
 
-const CASES: [Case; 9] = [
+const CASES: [Case; 10] = [
     (
         "host client reaches a ClusterIP over TCP, getpeername shows the ClusterIP",
         host_tcp,
@@ -303,6 +303,10 @@ const CASES: [Case; 9] = [
     (
         "pod client in the cgroup: translated once, no conntrack entry",
         pod_translated_once,
+    ),
+    (
+        "latency: connect + request/response through the ClusterIP vs the pod IP (printed)",
+        latency_vs_floor,
     ),
     (
         "daemon restarted under load: zero failures",
@@ -657,5 +661,54 @@ fn hostns_only(f: &mut Fixture) -> Result<()> {
     check_answer(&f.on_host(|| tcp_ask(frontend))?, frontend, &backends)?;
     let host_after = f.counter(Hook::SockConnect, Reason::SockTranslated)?;
     ensure!(host_after > host_before, "host socket not translated");
+    Ok(())
+}
+
+/// Samples of the latency comparison (per target, per family).
+const LATENCY_SAMPLES: usize = 300;
+
+/// Connect + one request/response from a host client, through the ClusterIP (socket LB)
+/// and straight to a backend's pod address (the floor), interleaved; p50/p99 printed.
+/// Nothing is asserted about the numbers (a loaded 2-core machine), only that every
+/// request was answered.
+fn latency_vs_floor(f: &mut Fixture) -> Result<()> {
+    let b1 = f.cluster.pod("b1")?;
+    for (vip, floor) in [
+        (
+            sa(WEB4, TCP_PORT),
+            SocketAddr::new(b1.v4.into(), TCP_TARGET),
+        ),
+        (
+            sa(WEB6, TCP_PORT),
+            SocketAddr::new(b1.v6.into(), TCP_TARGET),
+        ),
+    ] {
+        let (mut through, mut direct) = f.on_host(|| {
+            let mut through = Vec::with_capacity(LATENCY_SAMPLES);
+            let mut direct = Vec::with_capacity(LATENCY_SAMPLES);
+            for _ in 0..LATENCY_SAMPLES {
+                let t = Instant::now();
+                tcp_ask(vip)?;
+                through.push(t.elapsed());
+                let t = Instant::now();
+                tcp_ask(floor)?;
+                direct.push(t.elapsed());
+            }
+            Ok((through, direct))
+        })?;
+        through.sort();
+        direct.sort();
+        let pct = |v: &[Duration], p: usize| v[(v.len() * p / 100).min(v.len() - 1)];
+        let ratio = |p: usize| pct(&through, p).as_secs_f64() / pct(&direct, p).as_secs_f64();
+        eprintln!(
+            "MEASURED socket LB connect+request {vip}: p50 {:?} p99 {:?}; pod IP floor {floor}: p50 {:?} p99 {:?}; ratio p50 {:.3} p99 {:.3} ({LATENCY_SAMPLES} samples each, 3 services programmed)",
+            pct(&through, 50),
+            pct(&through, 99),
+            pct(&direct, 50),
+            pct(&direct, 99),
+            ratio(50),
+            ratio(99),
+        );
+    }
     Ok(())
 }
