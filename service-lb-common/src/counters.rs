@@ -25,20 +25,50 @@ pub enum Hook {
     FromNet = 2,
     /// tc egress of an external device.
     ToNet = 3,
+    /// cgroup `connect4`/`connect6`: a socket's `connect()` (one count per call).
+    SockConnect = 4,
+    /// cgroup `sendmsg4`/`sendmsg6`: `sendmsg()` with an address on an unconnected UDP
+    /// socket.
+    SockSendmsg = 5,
+    /// cgroup `recvmsg4`/`recvmsg6`: a datagram received by a UDP socket.
+    SockRecvmsg = 6,
+    /// cgroup `getpeername4`/`getpeername6`.
+    SockGetpeername = 7,
 }
 
 impl Hook {
-    pub const COUNT: u32 = 4;
-    pub const ALL: [Hook; 4] = [Hook::FromPod, Hook::ToPod, Hook::FromNet, Hook::ToNet];
+    pub const COUNT: u32 = 8;
+    pub const ALL: [Hook; 8] = [
+        Hook::FromPod,
+        Hook::ToPod,
+        Hook::FromNet,
+        Hook::ToNet,
+        Hook::SockConnect,
+        Hook::SockSendmsg,
+        Hook::SockRecvmsg,
+        Hook::SockGetpeername,
+    ];
+    /// The tc hooks: each is one program, attached per interface.
+    pub const TC: [Hook; 4] = [Hook::FromPod, Hook::ToPod, Hook::FromNet, Hook::ToNet];
 
-    /// Name of the hook, also the name of its eBPF program function.
+    /// Name of the hook; for a tc hook also the name of its eBPF program function (the
+    /// socket hooks have one program per family, `service_lb_common::sock`).
     pub const fn name(self) -> &'static str {
         match self {
             Hook::FromPod => "from_pod",
             Hook::ToPod => "to_pod",
             Hook::FromNet => "from_net",
             Hook::ToNet => "to_net",
+            Hook::SockConnect => "sock_connect",
+            Hook::SockSendmsg => "sock_sendmsg",
+            Hook::SockRecvmsg => "sock_recvmsg",
+            Hook::SockGetpeername => "sock_getpeername",
         }
+    }
+
+    /// A tc hook (a packet), not a socket hook (a system call).
+    pub const fn is_tc(self) -> bool {
+        (self as u32) < Hook::SockConnect as u32
     }
 }
 
@@ -123,11 +153,32 @@ pub enum Reason {
     /// The pod's reply to the hairpin address: source back to the frontend, destination
     /// back to the pod, sent back into the pod.
     HairpinReply = 30,
+    /// Socket LB: `connect()` or `sendmsg()` to a frontend; a backend was chosen and the
+    /// socket's destination rewritten (`sock_*` hooks).
+    SockTranslated = 31,
+    /// Socket LB: `connect()` or `sendmsg()` to a frontend with no usable endpoint,
+    /// refused with ECONNREFUSED.
+    SockRejected = 32,
+    /// Socket LB: `connect()` or `sendmsg()` to a ClusterIP on a port its Service does not
+    /// define, refused with ECONNREFUSED.
+    SockRejectedNoPort = 33,
+    /// Socket LB: `recvmsg()` or `getpeername()` of a translated socket; the backend
+    /// address shown as the frontend.
+    SockRevTranslated = 34,
+    /// Socket LB: `recvmsg()` or `getpeername()` of a socket with no reverse entry for the
+    /// peer (not translated, or the LRU evicted it): left untouched.
+    SockNoRevEntry = 35,
+    /// Socket LB: a socket of another network namespace than the host's with
+    /// `--socket-lb-hostns-only`: left to the tc programs.
+    SockOtherNetns = 36,
+    /// Socket LB: translated, but the reverse entry could not be stored (`recvmsg()` and
+    /// `getpeername()` then show the backend).
+    SockTranslatedNoRev = 37,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 31;
-    pub const ALL: [Reason; 31] = [
+    pub const COUNT: u32 = 38;
+    pub const ALL: [Reason; 38] = [
         Reason::PassNotIp,
         Reason::PassOtherProto,
         Reason::PassFragment,
@@ -159,6 +210,13 @@ impl Reason {
         Reason::HairpinNewFlow,
         Reason::HairpinEstablished,
         Reason::HairpinReply,
+        Reason::SockTranslated,
+        Reason::SockRejected,
+        Reason::SockRejectedNoPort,
+        Reason::SockRevTranslated,
+        Reason::SockNoRevEntry,
+        Reason::SockOtherNetns,
+        Reason::SockTranslatedNoRev,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -194,12 +252,20 @@ impl Reason {
             Reason::HairpinNewFlow => "hairpin_new_flow",
             Reason::HairpinEstablished => "hairpin_established",
             Reason::HairpinReply => "hairpin_reply",
+            Reason::SockTranslated => "sock_translated",
+            Reason::SockRejected => "sock_rejected",
+            Reason::SockRejectedNoPort => "sock_rejected_no_port",
+            Reason::SockRevTranslated => "sock_rev_translated",
+            Reason::SockNoRevEntry => "sock_no_rev_entry",
+            Reason::SockOtherNetns => "sock_other_netns",
+            Reason::SockTranslatedNoRev => "sock_translated_no_rev",
         }
     }
 
     /// Whether packets counted under this reason are dropped (a refused packet is not: its
     /// answer goes out). Reasons appended after `DropNoFreePort` mix pass and drop, so
-    /// those are listed by name.
+    /// those are listed by name. The socket reasons count system calls, not packets: none
+    /// is a drop (a refused `connect()` fails at once, nothing is sent).
     pub const fn is_drop(self) -> bool {
         let n = self as u32;
         (n >= Reason::DropNoBackend as u32 && n <= Reason::DropNoFreePort as u32)
@@ -238,6 +304,14 @@ mod tests {
         assert_eq!(Hook::ALL.len() as u32, Hook::COUNT);
         for (i, h) in Hook::ALL.iter().enumerate() {
             assert_eq!(*h as u32, i as u32, "{} out of place", h.name());
+        }
+    }
+
+    #[test]
+    fn the_tc_hooks_are_exactly_the_first_four() {
+        for h in Hook::ALL {
+            assert_eq!(h.is_tc(), Hook::TC.contains(&h), "{}", h.name());
+            assert_eq!(!h.is_tc(), h.name().starts_with("sock_"), "{}", h.name());
         }
     }
 

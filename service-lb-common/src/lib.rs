@@ -22,6 +22,7 @@ pub mod maps;
 pub mod meta;
 pub mod proto;
 pub mod service;
+pub mod sock;
 pub mod vip;
 
 #[cfg(feature = "user")]

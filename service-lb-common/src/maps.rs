@@ -7,7 +7,8 @@
 //! bits and a new state value (`CT_STATE_HALF_CLOSED`) that old entries never carry, so
 //! pinned conntrack maps stay valid and keep their name: established flows survive an
 //! upgrade. `SLB_CNT_V4`: the fragment and hairpin reasons were appended, which moves every index
-//! `hook * Reason::COUNT + reason`.)
+//! `hook * Reason::COUNT + reason`. `SLB_CNT_V5`: the socket hooks and their reasons were
+//! appended.)
 //! The eBPF statics carry exactly these names.
 
 /// Layout version written into the `SLB_META_V1` map; bumped on any ABI change.
@@ -23,7 +24,7 @@ pub const CT4_TCP: &str = "SLB_CT4_TCP_V1";
 pub const CT4_ANY: &str = "SLB_CT4_ANY_V1";
 pub const CT6_TCP: &str = "SLB_CT6_TCP_V1";
 pub const CT6_ANY: &str = "SLB_CT6_ANY_V1";
-pub const COUNTERS: &str = "SLB_CNT_V4";
+pub const COUNTERS: &str = "SLB_CNT_V5";
 pub const META: &str = "SLB_META_V1";
 /// ClusterIP addresses (`vip::VipValue`), one map per family.
 pub const VIPS4: &str = "SLB_VIP4_V1";
@@ -41,9 +42,12 @@ pub const MEMBERS: &str = "SLB_MEMBER_V1";
 pub const FRAG4: &str = "SLB_FRAG4_V1";
 pub const FRAG6: &str = "SLB_FRAG6_V1";
 pub const FRAG_PENDING: &str = "SLB_FRAGP_V1";
+/// Socket LB reverse maps (`sock`): (socket cookie, backend) -> frontend, LRU per family.
+pub const SOCK_REV4: &str = "SLB_SKRN4_V1";
+pub const SOCK_REV6: &str = "SLB_SKRN6_V1";
 
 /// Every map the object defines, in the order `inspect` and the layout check list them.
-pub const ALL: [&str; 23] = [
+pub const ALL: [&str; 25] = [
     SERVICES4,
     SERVICES6,
     BACKENDS4,
@@ -67,6 +71,8 @@ pub const ALL: [&str; 23] = [
     FRAG4,
     FRAG6,
     FRAG_PENDING,
+    SOCK_REV4,
+    SOCK_REV6,
 ];
 
 /// Default capacity of each services map: master + slot entries of all frontends.

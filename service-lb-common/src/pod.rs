@@ -34,3 +34,8 @@ unsafe impl aya::Pod for crate::frag::FragNat4 {}
 unsafe impl aya::Pod for crate::frag::FragNat6 {}
 unsafe impl aya::Pod for crate::frag::FragPending {}
 unsafe impl aya::Pod for crate::hairpin::HairpinConfig {}
+unsafe impl aya::Pod for crate::sock::SockConfig {}
+unsafe impl aya::Pod for crate::sock::SockRev4Key {}
+unsafe impl aya::Pod for crate::sock::SockRev6Key {}
+unsafe impl aya::Pod for crate::sock::SockRev4Value {}
+unsafe impl aya::Pod for crate::sock::SockRev6Value {}

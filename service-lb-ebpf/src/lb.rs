@@ -21,6 +21,19 @@ pub struct Choice<A> {
     pub backend: Endpoint<A>,
 }
 
+/// What a backend is chosen for: the frontend a client sends to. Built from a packet's
+/// headers (tc) or from a socket's destination (socket LB, `sock`).
+pub struct Target<A> {
+    /// The client's key in the affinity map (its address, for the tc path).
+    pub client: A,
+    pub daddr: A,
+    pub dport_be: u16,
+    pub proto: u8,
+    /// The client is inside the cluster (a pod, or a process on the node): the frontend's
+    /// internal scope applies when it has two (internal traffic policy).
+    pub internal: bool,
+}
+
 /// Looks up the frontend the packet is sent to and picks one of its backends.
 ///
 /// Not a frontend: pass (`PassNotService`, the pipeline then checks the ClusterIP maps).
@@ -28,12 +41,25 @@ pub struct Choice<A> {
 /// (`reject`). A torn slot list or a missing backend: drop with the matching reason.
 #[inline(always)]
 pub fn choose<F: Sticky>(hook: Hook, h: &Headers<F::Addr>) -> Step<Choice<F::Addr>> {
+    choose_for::<F>(&Target {
+        client: h.saddr,
+        daddr: h.daddr,
+        dport_be: h.dport_be,
+        proto: h.proto,
+        internal: hook == Hook::FromPod,
+    })
+}
+
+/// `choose` for any client: the one frontend lookup and backend choice both the tc
+/// programs and the socket programs use (same maps, same scopes, same affinity).
+#[inline(always)]
+pub fn choose_for<F: Sticky>(t: &Target<F::Addr>) -> Step<Choice<F::Addr>> {
     let services = F::services();
-    let key = |scope: u8, slot: u16| F::svc_key(h.daddr, h.dport_be, h.proto, scope, slot);
+    let key = |scope: u8, slot: u16| F::svc_key(t.daddr, t.dport_be, t.proto, scope, slot);
 
     let mut scope = SCOPE_EXTERNAL;
     let mut master = get(services, &key(scope, 0)).ok_or(Verdict::Pass(Reason::PassNotService))?;
-    if master.flags & SVC_FLAG_TWO_SCOPES != 0 && hook == Hook::FromPod {
+    if master.flags & SVC_FLAG_TWO_SCOPES != 0 && t.internal {
         scope = SCOPE_INTERNAL;
         master = get(services, &key(scope, 0)).ok_or(Verdict::Drop(Reason::DropSlotMissing))?;
     }
@@ -41,12 +67,12 @@ pub fn choose<F: Sticky>(hook: Hook, h: &Headers<F::Addr>) -> Step<Choice<F::Add
         return Err(Verdict::Drop(Reason::DropNoBackend));
     }
     if master.affinity_timeout_s == 0 {
-        return random_choice::<F>(h, scope, &master);
+        return random_choice::<F>(t, scope, &master);
     }
     // sessionAffinity ClientIP: the remembered backend while it is fresh and still a
     // member, else a random one, remembered.
     let now = affinity::now();
-    if let Some(backend_id) = affinity::remembered::<F>(h.saddr, &master, now) {
+    if let Some(backend_id) = affinity::remembered::<F>(t.client, &master, now) {
         if let Some(backend) = get(F::backends(), &backend_id) {
             return Ok(Choice {
                 service_id: master.service_id,
@@ -55,15 +81,15 @@ pub fn choose<F: Sticky>(hook: Hook, h: &Headers<F::Addr>) -> Step<Choice<F::Add
             });
         }
     }
-    let choice = random_choice::<F>(h, scope, &master)?;
-    affinity::remember::<F>(h.saddr, &master, choice.backend_id, now);
+    let choice = random_choice::<F>(t, scope, &master)?;
+    affinity::remember::<F>(t.client, &master, choice.backend_id, now);
     Ok(choice)
 }
 
 /// A backend of the frontend (`scope`, `master`) picked uniformly at random.
 #[inline(always)]
 fn random_choice<F: Family>(
-    h: &Headers<F::Addr>,
+    t: &Target<F::Addr>,
     scope: u8,
     master: &SvcValue,
 ) -> Step<Choice<F::Addr>> {
@@ -72,7 +98,7 @@ fn random_choice<F: Family>(
     let count = master.count.min(u32::from(u16::MAX));
     // SAFETY: helper without arguments.
     let slot = (unsafe { bpf_get_prandom_u32() } % count + 1) as u16;
-    let slot_key = F::svc_key(h.daddr, h.dport_be, h.proto, scope, slot);
+    let slot_key = F::svc_key(t.daddr, t.dport_be, t.proto, scope, slot);
     let slot_value = get(services, &slot_key).ok_or(Verdict::Drop(Reason::DropSlotMissing))?;
     let backend =
         get(F::backends(), &slot_value.backend_id).ok_or(Verdict::Drop(Reason::DropBackendGone))?;

@@ -1,5 +1,7 @@
-//! service-lb's tc programs. Each entry point runs the shared pipeline for its hook and
-//! turns the verdict into a counted tc return code; nothing is silently dropped or passed.
+//! service-lb's tc programs and socket-LB (cgroup sock_addr) programs. Each tc entry point
+//! runs the shared pipeline for its hook and turns the verdict into a counted tc return
+//! code; each socket entry point counts its outcome (`sock`). Nothing is silently dropped
+//! or passed.
 #![no_std]
 #![no_main]
 // `asm!` on the BPF target (conntrack's atomic flag OR).
@@ -20,9 +22,13 @@ mod packet;
 mod pipeline;
 mod ports;
 mod reject;
+mod sock;
 mod verdict;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 use service_lb_common::Hook;
 
 /// tc ingress of a host-side pod veth: packets leaving a pod.
@@ -47,6 +53,50 @@ pub fn from_net(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_net(ctx: TcContext) -> i32 {
     handle(&ctx, Hook::ToNet)
+}
+
+/// Socket LB (`sock`): `connect()` of a socket in the cgroup.
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::forward4(&ctx, Hook::SockConnect)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+    sock::forward6(&ctx, Hook::SockConnect)
+}
+
+/// Socket LB: `sendmsg()` with an address (unconnected UDP).
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::forward4(&ctx, Hook::SockSendmsg)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::forward6(&ctx, Hook::SockSendmsg)
+}
+
+/// Socket LB: the source of a datagram a UDP socket receives.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse4(&ctx, Hook::SockRecvmsg)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::reverse6(&ctx, Hook::SockRecvmsg)
+}
+
+/// Socket LB: `getpeername()`.
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse4(&ctx, Hook::SockGetpeername)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock::reverse6(&ctx, Hook::SockGetpeername)
 }
 
 #[inline(always)]

@@ -16,6 +16,7 @@ use service_lb_common::{
         DEFAULT_BACKENDS_MAX, DEFAULT_CT_ANY_MAX, DEFAULT_CT_TCP_MAX, DEFAULT_REVNAT_MAX,
         DEFAULT_SERVICES_MAX,
     },
+    sock::{SockRev4Key, SockRev4Value, SockRev6Key, SockRev6Value, SOCK_REV_MAX},
     vip::{Scratch, DEFAULT_VIPS_MAX, SERVICE_CIDRS_MAX},
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Meta, RevNat4, RevNat6, Svc4Key, Svc6Key,
     SvcValue, VipValue,
@@ -53,7 +54,7 @@ pub static SLB_CT6_ANY_V1: LruHashMap<CtKey6, CtEntry> =
 
 /// Per-CPU (hook, reason) counters, indexed by `counter_index`.
 #[map]
-pub static SLB_CNT_V4: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+pub static SLB_CNT_V5: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
 
 /// Written by userspace only (layout version); the programs never read it.
 #[map]
@@ -96,3 +97,11 @@ pub static SLB_FRAG6_V1: LruHashMap<FragKey6, FragNat6> = LruHashMap::with_max_e
 /// The key of the first fragment being translated (`frag`).
 #[map]
 pub static SLB_FRAGP_V1: PerCpuArray<FragPending> = PerCpuArray::with_max_entries(1, 0);
+
+/// Socket LB reverse entries: (socket cookie, backend) -> frontend (`common::sock`).
+#[map]
+pub static SLB_SKRN4_V1: LruHashMap<SockRev4Key, SockRev4Value> =
+    LruHashMap::with_max_entries(SOCK_REV_MAX, 0);
+#[map]
+pub static SLB_SKRN6_V1: LruHashMap<SockRev6Key, SockRev6Value> =
+    LruHashMap::with_max_entries(SOCK_REV_MAX, 0);

@@ -7,6 +7,7 @@
 //! - `scenario`: end-to-end scenarios shared by the tests and `cargo xtask demo`.
 pub mod bench;
 pub mod capture;
+pub mod cgroup;
 pub mod daemon;
 pub mod fake_apiserver;
 pub mod kube_proxy_rules;

@@ -380,7 +380,7 @@ fn attach_in_a_fresh_netns_replaces_instead_of_duplicating_and_cleanup_leaves_no
         );
 
         // The process "exits": the pinned links keep the programs attached.
-        let old_ids: Vec<u32> = Hook::ALL
+        let old_ids: Vec<u32> = Hook::TC
             .iter()
             .map(|h| first.program_id(*h))
             .collect::<Result<_, _>>()?;

@@ -11,7 +11,7 @@ use std::{
 use clap::Args;
 use service_lb_common::{hairpin::HairpinConfig, DataplaneConfig};
 
-use super::Failure;
+use super::{socket_lb::SocketLbArgs, Failure};
 use crate::dataplane::{Dataplane, DataplaneOptions, MapSizes, PinMismatch, DEFAULT_BPFFS};
 
 /// Where the data plane is pinned and how big its maps are.
@@ -75,6 +75,7 @@ impl DataplaneArgs {
                 v4: self.hairpin_ipv4.octets(),
                 v6: self.hairpin_ipv6.octets(),
             },
+            sock: service_lb_common::sock::SockConfig::ALL_NAMESPACES,
         }
     }
 }
@@ -102,10 +103,16 @@ pub struct AttachArgs {
     pub dataplane: DataplaneArgs,
     #[command(flatten)]
     pub interfaces: InterfaceArgs,
+    #[command(flatten)]
+    pub socket_lb: SocketLbArgs,
 }
 
 pub fn run(args: &AttachArgs) -> Result<(), Failure> {
-    let mut dataplane = Dataplane::open(&args.dataplane.options())?;
+    let options = DataplaneOptions {
+        sock: args.socket_lb.config(),
+        ..args.dataplane.options()
+    };
+    let mut dataplane = Dataplane::open(&options)?;
     for map in dataplane.recreated_maps() {
         tracing::warn!(
             ?map,
@@ -125,6 +132,22 @@ pub fn run(args: &AttachArgs) -> Result<(), Failure> {
             a.ifindex,
             a.pinned_at.display()
         );
+    }
+    match args.socket_lb.cgroup() {
+        Some(cgroup) => {
+            for a in dataplane.attach_sock(&cgroup)? {
+                println!(
+                    "{} {} on cgroup {}, pinned at {}",
+                    if a.replaced { "replaced" } else { "attached" },
+                    a.program,
+                    a.cgroup.display(),
+                    a.pinned_at.display()
+                );
+            }
+        }
+        None => {
+            crate::dataplane::sock::detach_all(&args.dataplane.bpffs)?;
+        }
     }
     println!(
         "{} attachment(s); maps pinned under {}",

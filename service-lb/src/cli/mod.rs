@@ -15,6 +15,7 @@ pub mod inspect;
 pub mod output;
 pub mod preflight;
 pub mod run;
+pub mod socket_lb;
 
 /// Exit code of a usage or configuration error (sysexits EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;

@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::{
     attach::{DataplaneArgs, InterfaceArgs},
+    socket_lb::SocketLbArgs,
     Failure,
 };
 use crate::daemon::{self, DaemonConfig, NodeNameSources};
@@ -33,6 +34,8 @@ pub struct RunArgs {
     pub node_name: Option<String>,
     #[command(flatten)]
     pub interfaces: InterfaceArgs,
+    #[command(flatten)]
+    pub socket_lb: SocketLbArgs,
     /// Prometheus metrics listen address (`/metrics`). `[::]` listens on IPv6 and IPv4
     /// (IPv4 only on a node without IPv6). The default is not kube-proxy's 10249, so both
     /// run side by side; take 10249 over after kube-proxy is gone if scrapers expect it.

@@ -43,6 +43,8 @@ pub struct DaemonConfig {
     pub resync_interval: Duration,
     /// `--service-cidrs`.
     pub service_cidrs: Vec<crate::dataplane::Cidr>,
+    /// `--cgroup` when `--socket-lb on`: where the socket programs are attached.
+    pub socket_lb_cgroup: Option<PathBuf>,
 }
 
 impl DaemonConfig {
@@ -181,7 +183,11 @@ impl DaemonConfig {
         }
 
         Ok(Self {
-            dataplane: d.options(),
+            dataplane: DataplaneOptions {
+                sock: args.socket_lb.config(),
+                ..d.options()
+            },
+            socket_lb_cgroup: args.socket_lb.cgroup(),
             source,
             node_name,
             pod_interfaces: args.interfaces.pod_interfaces.clone(),

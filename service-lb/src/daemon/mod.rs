@@ -137,12 +137,29 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
         cancel.clone(),
     ));
 
-    let dataplane = Dataplane::open(&config.dataplane)?;
+    let mut dataplane = Dataplane::open(&config.dataplane)?;
     for map in dataplane.recreated_maps() {
         warn!(
             ?map,
             "recreated a pinned map whose layout differed; its entries are lost"
         );
+    }
+    match &config.socket_lb_cgroup {
+        Some(cgroup) => {
+            let attached = dataplane.attach_sock(cgroup)?;
+            info!(
+                cgroup = %cgroup.display(),
+                programs = attached.len(),
+                replaced_in_pinned_links = attached.iter().filter(|a| a.replaced).count(),
+                "socket LB attached"
+            );
+        }
+        None => {
+            let detached = crate::dataplane::sock::detach_all(&config.dataplane.bpffs)?;
+            if detached > 0 {
+                info!(detached, "socket LB off: its links were detached");
+            }
+        }
     }
     // Subscribe before listing: an interface created in between is seen either way.
     let watch = LinkWatch::subscribe()?;

@@ -34,11 +34,11 @@ pub struct Attachment {
     pub replaced: bool,
 }
 
-/// The tc direction of a hook.
+/// The tc direction of a hook (only the tc hooks, `Hook::TC`, are attached with tc).
 pub fn attach_type(hook: Hook) -> TcAttachType {
     match hook {
         Hook::FromPod | Hook::FromNet => TcAttachType::Ingress,
-        Hook::ToPod | Hook::ToNet => TcAttachType::Egress,
+        _ => TcAttachType::Egress,
     }
 }
 
@@ -51,7 +51,7 @@ pub fn link_pin_name(ifindex: u32, ifname: &str, hook: Hook) -> String {
 pub fn parse_link_pin_name(name: &str) -> Option<(u32, &str, Hook)> {
     let (index, rest) = name.split_once('-')?;
     let ifindex = index.parse().ok()?;
-    Hook::ALL.into_iter().find_map(|hook| {
+    Hook::TC.into_iter().find_map(|hook| {
         let ifname = rest.strip_suffix(hook.name())?.strip_suffix('-')?;
         (!ifname.is_empty()).then_some((ifindex, ifname, hook))
     })
@@ -178,9 +178,15 @@ fn remove_stale_link_pins(bpffs: &Path, present: &[Interface]) -> Result<usize, 
     Ok(removed)
 }
 
-/// Detaches every pinned link (synchronously, even if another process holds the link)
-/// and removes its pin. Returns how many were removed.
+/// Detaches every pinned link, tc and socket LB (synchronously, even if another process
+/// holds the link) and removes its pin. Returns how many were removed.
 pub fn detach_all(bpffs: &Path) -> Result<usize, DataplaneError> {
+    let sock = super::sock::detach_all(bpffs)?;
+    Ok(sock + detach_tc(bpffs)?)
+}
+
+/// Detaches every pinned tc link and removes its pin.
+fn detach_tc(bpffs: &Path) -> Result<usize, DataplaneError> {
     let dir = pin::links_dir(bpffs);
     let entries = match fs::read_dir(&dir) {
         Ok(entries) => entries,
@@ -213,6 +219,7 @@ pub fn cleanup(bpffs: &Path) -> Result<Cleaned, DataplaneError> {
     let maps = pin::unpin_maps(bpffs)?;
     for dir in [
         pin::links_dir(bpffs),
+        super::sock::links_dir(bpffs),
         pin::maps_dir(bpffs),
         bpffs.to_path_buf(),
     ] {
@@ -232,7 +239,7 @@ mod tests {
 
     #[test]
     fn link_pin_names_round_trip() {
-        for hook in Hook::ALL {
+        for hook in Hook::TC {
             for ifname in ["eth0", "veth-a-b", "x"] {
                 let name = link_pin_name(42, ifname, hook);
                 assert_eq!(

@@ -69,7 +69,7 @@ fn open_map(bpffs: &Path, name: &'static str) -> Result<Map, DataplaneError> {
     Map::from_map_data(data).map_err(|e| DataplaneError::map(name, e))
 }
 
-fn open_hash<K: aya::Pod, V: aya::Pod>(
+pub(crate) fn open_hash<K: aya::Pod, V: aya::Pod>(
     bpffs: &Path,
     name: &'static str,
 ) -> Result<Hash<K, V>, DataplaneError> {

@@ -107,6 +107,15 @@ pub enum DataplaneError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+
+    #[error("socket LB program {program} on cgroup {cgroup}: {what}: {source}")]
+    SockAttach {
+        program: &'static str,
+        cgroup: PathBuf,
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
 }
 
 impl DataplaneError {

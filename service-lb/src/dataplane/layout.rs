@@ -12,6 +12,7 @@ use service_lb_common::{
     counters::COUNTERS_LEN,
     frag::{FragKey4, FragKey6, FragNat4, FragNat6, FragPending, FRAG_MAX},
     maps,
+    sock::{SockRev4Key, SockRev4Value, SockRev6Key, SockRev6Value, SOCK_REV_MAX},
     vip::{Scratch, SERVICE_CIDRS_MAX},
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Meta, RevNat4, RevNat6, Svc4Key, Svc6Key,
     SvcValue, VipValue,
@@ -135,6 +136,8 @@ pub fn wanted(name: &str, sizes: &MapSizes) -> Option<MapLayout> {
         maps::FRAG4 => layout::<FragKey4, FragNat4>(LruHash, FRAG_MAX),
         maps::FRAG6 => layout::<FragKey6, FragNat6>(LruHash, FRAG_MAX),
         maps::FRAG_PENDING => layout::<u32, FragPending>(PerCpuArray, 1),
+        maps::SOCK_REV4 => layout::<SockRev4Key, SockRev4Value>(LruHash, SOCK_REV_MAX),
+        maps::SOCK_REV6 => layout::<SockRev6Key, SockRev6Value>(LruHash, SOCK_REV_MAX),
         _ => return None,
     };
     Some(l)
@@ -152,7 +155,9 @@ pub fn sized_by_options(name: &str, sizes: &MapSizes) -> Option<u32> {
         | maps::AFFINITY6
         | maps::FRAG4
         | maps::FRAG6
-        | maps::FRAG_PENDING => None,
+        | maps::FRAG_PENDING
+        | maps::SOCK_REV4
+        | maps::SOCK_REV6 => None,
         _ => wanted(name, sizes).map(|l| l.max_entries),
     }
 }

@@ -14,6 +14,7 @@ use std::{
 };
 
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// The `bpf_attr` members of BPF_OBJ_GET.
@@ -26,6 +27,16 @@ struct ObjGetAttr {
     path_fd: i32,
     /// Explicit, zeroed: the kernel rejects non-zero bytes after the last member.
     _pad: u32,
+}
+
+/// The `bpf_attr` members of BPF_LINK_UPDATE.
+#[repr(C)]
+#[derive(Default)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
 }
 
 /// The `bpf_attr` member of BPF_LINK_DETACH.
@@ -72,4 +83,18 @@ pub fn detach_pinned(path: &Path) -> io::Result<()> {
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOLINK | libc::ENOENT)) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Replaces the program of the link pinned at `path` with `prog` (`BPF_LINK_UPDATE`,
+/// atomic: no moment without a program), which aya 0.14 wraps for tc links only.
+pub fn update_pinned(path: &Path, prog: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    let fd = obj_get(path)?;
+    let to_u32 =
+        |fd: i32| u32::try_from(fd).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+    let mut attr = LinkUpdateAttr {
+        link_fd: to_u32(fd.as_raw_fd())?,
+        new_prog_fd: to_u32(prog.as_raw_fd())?,
+        ..Default::default()
+    };
+    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
 }

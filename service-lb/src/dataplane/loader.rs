@@ -14,6 +14,7 @@ use service_lb_common::{
     frag::{FragKey4, FragKey6, FragNat4, FragNat6, FragPending},
     hairpin::HAIRPIN_GLOBAL,
     maps,
+    sock::{SockRev4Key, SockRev4Value, SockRev6Key, SockRev6Value, SOCK_GLOBAL},
     vip::Scratch,
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Hook, Meta, RevNat4, RevNat6, Svc4Key,
     Svc6Key, SvcValue, VipValue,
@@ -77,12 +78,19 @@ impl Dataplane {
         }
         loader.override_global(CONFIG_GLOBAL, &options.config, true);
         loader.override_global(HAIRPIN_GLOBAL, &options.hairpin, true);
+        let mut sock = options.sock;
+        if sock.hostns_only() && sock.host_netns_cookie == 0 {
+            sock.host_netns_cookie = super::sock::current_netns_cookie()
+                .map_err(|e| DataplaneError::io("reading the netns cookie of", "this thread", e))?;
+        }
+        loader.override_global(SOCK_GLOBAL, &sock, true);
         let mut ebpf = loader.load(bytes).map_err(DataplaneError::Load)?;
         debug!(bpffs = %bpffs.display(), "object loaded, maps pinned");
 
         check_object_maps(&ebpf)?;
         pin::write_layout_version(bpffs)?;
         load_programs(&mut ebpf)?;
+        super::sock::load_programs(&mut ebpf)?;
         info!(bpffs = %bpffs.display(), recreated = recreated.len(), "data plane loaded");
         Ok(Dataplane {
             ebpf,
@@ -202,12 +210,14 @@ fn typed_check(name: &'static str, map: &Map) -> Result<(), MapError> {
         maps::FRAG4 => hash::<FragKey4, FragNat4>(map),
         maps::FRAG6 => hash::<FragKey6, FragNat6>(map),
         maps::FRAG_PENDING => PerCpuArray::<&MapData, FragPending>::try_from(map).map(drop),
+        maps::SOCK_REV4 => hash::<SockRev4Key, SockRev4Value>(map),
+        maps::SOCK_REV6 => hash::<SockRev6Key, SockRev6Value>(map),
         _ => Ok(()),
     }
 }
 
 fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
-    for hook in Hook::ALL {
+    for hook in Hook::TC {
         let name = hook.name();
         let program = ebpf
             .program_mut(name)

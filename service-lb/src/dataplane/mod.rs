@@ -4,6 +4,7 @@
 //! - `options`: where and how big; `layout`: what each map must look like;
 //! - `pin`: the bpffs folder and the pin checks; `loader`: `Dataplane::open`;
 //! - `interfaces` + `attach`: TCX attachments pinned as links, `detach_all`, `cleanup`;
+//! - `sock`: the socket-LB programs on the `--cgroup` folder, links pinned too;
 //! - `maps` (the `MapStore` trait), `bpf_maps` (kernel), `fake_maps` (in memory);
 //! - `writer`: `ServiceWriter`, the safe write order, ids, rollback;
 //! - `vips`: service CIDRs (`Cidr`); the writer keeps the ClusterIP address maps.
@@ -21,6 +22,7 @@ pub mod maps;
 pub mod object;
 pub mod options;
 pub mod pin;
+pub mod sock;
 pub mod sync;
 pub mod vips;
 pub mod writer;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use service_lb_common::{hairpin::HairpinConfig, maps, DataplaneConfig};
+use service_lb_common::{hairpin::HairpinConfig, maps, sock::SockConfig, DataplaneConfig};
 
 /// Default bpffs folder that holds every pin of the data plane.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/service-lb";
@@ -53,6 +53,8 @@ pub struct DataplaneOptions {
     pub on_pin_mismatch: PinMismatch,
     /// Hairpin source addresses (the `SLB_HAIRPIN` global; all-zero = off).
     pub hairpin: HairpinConfig,
+    /// Socket LB configuration (the `SLB_SOCK` global: host netns cookie, hostns-only).
+    pub sock: SockConfig,
 }
 
 impl Default for DataplaneOptions {
@@ -63,6 +65,7 @@ impl Default for DataplaneOptions {
             config: DataplaneConfig::default(),
             on_pin_mismatch: PinMismatch::default(),
             hairpin: HairpinConfig::DEFAULT,
+            sock: SockConfig::ALL_NAMESPACES,
         }
     }
 }

@@ -201,7 +201,7 @@ impl Dataplane {
         let mut ebpf = loader
             .load(object::bytes())
             .context("loading the eBPF object")?;
-        for hook in Hook::ALL {
+        for hook in Hook::TC {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(hook.name())
                 .with_context(|| format!("program {} missing from the object", hook.name()))?

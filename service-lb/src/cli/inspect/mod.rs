@@ -1,4 +1,4 @@
-//! `service-lb inspect services|backends|conntrack|affinity|counters`: reads the pinned maps
+//! `service-lb inspect services|backends|conntrack|affinity|counters|sockets`: reads the pinned maps
 //! directly (no daemon, no program load).
 
 use std::path::PathBuf;
@@ -14,6 +14,7 @@ pub mod backends;
 pub mod conntrack;
 pub mod counters;
 pub mod services;
+pub mod sockets;
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
@@ -43,6 +44,8 @@ pub enum What {
         #[arg(long)]
         all: bool,
     },
+    /// Socket LB reverse entries: socket cookie, backend, and the frontend the socket sees.
+    Sockets,
 }
 
 pub fn run(args: &InspectArgs) -> Result<(), Failure> {
@@ -72,6 +75,10 @@ pub fn run(args: &InspectArgs) -> Result<(), Failure> {
         }
         What::Counters { all } => {
             super::output::render(&counters::rows(&maps.counters()?, all), args.output)?
+        }
+        What::Sockets => {
+            let records = crate::dataplane::sock::reverse_entries(&args.bpffs)?;
+            super::output::render(&sockets::rows(&records), args.output)?
         }
     };
     super::output::print(&text)?;
