@@ -65,6 +65,8 @@ fn listed(objects: &[Object]) -> ClusterState {
             Object::Service(s) => state.apply_service(Event::InitApply(s)),
             Object::EndpointSlice(s) => state.apply_endpoint_slice(Event::InitApply(s)),
             Object::Node(n) => state.apply_node(Event::InitApply(n)),
+            // Not the model's: the daemon programs service CIDRs apart.
+            Object::ServiceCidr(_) => {}
         }
     }
     state.apply_service(Event::<Service>::InitDone);
@@ -97,6 +99,7 @@ fn meta(object: &Object) -> &ObjectMeta {
         Object::Service(s) => &s.metadata,
         Object::EndpointSlice(s) => &s.metadata,
         Object::Node(n) => &n.metadata,
+        Object::ServiceCidr(c) => &c.metadata,
     }
 }
 
@@ -105,6 +108,7 @@ fn delete(state: &mut ClusterState, object: Object) {
         Object::Service(s) => state.apply_service(Event::Delete(s)),
         Object::EndpointSlice(s) => state.apply_endpoint_slice(Event::Delete(s)),
         Object::Node(n) => state.apply_node(Event::Delete(n)),
+        Object::ServiceCidr(_) => {}
     }
 }
 
@@ -113,6 +117,7 @@ fn apply(state: &mut ClusterState, object: Object) {
         Object::Service(s) => state.apply_service(Event::Apply(s)),
         Object::EndpointSlice(s) => state.apply_endpoint_slice(Event::Apply(s)),
         Object::Node(n) => state.apply_node(Event::Apply(n)),
+        Object::ServiceCidr(_) => {}
     }
 }
 
@@ -372,6 +377,7 @@ fn by_identity(objects: Vec<Object>) -> BTreeMap<(String, String, String), Objec
                 Object::Service(_) => "Service",
                 Object::EndpointSlice(_) => "EndpointSlice",
                 Object::Node(_) => "Node",
+                Object::ServiceCidr(_) => "ServiceCIDR",
             };
             let m = meta(&o);
             let id = (
