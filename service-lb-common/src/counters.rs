@@ -123,11 +123,22 @@ pub enum Reason {
     /// The pod's reply to the hairpin address: source back to the frontend, destination
     /// back to the pod, sent back into the pod.
     HairpinReply = 30,
+    /// A new flow the NetworkPolicy of the pod it enters (`to_pod`) does not allow.
+    DropPolicyIngress = 31,
+    /// A new flow the NetworkPolicy of the pod it leaves (`from_pod`) does not allow.
+    DropPolicyEgress = 32,
+    /// First packet of a flow to no frontend, checked against the NetworkPolicy of an
+    /// isolated local pod and allowed (counted instead of `pass_not_service`; a translated
+    /// flow keeps its translation's reason).
+    PolicyAllowedNew = 33,
+    /// An allowed flow could not be recorded in the policy flow map: dropped, since its
+    /// replies could not be recognised.
+    DropPolicyTrack = 34,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 31;
-    pub const ALL: [Reason; 31] = [
+    pub const COUNT: u32 = 35;
+    pub const ALL: [Reason; 35] = [
         Reason::PassNotIp,
         Reason::PassOtherProto,
         Reason::PassFragment,
@@ -159,6 +170,10 @@ impl Reason {
         Reason::HairpinNewFlow,
         Reason::HairpinEstablished,
         Reason::HairpinReply,
+        Reason::DropPolicyIngress,
+        Reason::DropPolicyEgress,
+        Reason::PolicyAllowedNew,
+        Reason::DropPolicyTrack,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -194,6 +209,10 @@ impl Reason {
             Reason::HairpinNewFlow => "hairpin_new_flow",
             Reason::HairpinEstablished => "hairpin_established",
             Reason::HairpinReply => "hairpin_reply",
+            Reason::DropPolicyIngress => "drop_policy_ingress",
+            Reason::DropPolicyEgress => "drop_policy_egress",
+            Reason::PolicyAllowedNew => "policy_allowed_new",
+            Reason::DropPolicyTrack => "drop_policy_track",
         }
     }
 
@@ -203,7 +222,14 @@ impl Reason {
     pub const fn is_drop(self) -> bool {
         let n = self as u32;
         (n >= Reason::DropNoBackend as u32 && n <= Reason::DropNoFreePort as u32)
-            || matches!(self, Reason::DropServiceCidr | Reason::DropRefusedNoAnswer)
+            || matches!(
+                self,
+                Reason::DropServiceCidr
+                    | Reason::DropRefusedNoAnswer
+                    | Reason::DropPolicyIngress
+                    | Reason::DropPolicyEgress
+                    | Reason::DropPolicyTrack
+            )
     }
 
     /// The packet is turned into an answer to its sender (reset, ICMP error).

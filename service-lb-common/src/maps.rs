@@ -7,7 +7,7 @@
 //! bits and a new state value (`CT_STATE_HALF_CLOSED`) that old entries never carry, so
 //! pinned conntrack maps stay valid and keep their name: established flows survive an
 //! upgrade. `SLB_CNT_V4`: the fragment and hairpin reasons were appended, which moves every index
-//! `hook * Reason::COUNT + reason`.)
+//! `hook * Reason::COUNT + reason`. `SLB_CNT_V5`: the NetworkPolicy reasons were appended.)
 //! The eBPF statics carry exactly these names.
 
 /// Layout version written into the `SLB_META_V1` map; bumped on any ABI change.
@@ -23,7 +23,7 @@ pub const CT4_TCP: &str = "SLB_CT4_TCP_V1";
 pub const CT4_ANY: &str = "SLB_CT4_ANY_V1";
 pub const CT6_TCP: &str = "SLB_CT6_TCP_V1";
 pub const CT6_ANY: &str = "SLB_CT6_ANY_V1";
-pub const COUNTERS: &str = "SLB_CNT_V4";
+pub const COUNTERS: &str = "SLB_CNT_V5";
 pub const META: &str = "SLB_META_V1";
 /// ClusterIP addresses (`vip::VipValue`), one map per family.
 pub const VIPS4: &str = "SLB_VIP4_V1";
@@ -41,9 +41,19 @@ pub const MEMBERS: &str = "SLB_MEMBER_V1";
 pub const FRAG4: &str = "SLB_FRAG4_V1";
 pub const FRAG6: &str = "SLB_FRAG6_V1";
 pub const FRAG_PENDING: &str = "SLB_FRAGP_V1";
+/// NetworkPolicy (`policy`): pod hash and peer LPM trie per family, the port-set LPM trie,
+/// the allowed-flow LRU per family, and the "any pod isolated" switch.
+pub const POL_PODS4: &str = "SLB_POLPOD4_V1";
+pub const POL_PODS6: &str = "SLB_POLPOD6_V1";
+pub const POL_PEERS4: &str = "SLB_POLPEER4_V1";
+pub const POL_PEERS6: &str = "SLB_POLPEER6_V1";
+pub const POL_PORTS: &str = "SLB_POLPORT_V1";
+pub const POL_FLOWS4: &str = "SLB_POLFLW4_V1";
+pub const POL_FLOWS6: &str = "SLB_POLFLW6_V1";
+pub const POL_CONFIG: &str = "SLB_POLCFG_V1";
 
 /// Every map the object defines, in the order `inspect` and the layout check list them.
-pub const ALL: [&str; 23] = [
+pub const ALL: [&str; 31] = [
     SERVICES4,
     SERVICES6,
     BACKENDS4,
@@ -67,6 +77,14 @@ pub const ALL: [&str; 23] = [
     FRAG4,
     FRAG6,
     FRAG_PENDING,
+    POL_PODS4,
+    POL_PODS6,
+    POL_PEERS4,
+    POL_PEERS6,
+    POL_PORTS,
+    POL_FLOWS4,
+    POL_FLOWS6,
+    POL_CONFIG,
 ];
 
 /// Default capacity of each services map: master + slot entries of all frontends.

@@ -34,3 +34,8 @@ unsafe impl aya::Pod for crate::frag::FragNat4 {}
 unsafe impl aya::Pod for crate::frag::FragNat6 {}
 unsafe impl aya::Pod for crate::frag::FragPending {}
 unsafe impl aya::Pod for crate::hairpin::HairpinConfig {}
+unsafe impl aya::Pod for crate::policy::PolPod {}
+unsafe impl aya::Pod for crate::policy::PolPeer4 {}
+unsafe impl aya::Pod for crate::policy::PolPeer6 {}
+unsafe impl aya::Pod for crate::policy::PolPort {}
+unsafe impl aya::Pod for crate::policy::PolFlow {}

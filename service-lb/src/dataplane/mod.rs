@@ -21,10 +21,14 @@ pub mod maps;
 pub mod object;
 pub mod options;
 pub mod pin;
+pub mod policy_maps;
+pub mod policy_writer;
 pub mod sync;
 pub mod vips;
 pub mod writer;
 
+#[cfg(test)]
+mod policy_writer_tests;
 #[cfg(test)]
 mod writer_tests;
 
