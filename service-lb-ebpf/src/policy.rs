@@ -10,7 +10,9 @@
 //!   later packets and its replies (the reversed tuple, recorded in the other direction)
 //!   pass on that one lookup. A flow of an isolated pod is recorded even when the
 //!   direction it is checked in is not isolated, so the replies find it in the other one.
-//! - Denied flows are not recorded: each of their packets is decided again.
+//! - Denied flows are not recorded: each of their packets is decided again. A TCP SYN
+//!   (without ACK) is always decided again too, so a new connection reusing an old
+//!   connection's tuple gets the policy in force now.
 //! - No loops: a pod hash lookup, at most two LPM lookups, two flow lookups.
 //! - TCP and UDP only; other protocols (ICMP, SCTP) pass (`docs/limitations.md`).
 
@@ -30,7 +32,7 @@ use service_lb_common::{
 
 use crate::{
     config,
-    conntrack::{now_ns, NS_PER_S},
+    conntrack::{is_syn_only, now_ns, NS_PER_S},
     family::{Family, V4, V6},
     lb,
     maps::{
@@ -193,17 +195,21 @@ fn decide<F: PolicyFamily>(h: &Headers<F::Addr>, dir: u8) -> u64 {
     let lifetime = u64::from(lifetime_s) * NS_PER_S;
     let flows = F::flows();
     let forward = F::ct_key(h.saddr, h.daddr, h.sport_be, h.dport_be, h.proto, dir);
-    if refresh(flows, &forward, now, lifetime) {
-        return POLICY_PASS;
-    }
-    let other = if dir == POL_DIR_EGRESS {
-        POL_DIR_INGRESS
-    } else {
-        POL_DIR_EGRESS
-    };
-    let reply = F::ct_key(h.daddr, h.saddr, h.dport_be, h.sport_be, h.proto, other);
-    if refresh(flows, &reply, now, lifetime) {
-        return POLICY_PASS;
+    // A TCP connection's opening SYN is always decided afresh: a new connection on the
+    // tuple of an old one gets today's policy, not the cached verdict.
+    if !is_syn_only(h.proto, h.tcp_flags) {
+        if refresh(flows, &forward, now, lifetime) {
+            return POLICY_PASS;
+        }
+        let other = if dir == POL_DIR_EGRESS {
+            POL_DIR_INGRESS
+        } else {
+            POL_DIR_EGRESS
+        };
+        let reply = F::ct_key(h.daddr, h.saddr, h.dport_be, h.sport_be, h.proto, other);
+        if refresh(flows, &reply, now, lifetime) {
+            return POLICY_PASS;
+        }
     }
     let isolated = pod.flags & isolated_bit(dir) != 0;
     if isolated && !allowed::<F>(pod.pod_id, dir, peer_addr, h.proto, h.dport_be) {

@@ -535,3 +535,47 @@ fn deleting_the_policy_ends_isolation(#[case] fam: Fam) -> anyhow::Result<()> {
     f.expect(Hook::FromPod, &syn, Reason::PassNotService)?;
     Ok(())
 }
+
+#[rstest]
+#[case::v4(Fam::V4)]
+#[case::v6(Fam::V6)]
+fn established_flows_survive_a_policy_change_new_connections_do_not(
+    #[case] fam: Fam,
+) -> anyhow::Result<()> {
+    let Some(mut f) = setup("established_flows_survive_a_policy_change", fam)? else {
+        return Ok(());
+    };
+    let allow = json!({
+        "podSelector": {"matchLabels": {"pod": "a"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}],
+    });
+    f.apply("x", "p", allow)?;
+    let syn = f.tcp(P::XB, 47000, P::XA, 80, L4::SYN);
+    f.expect(Hook::ToPod, &syn, Reason::PolicyAllowedNew)?;
+    f.expect(
+        Hook::FromPod,
+        &syn.reply(L4::SYN_ACK),
+        Reason::PassNotService,
+    )?;
+    // The policy now admits nobody.
+    f.apply(
+        "x",
+        "p",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Ingress"]}),
+    )?;
+    // The established connection goes on (stateful, as with conntrack-based enforcers) ...
+    f.expect(
+        Hook::ToPod,
+        &syn.clone().with_l4(L4::ACK),
+        Reason::PassNotService,
+    )?;
+    f.expect(Hook::FromPod, &syn.reply(L4::ACK), Reason::PassNotService)?;
+    // ... a new connection on the very same tuple is decided again, and denied.
+    f.expect(Hook::ToPod, &syn, Reason::DropPolicyIngress)?;
+    f.expect(
+        Hook::ToPod,
+        &f.tcp(P::XB, 47001, P::XA, 80, L4::SYN),
+        Reason::DropPolicyIngress,
+    )?;
+    Ok(())
+}
