@@ -112,6 +112,14 @@ fn enabled() -> bool {
 /// runs unless `is_drop`); the raw outcome for `finish`.
 #[inline(always)]
 pub fn ingress(ctx: &TcContext) -> u64 {
+    // SAFETY: reads two fields of the program's own context.
+    let (came_in_on, goes_out_on) =
+        unsafe { ((*ctx.skb.skb).ingress_ifindex, (*ctx.skb.skb).ifindex) };
+    if came_in_on == goes_out_on {
+        // Sent by this very pod and turned around by `from_pod` (a hairpin flow through
+        // its own ClusterIP, or its answer): a pod's traffic to itself is always allowed.
+        return POLICY_PASS;
+    }
     check(ctx, POL_DIR_INGRESS)
 }
 
