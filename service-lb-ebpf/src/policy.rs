@@ -233,7 +233,7 @@ fn decide<F: PolicyFamily>(h: &Headers<F::Addr>, dir: u8) -> u64 {
         flags: pod.flags,
         _pad: [0; 7],
     };
-    if flows.insert(&forward, &flow, u64::from(BPF_ANY)).is_err() {
+    if flows.insert(&forward, flow, u64::from(BPF_ANY)).is_err() {
         return Verdict::Drop(Reason::DropPolicyTrack).to_raw();
     }
     if isolated {

@@ -100,6 +100,7 @@ const CHECKSUM_COMPLETE_SUITES: &[&str] = &[
     "packet_affinity",
     "packet_fragments",
     "packet_hairpin",
+    "packet_policy",
 ];
 
 fn demo() -> Result<()> {
