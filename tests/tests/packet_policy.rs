@@ -579,3 +579,45 @@ fn established_flows_survive_a_policy_change_new_connections_do_not(
     )?;
     Ok(())
 }
+
+/// Prints the kernel's time per packet at `to_pod` (BPF_PROG_TEST_RUN, repeated) without
+/// policy, with policy on for another pod, for an allowed flow's packet (flow cache) and
+/// for a denied packet (decided every time). Timings are printed, never asserted; the
+/// verdicts are checked first.
+#[test]
+fn policy_cost_per_packet_is_printed() -> anyhow::Result<()> {
+    const REPEAT: u32 = 200_000;
+    let Some(mut f) = setup("policy_cost_per_packet_is_printed", Fam::V4)? else {
+        return Ok(());
+    };
+    let ack = f.tcp(P::XB, 48000, P::XA, 80, L4::ACK);
+    f.expect(Hook::ToPod, &ack, Reason::PassNotService)?;
+    let off = f.dp.run_repeated(Hook::ToPod, &ack.build()?, REPEAT)?;
+    // Policy on, for x/b only: x/a is not in the pod hash.
+    f.apply(
+        "x",
+        "b-only",
+        json!({"podSelector": {"matchLabels": {"pod": "b"}}, "policyTypes": ["Ingress"]}),
+    )?;
+    f.expect(Hook::ToPod, &ack, Reason::PassNotService)?;
+    let other_pod = f.dp.run_repeated(Hook::ToPod, &ack.build()?, REPEAT)?;
+    // x/a isolated, admitting x/b: the flow's first packet is recorded, the rest hit it.
+    f.apply(
+        "x",
+        "a-from-b",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}},
+               "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
+    )?;
+    f.expect(Hook::ToPod, &ack, Reason::PolicyAllowedNew)?;
+    f.expect(Hook::ToPod, &ack, Reason::PassNotService)?;
+    let cached = f.dp.run_repeated(Hook::ToPod, &ack.build()?, REPEAT)?;
+    let denied = f.tcp(P::YC, 48001, P::XA, 80, L4::ACK);
+    f.expect(Hook::ToPod, &denied, Reason::DropPolicyIngress)?;
+    let decided = f.dp.run_repeated(Hook::ToPod, &denied.build()?, REPEAT)?;
+    eprintln!(
+        "to_pod per packet (x{REPEAT}): no policy {off:?}; policy on, pod not isolated \
+         {other_pod:?}; allowed flow (cache hit) {cached:?}; denied (pod hash + 2 LPM + 2 \
+         flow lookups) {decided:?}"
+    );
+    Ok(())
+}
