@@ -20,6 +20,7 @@ pub mod frag;
 pub mod hairpin;
 pub mod maps;
 pub mod meta;
+pub mod policy;
 pub mod proto;
 pub mod service;
 pub mod sock;

@@ -13,6 +13,7 @@ pub mod fake_apiserver;
 pub mod kube_proxy_rules;
 pub mod netns;
 pub mod packet;
+pub mod policy;
 pub mod privileges;
 pub mod scenario;
 pub mod servers;

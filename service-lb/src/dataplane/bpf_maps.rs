@@ -235,7 +235,7 @@ pub struct CounterTotal {
     pub bytes: u64,
 }
 
-fn failed(map: &'static str, op: StoreOp, e: MapError) -> StoreError {
+pub(super) fn failed(map: &'static str, op: StoreOp, e: MapError) -> StoreError {
     StoreError::Failed {
         map,
         op,
@@ -243,7 +243,7 @@ fn failed(map: &'static str, op: StoreOp, e: MapError) -> StoreError {
     }
 }
 
-fn is_full(e: &MapError) -> bool {
+pub(super) fn is_full(e: &MapError) -> bool {
     match e {
         MapError::SyscallError(s) => {
             matches!(
@@ -255,7 +255,7 @@ fn is_full(e: &MapError) -> bool {
     }
 }
 
-fn is_missing(e: &MapError) -> bool {
+pub(super) fn is_missing(e: &MapError) -> bool {
     match e {
         MapError::KeyNotFound | MapError::ElementNotFound => true,
         MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),

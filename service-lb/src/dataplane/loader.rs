@@ -15,6 +15,7 @@ use service_lb_common::{
     hairpin::HAIRPIN_GLOBAL,
     maps,
     sock::{SockRev4Key, SockRev4Value, SockRev6Key, SockRev6Value, SOCK_GLOBAL},
+    policy::{PolFlow, PolPeer4, PolPeer6, PolPod, PolPort},
     vip::Scratch,
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Hook, Meta, RevNat4, RevNat6, Svc4Key,
     Svc6Key, SvcValue, VipValue,
@@ -212,6 +213,14 @@ fn typed_check(name: &'static str, map: &Map) -> Result<(), MapError> {
         maps::FRAG_PENDING => PerCpuArray::<&MapData, FragPending>::try_from(map).map(drop),
         maps::SOCK_REV4 => hash::<SockRev4Key, SockRev4Value>(map),
         maps::SOCK_REV6 => hash::<SockRev6Key, SockRev6Value>(map),
+        maps::POL_PODS4 => hash::<[u8; 4], PolPod>(map),
+        maps::POL_PODS6 => hash::<[u8; 16], PolPod>(map),
+        maps::POL_PEERS4 => LpmTrie::<&MapData, PolPeer4, u32>::try_from(map).map(drop),
+        maps::POL_PEERS6 => LpmTrie::<&MapData, PolPeer6, u32>::try_from(map).map(drop),
+        maps::POL_PORTS => LpmTrie::<&MapData, PolPort, u32>::try_from(map).map(drop),
+        maps::POL_FLOWS4 => hash::<CtKey4, PolFlow>(map),
+        maps::POL_FLOWS6 => hash::<CtKey6, PolFlow>(map),
+        maps::POL_CONFIG => Array::<&MapData, u32>::try_from(map).map(drop),
         _ => Ok(()),
     }
 }

@@ -23,10 +23,14 @@ pub mod object;
 pub mod options;
 pub mod pin;
 pub mod sock;
+pub mod policy_maps;
+pub mod policy_writer;
 pub mod sync;
 pub mod vips;
 pub mod writer;
 
+#[cfg(test)]
+mod policy_writer_tests;
 #[cfg(test)]
 mod writer_tests;
 
