@@ -114,7 +114,8 @@ fn handle(ctx: &TcContext, hook: Hook) -> i32 {
                 policy::finish(pipeline::run(ctx, hook), policy)
             }
         }
-        Hook::FromNet | Hook::ToNet => pipeline::run(ctx, hook),
+        // The socket hooks never reach `handle` (their own entry points above).
+        _ => pipeline::run(ctx, hook),
     };
     counters::finish(ctx, hook, verdict)
 }
