@@ -41,9 +41,12 @@ pub const MEMBERS: &str = "SLB_MEMBER_V1";
 pub const FRAG4: &str = "SLB_FRAG4_V1";
 pub const FRAG6: &str = "SLB_FRAG6_V1";
 pub const FRAG_PENDING: &str = "SLB_FRAGP_V1";
+/// Service id -> namespace/name, port name and kind of the frontend (`names`): written by
+/// the daemon only, read by `inspect` and `diff`.
+pub const SERVICE_NAMES: &str = "SLB_SVCNAME_V1";
 
 /// Every map the object defines, in the order `inspect` and the layout check list them.
-pub const ALL: [&str; 23] = [
+pub const ALL: [&str; 24] = [
     SERVICES4,
     SERVICES6,
     BACKENDS4,
@@ -67,6 +70,7 @@ pub const ALL: [&str; 23] = [
     FRAG4,
     FRAG6,
     FRAG_PENDING,
+    SERVICE_NAMES,
 ];
 
 /// Default capacity of each services map: master + slot entries of all frontends.

@@ -34,3 +34,4 @@ unsafe impl aya::Pod for crate::frag::FragNat4 {}
 unsafe impl aya::Pod for crate::frag::FragNat6 {}
 unsafe impl aya::Pod for crate::frag::FragPending {}
 unsafe impl aya::Pod for crate::hairpin::HairpinConfig {}
+unsafe impl aya::Pod for crate::names::SvcName {}

@@ -16,6 +16,7 @@ use service_lb_common::{
         DEFAULT_BACKENDS_MAX, DEFAULT_CT_ANY_MAX, DEFAULT_CT_TCP_MAX, DEFAULT_REVNAT_MAX,
         DEFAULT_SERVICES_MAX,
     },
+    names::SvcName,
     vip::{Scratch, DEFAULT_VIPS_MAX, SERVICE_CIDRS_MAX},
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Meta, RevNat4, RevNat6, Svc4Key, Svc6Key,
     SvcValue, VipValue,
@@ -96,3 +97,9 @@ pub static SLB_FRAG6_V1: LruHashMap<FragKey6, FragNat6> = LruHashMap::with_max_e
 /// The key of the first fragment being translated (`frag`).
 #[map]
 pub static SLB_FRAGP_V1: PerCpuArray<FragPending> = PerCpuArray::with_max_entries(1, 0);
+
+/// Which Service each frontend (service id) was programmed for (`common::names`): written by
+/// the daemon, read by `inspect` and `diff`; no program reads it. Both families share it.
+#[map]
+pub static SLB_SVCNAME_V1: HashMap<u32, SvcName> =
+    HashMap::with_max_entries(2 * DEFAULT_REVNAT_MAX, 0);

@@ -11,7 +11,7 @@
 //! - `config`: typed, validated configuration (usage errors);
 //! - `reconcile`: events -> state -> syncs, with metrics and health;
 //! - `event_loop`: timing (coalescing, periodic full resync, heartbeat);
-//! - `datapath`: what a scrape reads from the pinned maps.
+//! - `datapath`: what a scrape reads from the pinned maps, and the map-entries sampler.
 
 pub mod config;
 pub mod datapath;
@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 pub use config::{ConfigError, DaemonConfig, NodeNameSources, SourceConfig};
+use datapath::DatapathView as _;
 pub use event_loop::{LoopError, LoopTiming};
 pub use reconcile::{ReconcileError, Reconciler, SyncDone};
 
@@ -47,6 +48,7 @@ use crate::{
         health::Health,
         http::{self, DatapathReader, HttpError},
         metrics::{DatapathCollector, Metrics},
+        process::ProcessCollector,
     },
 };
 
@@ -118,9 +120,14 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
     // The initial list is the first pending change: /healthz turns 503 if it never lands.
     health.change_queued(std::time::SystemTime::now());
 
-    let bpffs = config.dataplane.bpffs.clone();
-    let sizes = config.dataplane.sizes;
-    let read_datapath: DatapathReader = Arc::new(move || datapath::read_snapshot(&bpffs, &sizes));
+    ProcessCollector::register(&mut registry);
+    let view = Arc::new(datapath::PinnedView {
+        bpffs: config.dataplane.bpffs.clone(),
+        sizes: config.dataplane.sizes,
+    });
+    let scrape_view = view.clone();
+    let read_datapath: DatapathReader = Arc::new(move || scrape_view.counters());
+    let synced = Arc::new(tokio::sync::Notify::new());
 
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     tasks.push(spawn_server(
@@ -131,7 +138,7 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
     ));
     tasks.push(spawn_server(
         metrics_listener,
-        http::metrics_router(Arc::new(registry), collector, read_datapath),
+        http::metrics_router(Arc::new(registry), collector.clone(), read_datapath),
         "metrics",
         cancel.clone(),
     ));
@@ -176,7 +183,16 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
         config.node_name.clone(),
         metrics,
         health.clone(),
-    );
+    )
+    .notify_on_sync(synced.clone());
+    // Map entries for /metrics, sampled off the scrape path (after syncs, and on a timer
+    // for conntrack); the maps exist from here on.
+    tasks.push(tokio::spawn(datapath::run_sampler(
+        view,
+        collector,
+        synced,
+        cancel.clone(),
+    )));
 
     let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
     let source_task = tokio::spawn(run_source(config.source.clone(), tx, cancel.clone()));

@@ -52,6 +52,8 @@ pub struct Reconciler<M: MapStore> {
     full_synced: bool,
     /// Skips last reported per Service: each is counted once, not on every sync.
     skips_seen: BTreeMap<ServiceName, Vec<Skip>>,
+    /// Told after each sync that changed the maps (the metrics' map sampler).
+    on_sync: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl<M: MapStore + Send + 'static> Reconciler<M> {
@@ -70,7 +72,14 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
             pending: false,
             full_synced: false,
             skips_seen: BTreeMap::new(),
+            on_sync: None,
         }
+    }
+
+    /// `notify` is told after each sync that changed the maps.
+    pub fn notify_on_sync(mut self, notify: Arc<tokio::sync::Notify>) -> Self {
+        self.on_sync = Some(notify);
+        self
     }
 
     /// The first full sync has been applied.
@@ -217,6 +226,14 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
         self.health.synced(now, kind == SyncKind::Full);
         let known = self.state.service_names().len();
         self.metrics.set_services(known);
+        if report.frontends_upserted + report.frontends_removed > 0
+            || !report.changed.is_empty()
+            || report.garbage.backends + report.garbage.revnat > 0
+        {
+            if let Some(notify) = &self.on_sync {
+                notify.notify_one();
+            }
+        }
         let log_level_info = kind == SyncKind::Full || !report.changed.is_empty();
         if log_level_info {
             info!(

@@ -12,6 +12,7 @@ use service_lb_common::{
     counters::COUNTERS_LEN,
     frag::{FragKey4, FragKey6, FragNat4, FragNat6, FragPending, FRAG_MAX},
     maps,
+    names::SvcName,
     vip::{Scratch, SERVICE_CIDRS_MAX},
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Meta, RevNat4, RevNat6, Svc4Key, Svc6Key,
     SvcValue, VipValue,
@@ -135,6 +136,8 @@ pub fn wanted(name: &str, sizes: &MapSizes) -> Option<MapLayout> {
         maps::FRAG4 => layout::<FragKey4, FragNat4>(LruHash, FRAG_MAX),
         maps::FRAG6 => layout::<FragKey6, FragNat6>(LruHash, FRAG_MAX),
         maps::FRAG_PENDING => layout::<u32, FragPending>(PerCpuArray, 1),
+        // One entry per frontend of either family.
+        maps::SERVICE_NAMES => layout::<u32, SvcName>(Hash, sizes.revnat.saturating_mul(2)),
         _ => return None,
     };
     Some(l)

@@ -202,6 +202,7 @@ fn typed_check(name: &'static str, map: &Map) -> Result<(), MapError> {
         maps::FRAG4 => hash::<FragKey4, FragNat4>(map),
         maps::FRAG6 => hash::<FragKey6, FragNat6>(map),
         maps::FRAG_PENDING => PerCpuArray::<&MapData, FragPending>::try_from(map).map(drop),
+        maps::SERVICE_NAMES => hash::<u32, service_lb_common::SvcName>(map),
         _ => Ok(()),
     }
 }
