@@ -11,11 +11,13 @@
 //! - `config`: typed, validated configuration (usage errors);
 //! - `reconcile`: events -> state -> syncs, with metrics and health;
 //! - `event_loop`: timing (coalescing, periodic full resync, heartbeat);
-//! - `datapath`: what a scrape reads from the pinned maps, and the map-entries sampler.
+//! - `datapath`: what a scrape reads from the pinned maps, and the map-entries sampler;
+//! - `events`: Kubernetes Events (start on the Node, failed syncs on Services).
 
 pub mod config;
 pub mod datapath;
 pub mod event_loop;
+pub mod events;
 pub mod reconcile;
 
 #[cfg(test)]
@@ -184,7 +186,8 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
         metrics,
         health.clone(),
     )
-    .notify_on_sync(synced.clone());
+    .notify_on_sync(synced.clone())
+    .with_events(event_sink(&config).await);
     // Map entries for /metrics, sampled off the scrape path (after syncs, and on a timer
     // for conntrack); the maps exist from here on.
     tasks.push(tokio::spawn(datapath::run_sampler(
@@ -236,6 +239,23 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
         (Ok(()), Err(e)) => {
             warn!(error = %e, "the source ended with an error during shutdown");
             Ok(())
+        }
+    }
+}
+
+/// Events through the API with the API source (its client), log lines otherwise.
+async fn event_sink(config: &DaemonConfig) -> Arc<dyn events::EventSink> {
+    let SourceConfig::Kube(kube) = &config.source else {
+        return Arc::new(events::LogEvents);
+    };
+    match source::kube_api::client(kube.kubeconfig.as_deref()).await {
+        Ok(client) => Arc::new(events::KubeEvents::new(client, &config.node_name)),
+        Err(e) => {
+            warn!(
+                error = format!("{e:#}"),
+                "no API client for Kubernetes Events; logging them"
+            );
+            Arc::new(events::LogEvents)
         }
     }
 }

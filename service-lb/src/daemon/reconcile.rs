@@ -54,6 +54,8 @@ pub struct Reconciler<M: MapStore> {
     skips_seen: BTreeMap<ServiceName, Vec<Skip>>,
     /// Told after each sync that changed the maps (the metrics' map sampler).
     on_sync: Option<Arc<tokio::sync::Notify>>,
+    /// Kubernetes Events (start, failed syncs).
+    events: Option<Arc<dyn super::events::EventSink>>,
 }
 
 impl<M: MapStore + Send + 'static> Reconciler<M> {
@@ -73,7 +75,14 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
             full_synced: false,
             skips_seen: BTreeMap::new(),
             on_sync: None,
+            events: None,
         }
+    }
+
+    /// Start and failed-sync events go to `sink`.
+    pub fn with_events(mut self, sink: Arc<dyn super::events::EventSink>) -> Self {
+        self.events = Some(sink);
+        self
     }
 
     /// `notify` is told after each sync that changed the maps.
@@ -221,6 +230,19 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
         for (service, why) in &report.failed {
             error!(service = %service, error = %why, "service left at its last good state");
             self.metrics.count_sync_failure(&service.to_string());
+            if let Some(events) = &self.events {
+                events.sync_failed(service, why);
+            }
+        }
+        if !self.full_synced {
+            if let Some(events) = &self.events {
+                let programmed = desired
+                    .iter()
+                    .filter(|d| !d.frontends.is_empty())
+                    .count()
+                    .saturating_sub(report.failed.len());
+                events.started(&self.node_name, programmed);
+            }
         }
         self.full_synced = true;
         self.health.synced(now, kind == SyncKind::Full);
