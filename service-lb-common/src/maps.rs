@@ -57,8 +57,12 @@ pub const POL_FLOWS4: &str = "SLB_POLFLW4_V1";
 pub const POL_FLOWS6: &str = "SLB_POLFLW6_V1";
 pub const POL_CONFIG: &str = "SLB_POLCFG_V1";
 
+/// Service id -> namespace/name, port name and kind of the frontend (`names`): written by
+/// the daemon only, read by `inspect` and `diff`.
+pub const SERVICE_NAMES: &str = "SLB_SVCNAME_V1";
+
 /// Every map the object defines, in the order `inspect` and the layout check list them.
-pub const ALL: [&str; 33] = [
+pub const ALL: [&str; 34] = [
     SERVICES4,
     SERVICES6,
     BACKENDS4,
@@ -92,6 +96,7 @@ pub const ALL: [&str; 33] = [
     POL_FLOWS4,
     POL_FLOWS6,
     POL_CONFIG,
+    SERVICE_NAMES,
 ];
 
 /// Default capacity of each services map: master + slot entries of all frontends.

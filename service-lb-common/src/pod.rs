@@ -44,3 +44,4 @@ unsafe impl aya::Pod for crate::policy::PolPeer4 {}
 unsafe impl aya::Pod for crate::policy::PolPeer6 {}
 unsafe impl aya::Pod for crate::policy::PolPort {}
 unsafe impl aya::Pod for crate::policy::PolFlow {}
+unsafe impl aya::Pod for crate::names::SvcName {}

@@ -21,6 +21,7 @@ use service_lb_common::{
         PolFlow, PolPeer4, PolPeer6, PolPod, PolPort, DEFAULT_POL_FLOWS_MAX, DEFAULT_POL_PEERS_MAX,
         DEFAULT_POL_PODS_MAX, DEFAULT_POL_PORTS_MAX,
     },
+    names::SvcName,
     vip::{Scratch, DEFAULT_VIPS_MAX, SERVICE_CIDRS_MAX},
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Meta, RevNat4, RevNat6, Svc4Key, Svc6Key,
     SvcValue, VipValue,
@@ -137,3 +138,8 @@ pub static SLB_POLFLW6_V1: LruHashMap<CtKey6, PolFlow> =
 /// Entry 0 non-zero: some local pod is isolated (policy is checked at all).
 #[map]
 pub static SLB_POLCFG_V1: Array<u32> = Array::with_max_entries(1, 0);
+/// Which Service each frontend (service id) was programmed for (`common::names`): written by
+/// the daemon, read by `inspect` and `diff`; no program reads it. Both families share it.
+#[map]
+pub static SLB_SVCNAME_V1: HashMap<u32, SvcName> =
+    HashMap::with_max_entries(2 * DEFAULT_REVNAT_MAX, 0);

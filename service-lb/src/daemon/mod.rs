@@ -11,11 +11,13 @@
 //! - `config`: typed, validated configuration (usage errors);
 //! - `reconcile`: events -> state -> syncs, with metrics and health;
 //! - `event_loop`: timing (coalescing, periodic full resync, heartbeat);
-//! - `datapath`: what a scrape reads from the pinned maps.
+//! - `datapath`: what a scrape reads from the pinned maps, and the map-entries sampler;
+//! - `events`: Kubernetes Events (start on the Node, failed syncs on Services).
 
 pub mod config;
 pub mod datapath;
 pub mod event_loop;
+pub mod events;
 pub mod reconcile;
 pub mod service_cidrs;
 
@@ -34,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 pub use config::{ConfigError, DaemonConfig, NodeNameSources, SourceConfig};
+use datapath::DatapathView as _;
 pub use event_loop::{LoopError, LoopTiming};
 pub use reconcile::{ReconcileError, Reconciler, SyncDone};
 
@@ -48,6 +51,7 @@ use crate::{
         health::Health,
         http::{self, DatapathReader, HttpError},
         metrics::{DatapathCollector, Metrics},
+        process::ProcessCollector,
     },
 };
 
@@ -119,9 +123,14 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
     // The initial list is the first pending change: /healthz turns 503 if it never lands.
     health.change_queued(std::time::SystemTime::now());
 
-    let bpffs = config.dataplane.bpffs.clone();
-    let sizes = config.dataplane.sizes;
-    let read_datapath: DatapathReader = Arc::new(move || datapath::read_snapshot(&bpffs, &sizes));
+    ProcessCollector::register(&mut registry);
+    let view = Arc::new(datapath::PinnedView {
+        bpffs: config.dataplane.bpffs.clone(),
+        sizes: config.dataplane.sizes,
+    });
+    let scrape_view = view.clone();
+    let read_datapath: DatapathReader = Arc::new(move || scrape_view.counters());
+    let synced = Arc::new(tokio::sync::Notify::new());
 
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     tasks.push(spawn_server(
@@ -132,7 +141,7 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
     ));
     tasks.push(spawn_server(
         metrics_listener,
-        http::metrics_router(Arc::new(registry), collector, read_datapath),
+        http::metrics_router(Arc::new(registry), collector.clone(), read_datapath),
         "metrics",
         cancel.clone(),
     ));
@@ -195,7 +204,17 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
         metrics,
         health.clone(),
     )
-    .with_service_cidr_flag(&config.service_cidrs);
+    .with_service_cidr_flag(&config.service_cidrs)
+    .notify_on_sync(synced.clone())
+    .with_events(event_sink(&config).await);
+    // Map entries for /metrics, sampled off the scrape path (after syncs, and on a timer
+    // for conntrack); the maps exist from here on.
+    tasks.push(tokio::spawn(datapath::run_sampler(
+        view,
+        collector,
+        synced,
+        cancel.clone(),
+    )));
 
     let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
     let source_task = tokio::spawn(run_source(config.source.clone(), tx, cancel.clone()));
@@ -239,6 +258,23 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
         (Ok(()), Err(e)) => {
             warn!(error = %e, "the source ended with an error during shutdown");
             Ok(())
+        }
+    }
+}
+
+/// Events through the API with the API source (its client), log lines otherwise.
+async fn event_sink(config: &DaemonConfig) -> Arc<dyn events::EventSink> {
+    let SourceConfig::Kube(kube) = &config.source else {
+        return Arc::new(events::LogEvents);
+    };
+    match source::kube_api::client(kube.kubeconfig.as_deref()).await {
+        Ok(client) => Arc::new(events::KubeEvents::new(client, &config.node_name)),
+        Err(e) => {
+            warn!(
+                error = format!("{e:#}"),
+                "no API client for Kubernetes Events; logging them"
+            );
+            Arc::new(events::LogEvents)
         }
     }
 }

@@ -55,6 +55,10 @@ pub struct Reconciler<M: MapStore> {
     skips_seen: BTreeMap<ServiceName, Vec<Skip>>,
     /// `--service-cidrs` plus the ServiceCIDR objects (written apart from the Services).
     service_cidrs: ServiceCidrs,
+    /// Told after each sync that changed the maps (the metrics' map sampler).
+    on_sync: Option<Arc<tokio::sync::Notify>>,
+    /// Kubernetes Events (start, failed syncs).
+    events: Option<Arc<dyn super::events::EventSink>>,
 }
 
 impl<M: MapStore + Send + 'static> Reconciler<M> {
@@ -74,6 +78,8 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
             full_synced: false,
             skips_seen: BTreeMap::new(),
             service_cidrs: ServiceCidrs::new(&[]),
+            on_sync: None,
+            events: None,
         }
     }
 
@@ -82,6 +88,18 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
     #[must_use]
     pub fn with_service_cidr_flag(mut self, flag: &[Cidr]) -> Self {
         self.service_cidrs = ServiceCidrs::new(flag);
+        self
+    }
+
+    /// Start and failed-sync events go to `sink`.
+    pub fn with_events(mut self, sink: Arc<dyn super::events::EventSink>) -> Self {
+        self.events = Some(sink);
+        self
+    }
+
+    /// `notify` is told after each sync that changed the maps.
+    pub fn notify_on_sync(mut self, notify: Arc<tokio::sync::Notify>) -> Self {
+        self.on_sync = Some(notify);
         self
     }
 
@@ -247,11 +265,32 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
         for (service, why) in &report.failed {
             error!(service = %service, error = %why, "service left at its last good state");
             self.metrics.count_sync_failure(&service.to_string());
+            if let Some(events) = &self.events {
+                events.sync_failed(service, why);
+            }
+        }
+        if !self.full_synced {
+            if let Some(events) = &self.events {
+                let programmed = desired
+                    .iter()
+                    .filter(|d| !d.frontends.is_empty())
+                    .count()
+                    .saturating_sub(report.failed.len());
+                events.started(&self.node_name, programmed);
+            }
         }
         self.full_synced = true;
         self.health.synced(now, kind == SyncKind::Full);
         let known = self.state.service_names().len();
         self.metrics.set_services(known);
+        if report.frontends_upserted + report.frontends_removed > 0
+            || !report.changed.is_empty()
+            || report.garbage.backends + report.garbage.revnat > 0
+        {
+            if let Some(notify) = &self.on_sync {
+                notify.notify_one();
+            }
+        }
         let log_level_info = kind == SyncKind::Full || !report.changed.is_empty();
         if log_level_info {
             info!(

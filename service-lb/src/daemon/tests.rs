@@ -371,4 +371,60 @@ async fn service_cidr_objects_join_the_flag_once_listed_and_never_hold_up_servic
         text.contains("kind=\"ServiceCIDR\""),
         "ServiceCIDR events are counted: {text}"
     );
+/// Records what the reconciler asks the event sink for.
+#[derive(Default)]
+struct RecordingSink(std::sync::Mutex<Vec<String>>);
+
+impl super::events::EventSink for RecordingSink {
+    fn started(&self, node: &str, services: usize) {
+        self.0
+            .lock()
+            .expect("lock")
+            .push(format!("started {node} {services}"));
+    }
+    fn sync_failed(&self, service: &crate::model::ServiceName, message: &str) {
+        self.0
+            .lock()
+            .expect("lock")
+            .push(format!("failed {service}: {message}"));
+    }
+}
+
+#[tokio::test]
+async fn events_on_the_first_full_sync_and_on_failed_services() {
+    let mut h = harness();
+    let sink = Arc::new(RecordingSink::default());
+    h.reconciler =
+        std::mem::replace(&mut h.reconciler, harness().reconciler).with_events(sink.clone());
+    h.initial_lists(true);
+    h.reconciler.sync().await.expect("syncs");
+    assert_eq!(
+        *sink.0.lock().expect("lock"),
+        vec!["started n1 1".to_string()]
+    );
+
+    if let Some(syncer) = h.reconciler.syncer_mut() {
+        syncer.writer_mut().store_mut().services_max = Some(4);
+    }
+    h.send(SourceEvent::Service(Box::new(Event::Apply(service(
+        "big",
+        "198.19.0.20",
+    )))));
+    let addrs: Vec<String> = (20..30).map(|i| format!("198.18.1.{i}")).collect();
+    let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    h.send(SourceEvent::EndpointSlice(Box::new(Event::Apply(slice(
+        "big", &addrs,
+    )))));
+    h.reconciler.sync().await.expect("syncs");
+    // A periodic full resync: no second start event.
+    h.reconciler.resync().await.expect("resyncs");
+    let seen = sink.0.lock().expect("lock").clone();
+    assert_eq!(seen[0], "started n1 1");
+    assert!(seen.len() >= 2, "{seen:?}");
+    for failed in &seen[1..] {
+        assert!(
+            failed.starts_with("failed default/big: ") && failed.contains("full"),
+            "{seen:?}"
+        );
+    }
 }

@@ -14,6 +14,7 @@ use service_lb_common::{
     maps,
     sock::{SockRev4Key, SockRev4Value, SockRev6Key, SockRev6Value, SOCK_REV_MAX},
     policy::{PolFlow, PolPeer4, PolPeer6, PolPod, PolPort},
+    names::SvcName,
     vip::{Scratch, SERVICE_CIDRS_MAX},
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Meta, RevNat4, RevNat6, Svc4Key, Svc6Key,
     SvcValue, VipValue,
@@ -155,6 +156,8 @@ pub fn wanted(name: &str, sizes: &MapSizes) -> Option<MapLayout> {
         maps::POL_FLOWS4 => layout::<CtKey4, PolFlow>(LruHash, sizes.policy_flows),
         maps::POL_FLOWS6 => layout::<CtKey6, PolFlow>(LruHash, sizes.policy_flows),
         maps::POL_CONFIG => layout::<u32, u32>(Array, 1),
+        // One entry per frontend of either family.
+        maps::SERVICE_NAMES => layout::<u32, SvcName>(Hash, sizes.revnat.saturating_mul(2)),
         _ => return None,
     };
     Some(l)

@@ -221,6 +221,7 @@ fn typed_check(name: &'static str, map: &Map) -> Result<(), MapError> {
         maps::POL_FLOWS4 => hash::<CtKey4, PolFlow>(map),
         maps::POL_FLOWS6 => hash::<CtKey6, PolFlow>(map),
         maps::POL_CONFIG => Array::<&MapData, u32>::try_from(map).map(drop),
+        maps::SERVICE_NAMES => hash::<u32, service_lb_common::SvcName>(map),
         _ => Ok(()),
     }
 }

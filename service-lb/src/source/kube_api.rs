@@ -26,6 +26,12 @@ pub struct KubeSourceConfig {
     pub node_name: Option<String>,
 }
 
+/// A client as the source builds it (explicit kubeconfig, else in-cluster, then
+/// `~/.kube/config`), for the daemon's other API users (Kubernetes Events).
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    client::build(kubeconfig).await
+}
+
 /// Watches until `cancel` fires; reconnects with backoff on its own. Returns an error only
 /// when no client can be built at all (bad kubeconfig). Ends early (with `Ok`) when the
 /// receiver of `events` is gone.

@@ -8,6 +8,9 @@
 //!   `sendInitialEvents` streaming lists; ERROR 410 for a resourceVersion older than the
 //!   history kept.
 //!
+//! Events: `POST`/`PATCH` of `events.k8s.io/v1` Events are accepted and recorded
+//! ([`FakeApiServer::events`]); nothing else is writable.
+//!
 //! Test controls: create/replace/delete objects (one global resourceVersion), forget the
 //! history (`compact`), 410 on open watches (`expire_watches`), drop open watches
 //! (`drop_watches`), hold new watches (`hold_watches`/`release_watches`), bookmarks, a
@@ -41,7 +44,11 @@ use serde::Serialize;
 use tokio::{net::TcpListener, task::JoinHandle};
 
 use self::http::Shared;
-pub use self::{http::RecordedRequest, query::Query, store::Collection};
+pub use self::{
+    http::{EventWrite, RecordedRequest},
+    query::Query,
+    store::Collection,
+};
 
 /// An object kind the fake server serves.
 pub trait Served: Serialize + k8s_openapi::Metadata<Ty = ObjectMeta> {
@@ -109,6 +116,15 @@ impl FakeApiServer {
         );
         std::fs::write(&path, text)?;
         Ok(path)
+    }
+
+    /// The `events.k8s.io/v1` Event writes received, in order.
+    pub fn events(&self) -> Vec<EventWrite> {
+        self.shared
+            .events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Creates or replaces `object` (by namespace and name); returns its resourceVersion.

@@ -20,7 +20,7 @@ pub mod sockets;
 pub struct InspectArgs {
     #[command(subcommand)]
     pub what: What,
-    /// Output format.
+    /// Output format (table, json or yaml).
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
     /// bpffs folder of the data plane.
@@ -30,8 +30,11 @@ pub struct InspectArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum What {
-    /// One row per frontend with its backends.
-    Services,
+    /// One row per frontend: its Service (namespace/name, port name, kind) and backends.
+    Services {
+        #[command(flatten)]
+        filter: services::ServiceFilter,
+    },
     /// Every backend by id: state (active, terminating, draining) and live connections.
     Backends,
     /// Every entry of the four conntrack maps.
@@ -58,7 +61,13 @@ pub fn run(args: &InspectArgs) -> Result<(), Failure> {
     let maps = BpfMaps::open_pinned(&args.bpffs)
         .with_context(|| format!("opening the pinned maps under {}", args.bpffs.display()))?;
     let text = match args.what {
-        What::Services => super::output::render(&services::rows(&maps)?, args.output)?,
+        What::Services { ref filter } => {
+            let rows: Vec<_> = services::rows(&maps)?
+                .into_iter()
+                .filter(|r| filter.keeps(r))
+                .collect();
+            super::output::render(&rows, args.output)?
+        }
         What::Backends => {
             let now = conntrack::boottime_ns()?;
             let flows = conntrack::live_flows(&maps.conntrack()?, now);
