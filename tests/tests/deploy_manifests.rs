@@ -523,6 +523,7 @@ fn watched_resources() -> BTreeSet<String> {
             // kind -> plural resource name.
             "EndpointSlice" => "endpointslices".to_owned(),
             "Policy" => "policies".to_owned(),
+            "NetworkPolicy" => "networkpolicies".to_owned(),
             k if k.ends_with('s') => format!("{}es", k.to_lowercase()),
             k => format!("{}s", k.to_lowercase()),
         })
@@ -539,6 +540,7 @@ fn rbac_grants_exactly_what_the_source_watches() {
         for resource in &rule.resources {
             let group = match resource.as_str() {
                 "endpointslices" => "discovery.k8s.io",
+                "networkpolicies" => "networking.k8s.io",
                 _ => "",
             };
             assert_eq!(rule.api_groups, [group], "{resource}");
@@ -548,7 +550,14 @@ fn rbac_grants_exactly_what_the_source_watches() {
     assert_eq!(granted, watched_resources());
     assert_eq!(
         granted,
-        BTreeSet::from(["endpointslices".into(), "nodes".into(), "services".into()])
+        BTreeSet::from([
+            "endpointslices".into(),
+            "namespaces".into(),
+            "networkpolicies".into(),
+            "nodes".into(),
+            "pods".into(),
+            "services".into()
+        ])
     );
 }
 

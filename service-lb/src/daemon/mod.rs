@@ -16,8 +16,11 @@
 pub mod config;
 pub mod datapath;
 pub mod event_loop;
+pub mod policy;
 pub mod reconcile;
 
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod tests;
 
@@ -47,6 +50,7 @@ use crate::{
         health::Health,
         http::{self, DatapathReader, HttpError},
         metrics::{DatapathCollector, Metrics},
+        policy_metrics::PolicyMetrics,
     },
 };
 
@@ -112,6 +116,7 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let policy_metrics = PolicyMetrics::register(&mut registry);
     let collector = DatapathCollector::register(&mut registry);
     let health = Arc::new(Health::new());
     health.beat(std::time::Instant::now());
@@ -177,6 +182,18 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
         metrics,
         health.clone(),
     );
+    if config.network_policy {
+        let snapshot = policy::snapshot_path(&config.dataplane.bpffs);
+        info!(snapshot = %snapshot.display(), "network policy on");
+        reconciler = reconciler.with_policy(policy::PolicySync::new(
+            &config.node_name,
+            policy::default_sink(),
+            policy_metrics,
+            Some(snapshot),
+        ));
+    } else {
+        info!("network policy off: no policy is compiled or programmed");
+    }
 
     let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
     let source_task = tokio::spawn(run_source(config.source.clone(), tx, cancel.clone()));

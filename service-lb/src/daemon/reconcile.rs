@@ -16,6 +16,7 @@ use std::{
 use kube::runtime::watcher;
 use tracing::{debug, error, info, warn};
 
+use super::policy::{PolicySync, PolicySyncDone};
 use crate::{
     dataplane::{sync::SyncReport, MapStore, Syncer},
     model::{ClusterState, ServiceDesired, ServiceName, Skip},
@@ -52,6 +53,10 @@ pub struct Reconciler<M: MapStore> {
     full_synced: bool,
     /// Skips last reported per Service: each is counted once, not on every sync.
     skips_seen: BTreeMap<ServiceName, Vec<Skip>>,
+    /// NetworkPolicy (`--network-policy on`); `None` only while a policy sync runs in a
+    /// blocking task, or when enforcement is off.
+    policy: Option<PolicySync>,
+    policy_on: bool,
 }
 
 impl<M: MapStore + Send + 'static> Reconciler<M> {
@@ -70,7 +75,22 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
             pending: false,
             full_synced: false,
             skips_seen: BTreeMap::new(),
+            policy: None,
+            policy_on: false,
         }
+    }
+
+    /// Enforces NetworkPolicy with `policy` (without it, Pod, Namespace and
+    /// NetworkPolicy events are ignored).
+    #[must_use]
+    pub fn with_policy(mut self, policy: PolicySync) -> Self {
+        self.policy = Some(policy);
+        self.policy_on = true;
+        self
+    }
+
+    pub fn policy(&self) -> Option<&PolicySync> {
+        self.policy.as_ref()
     }
 
     /// The first full sync has been applied.
@@ -81,6 +101,10 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
     /// A sync would do something now: the first full sync once every source has listed
     /// everything, afterwards any pending change.
     pub fn wants_sync(&self) -> bool {
+        self.services_want_sync() || self.policy.as_ref().is_some_and(PolicySync::wants_sync)
+    }
+
+    fn services_want_sync(&self) -> bool {
         if self.full_synced {
             self.pending
         } else {
@@ -119,7 +143,47 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
                 self.metrics.count_source_event("Rejected");
                 self.rejected(&rejection);
             }
+            SourceEvent::Pod(e) => {
+                self.metrics.count_source_event("Pod");
+                if let Some(policy) = self.policy.as_mut() {
+                    policy.on_pod(*e);
+                }
+            }
+            SourceEvent::Namespace(e) => {
+                self.metrics.count_source_event("Namespace");
+                if let Some(policy) = self.policy.as_mut() {
+                    policy.on_namespace(*e);
+                }
+            }
+            SourceEvent::NetworkPolicy(e) => {
+                self.metrics.count_source_event("NetworkPolicy");
+                if let Some(policy) = self.policy.as_mut() {
+                    policy.on_policy(*e);
+                }
+            }
         }
+    }
+
+    /// Recompiles and programs the policy changes (off the async threads); `None` when
+    /// policy is off or not every policy kind has listed yet.
+    pub async fn sync_policy(
+        &mut self,
+        full: bool,
+    ) -> Result<Option<PolicySyncDone>, ReconcileError> {
+        if !self.policy_on {
+            return Ok(None);
+        }
+        let Some(mut policy) = self.policy.take() else {
+            return Err(ReconcileError::SyncerLost("no policy sync".into()));
+        };
+        let joined = tokio::task::spawn_blocking(move || {
+            let done = policy.sync(full);
+            (policy, done)
+        })
+        .await;
+        let (policy, done) = joined.map_err(|e| ReconcileError::SyncerLost(e.to_string()))?;
+        self.policy = Some(policy);
+        Ok(done)
     }
 
     fn changed(&mut self) {
@@ -153,8 +217,12 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
     }
 
     /// Syncs if [`Self::wants_sync`]: the first time a full sync, then incremental.
+    /// A pending policy change is synced first (its own full/incremental choice).
     pub async fn sync(&mut self) -> Result<Option<SyncDone>, ReconcileError> {
-        if !self.wants_sync() {
+        if self.policy.as_ref().is_some_and(PolicySync::wants_sync) {
+            self.sync_policy(false).await?;
+        }
+        if !self.services_want_sync() {
             return Ok(None);
         }
         let kind = if self.full_synced {
@@ -167,6 +235,7 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
 
     /// The periodic full resync (repairs drift); a no-op before the first full sync.
     pub async fn resync(&mut self) -> Result<Option<SyncDone>, ReconcileError> {
+        self.sync_policy(true).await?;
         if !self.full_synced {
             return Ok(None);
         }
@@ -304,6 +373,9 @@ pub fn kind_of(origin: &str) -> &'static str {
         Some("Service") => "Service",
         Some("EndpointSlice") => "EndpointSlice",
         Some("Node") => "Node",
+        Some("Pod") => "Pod",
+        Some("Namespace") => "Namespace",
+        Some("NetworkPolicy") => "NetworkPolicy",
         _ => "input",
     }
 }

@@ -324,6 +324,9 @@ fn init_event(kind: Kind, step: InitStep) -> SourceEvent {
         Kind::Service => SourceEvent::Service(marker(step)),
         Kind::EndpointSlice => SourceEvent::EndpointSlice(marker(step)),
         Kind::Node => SourceEvent::Node(marker(step)),
+        Kind::Pod => SourceEvent::Pod(marker(step)),
+        Kind::Namespace => SourceEvent::Namespace(marker(step)),
+        Kind::NetworkPolicy => SourceEvent::NetworkPolicy(marker(step)),
     }
 }
 
@@ -346,5 +349,8 @@ fn object_event(object: Object, step: ObjectStep) -> SourceEvent {
         Object::Service(o) => SourceEvent::Service(wrap(o, step)),
         Object::EndpointSlice(o) => SourceEvent::EndpointSlice(wrap(o, step)),
         Object::Node(o) => SourceEvent::Node(wrap(o, step)),
+        Object::Pod(o) => SourceEvent::Pod(wrap(o, step)),
+        Object::Namespace(o) => SourceEvent::Namespace(wrap(o, step)),
+        Object::NetworkPolicy(o) => SourceEvent::NetworkPolicy(wrap(o, step)),
     }
 }

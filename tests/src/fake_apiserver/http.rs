@@ -102,6 +102,9 @@ fn route(path: &str) -> Option<(Collection, Option<String>)> {
         Collection::Services,
         Collection::EndpointSlices,
         Collection::Nodes,
+        Collection::Pods,
+        Collection::Namespaces,
+        Collection::NetworkPolicies,
     ]
     .into_iter()
     .find_map(|collection| {

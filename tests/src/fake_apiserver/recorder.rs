@@ -163,6 +163,9 @@ impl Recorder {
             SourceEvent::EndpointSlice(e) => self.absorb_kind("EndpointSlice", *e),
             SourceEvent::Node(e) => self.absorb_kind("Node", *e),
             SourceEvent::Rejected(r) => Ok(Seen::Rejected(r.origin, r.reason)),
+            SourceEvent::Pod(e) => self.absorb_kind("Pod", *e),
+            SourceEvent::Namespace(e) => self.absorb_kind("Namespace", *e),
+            SourceEvent::NetworkPolicy(e) => self.absorb_kind("NetworkPolicy", *e),
         }
     }
 

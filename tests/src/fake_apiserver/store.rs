@@ -1,4 +1,4 @@
-//! The fake API server's state: objects of three collections, one global resourceVersion,
+//! The fake API server's state: objects of its collections, one global resourceVersion,
 //! the change history watches resume from, open watches, and paginated list snapshots.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -14,13 +14,18 @@ pub enum Collection {
     Services,
     EndpointSlices,
     Nodes,
+    Pods,
+    Namespaces,
+    NetworkPolicies,
 }
 
 impl Collection {
     pub fn api_version(self) -> &'static str {
         match self {
             Collection::Services | Collection::Nodes => "v1",
+            Collection::Pods | Collection::Namespaces => "v1",
             Collection::EndpointSlices => "discovery.k8s.io/v1",
+            Collection::NetworkPolicies => "networking.k8s.io/v1",
         }
     }
 
@@ -29,11 +34,14 @@ impl Collection {
             Collection::Services => "Service",
             Collection::EndpointSlices => "EndpointSlice",
             Collection::Nodes => "Node",
+            Collection::Pods => "Pod",
+            Collection::Namespaces => "Namespace",
+            Collection::NetworkPolicies => "NetworkPolicy",
         }
     }
 
     pub fn namespaced(self) -> bool {
-        self != Collection::Nodes
+        !matches!(self, Collection::Nodes | Collection::Namespaces)
     }
 
     /// `(api prefix, plural)`: `/api/v1` + `services`.
@@ -42,6 +50,9 @@ impl Collection {
             Collection::Services => ("/api/v1", "services"),
             Collection::EndpointSlices => ("/apis/discovery.k8s.io/v1", "endpointslices"),
             Collection::Nodes => ("/api/v1", "nodes"),
+            Collection::Pods => ("/api/v1", "pods"),
+            Collection::Namespaces => ("/api/v1", "namespaces"),
+            Collection::NetworkPolicies => ("/apis/networking.k8s.io/v1", "networkpolicies"),
         }
     }
 }

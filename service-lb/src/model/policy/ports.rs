@@ -142,9 +142,17 @@ mod tests {
         let sets: Vec<Vec<(Proto, u16, u16)>> = vec![
             vec![],
             vec![(Proto::Tcp, 80, 80)],
-            vec![(Proto::Tcp, 79, 79), (Proto::Tcp, 81, 90), (Proto::Udp, 53, 53)],
+            vec![
+                (Proto::Tcp, 79, 79),
+                (Proto::Tcp, 81, 90),
+                (Proto::Udp, 53, 53),
+            ],
             vec![(Proto::Tcp, 0, u16::MAX)],
-            vec![(Proto::Tcp, 10, 20), (Proto::Tcp, 40, 50), (Proto::Sctp, 1, 1)],
+            vec![
+                (Proto::Tcp, 10, 20),
+                (Proto::Tcp, 40, 50),
+                (Proto::Sctp, 1, 1),
+            ],
             vec![(Proto::Tcp, 21, 39), (Proto::Udp, 54, 60)],
             vec![(Proto::Tcp, 5, 100)],
         ];

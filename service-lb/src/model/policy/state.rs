@@ -220,7 +220,12 @@ impl PolicyModel {
             .pods
             .values()
             .filter(|p| self.is_local(p))
-            .map(|p| (p.key.clone(), compile_pod(&self.stores, &mut rules, None, p)))
+            .map(|p| {
+                (
+                    p.key.clone(),
+                    compile_pod(&self.stores, &mut rules, None, p),
+                )
+            })
             .collect()
     }
 

@@ -193,7 +193,7 @@ fn collect(path: &Path, parsed: Vec<Object>, node_name: Option<&str>) -> FileRea
     let mut rejected = Vec::new();
     for mut object in parsed {
         let kind = Kind::of(&object);
-        if kind != Kind::Node {
+        if kind.namespaced() {
             default_namespace(&mut object);
         }
         let Some(key) = key_of(&object) else {
@@ -220,6 +220,9 @@ fn metadata_mut(object: &mut Object) -> &mut ObjectMeta {
         Object::Service(o) => &mut Arc::make_mut(o).metadata,
         Object::EndpointSlice(o) => &mut Arc::make_mut(o).metadata,
         Object::Node(o) => &mut Arc::make_mut(o).metadata,
+        Object::Pod(o) => &mut Arc::make_mut(o).metadata,
+        Object::Namespace(o) => &mut Arc::make_mut(o).metadata,
+        Object::NetworkPolicy(o) => &mut Arc::make_mut(o).metadata,
     }
 }
 
@@ -228,6 +231,9 @@ fn metadata(object: &Object) -> &ObjectMeta {
         Object::Service(o) => &o.metadata,
         Object::EndpointSlice(o) => &o.metadata,
         Object::Node(o) => &o.metadata,
+        Object::Pod(o) => &o.metadata,
+        Object::Namespace(o) => &o.metadata,
+        Object::NetworkPolicy(o) => &o.metadata,
     }
 }
 
@@ -243,9 +249,10 @@ pub(crate) fn key_of(object: &Object) -> Option<ObjectKey> {
     let kind = Kind::of(object);
     let meta = metadata(object);
     let name = meta.name.clone().filter(|n| !n.is_empty())?;
-    let namespace = match kind {
-        Kind::Node => String::new(),
-        _ => meta.namespace.clone().unwrap_or_default(),
+    let namespace = if kind.namespaced() {
+        meta.namespace.clone().unwrap_or_default()
+    } else {
+        String::new()
     };
     Some(ObjectKey {
         kind,

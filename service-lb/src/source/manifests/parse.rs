@@ -8,7 +8,9 @@
 //! it in the file, so the parser's positions in the message are the file's. JSON: one object,
 //! or a `kind: List` whose `items` are objects.
 //!
-//! Kinds used: `v1` Service, `discovery.k8s.io/v1` EndpointSlice, `v1` Node. Other kinds go
+//! Kinds used: `v1` Service, `discovery.k8s.io/v1` EndpointSlice, `v1` Node, and for
+//! NetworkPolicy `v1` Pod, `v1` Namespace, `networking.k8s.io/v1` NetworkPolicy (these three
+//! stripped to what the policy model reads, `source::strip`). Other kinds go
 //! to [`ParsedFile::ignored`]. A known kind with another `apiVersion`, a document without a
 //! `kind`, or an object that does not deserialize makes the whole file an error.
 
@@ -16,11 +18,14 @@ use std::sync::Arc;
 
 use k8s_openapi::{
     api::{
-        core::v1::{Node, Service},
+        core::v1::{Namespace, Node, Pod, Service},
         discovery::v1::EndpointSlice,
+        networking::v1::NetworkPolicy,
     },
     Resource,
 };
+
+use crate::source::strip;
 
 /// One object of a kind service-lb uses.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,6 +33,26 @@ pub enum Object {
     Service(Arc<Service>),
     EndpointSlice(Arc<EndpointSlice>),
     Node(Arc<Node>),
+    Pod(Arc<Pod>),
+    Namespace(Arc<Namespace>),
+    NetworkPolicy(Arc<NetworkPolicy>),
+}
+
+impl Object {
+    /// A Pod, Namespace or NetworkPolicy stripped to what the policy model reads (right
+    /// after parsing: the `Arc` is unique then, nothing is copied).
+    fn stripped(self) -> Self {
+        fn take<K: Clone + Default>(mut o: Arc<K>, f: fn(K) -> K) -> Arc<K> {
+            let inner = std::mem::take(Arc::make_mut(&mut o));
+            Arc::new(f(inner))
+        }
+        match self {
+            Self::Pod(o) => Self::Pod(take(o, strip::pod)),
+            Self::Namespace(o) => Self::Namespace(take(o, strip::namespace)),
+            Self::NetworkPolicy(o) => Self::NetworkPolicy(take(o, strip::network_policy)),
+            other => other,
+        }
+    }
 }
 
 /// What one file held.
@@ -62,6 +87,9 @@ enum Kind {
     Service,
     EndpointSlice,
     Node,
+    Pod,
+    Namespace,
+    NetworkPolicy,
 }
 
 impl Kind {
@@ -70,6 +98,9 @@ impl Kind {
             k if k == Service::KIND => Some(Self::Service),
             k if k == EndpointSlice::KIND => Some(Self::EndpointSlice),
             k if k == Node::KIND => Some(Self::Node),
+            k if k == Pod::KIND => Some(Self::Pod),
+            k if k == Namespace::KIND => Some(Self::Namespace),
+            k if k == NetworkPolicy::KIND => Some(Self::NetworkPolicy),
             _ => None,
         }
     }
@@ -79,6 +110,9 @@ impl Kind {
             Self::Service => Service::API_VERSION,
             Self::EndpointSlice => EndpointSlice::API_VERSION,
             Self::Node => Node::API_VERSION,
+            Self::Pod => Pod::API_VERSION,
+            Self::Namespace => Namespace::API_VERSION,
+            Self::NetworkPolicy => NetworkPolicy::API_VERSION,
         }
     }
 }
@@ -175,6 +209,9 @@ impl YamlDocument {
             Kind::Service => Object::Service(Arc::new(self.parse()?)),
             Kind::EndpointSlice => Object::EndpointSlice(Arc::new(self.parse()?)),
             Kind::Node => Object::Node(Arc::new(self.parse()?)),
+            Kind::Pod => Object::Pod(Arc::new(self.parse()?)).stripped(),
+            Kind::Namespace => Object::Namespace(Arc::new(self.parse()?)).stripped(),
+            Kind::NetworkPolicy => Object::NetworkPolicy(Arc::new(self.parse()?)).stripped(),
         })
     }
 
@@ -366,6 +403,17 @@ fn add_json_object(
         Classified::Use(Kind::Node) => parsed.objects.push(Object::Node(Arc::new(
             serde_json::from_value(value).map_err(json_error)?,
         ))),
+        Classified::Use(Kind::Pod) => parsed.objects.push(
+            Object::Pod(Arc::new(serde_json::from_value(value).map_err(json_error)?)).stripped(),
+        ),
+        Classified::Use(Kind::Namespace) => parsed.objects.push(
+            Object::Namespace(Arc::new(serde_json::from_value(value).map_err(json_error)?))
+                .stripped(),
+        ),
+        Classified::Use(Kind::NetworkPolicy) => parsed.objects.push(
+            Object::NetworkPolicy(Arc::new(serde_json::from_value(value).map_err(json_error)?))
+                .stripped(),
+        ),
     }
     Ok(())
 }

@@ -19,17 +19,35 @@ pub(crate) enum Kind {
     Service,
     EndpointSlice,
     Node,
+    Pod,
+    Namespace,
+    NetworkPolicy,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Node];
+    pub(crate) const ALL: [Kind; 6] = [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Node,
+        Kind::Pod,
+        Kind::Namespace,
+        Kind::NetworkPolicy,
+    ];
 
     pub(crate) fn of(object: &Object) -> Kind {
         match object {
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Node(_) => Kind::Node,
+            Object::Pod(_) => Kind::Pod,
+            Object::Namespace(_) => Kind::Namespace,
+            Object::NetworkPolicy(_) => Kind::NetworkPolicy,
         }
+    }
+
+    /// Whether objects of this kind live in a namespace (Nodes and Namespaces do not).
+    pub(crate) fn namespaced(self) -> bool {
+        !matches!(self, Kind::Node | Kind::Namespace)
     }
 }
 
@@ -95,6 +113,9 @@ impl Stored {
             Object::Service(o) => serde_json::to_vec(&**o),
             Object::EndpointSlice(o) => serde_json::to_vec(&**o),
             Object::Node(o) => serde_json::to_vec(&**o),
+            Object::Pod(o) => serde_json::to_vec(&**o),
+            Object::Namespace(o) => serde_json::to_vec(&**o),
+            Object::NetworkPolicy(o) => serde_json::to_vec(&**o),
         };
         match json {
             Ok(bytes) => Self::Json(bytes.into_boxed_slice()),
@@ -117,6 +138,13 @@ impl Stored {
                 serde_json::from_slice(bytes).map(|o| Object::EndpointSlice(Arc::new(o)))
             }
             Kind::Node => serde_json::from_slice(bytes).map(|o| Object::Node(Arc::new(o))),
+            Kind::Pod => serde_json::from_slice(bytes).map(|o| Object::Pod(Arc::new(o))),
+            Kind::Namespace => {
+                serde_json::from_slice(bytes).map(|o| Object::Namespace(Arc::new(o)))
+            }
+            Kind::NetworkPolicy => {
+                serde_json::from_slice(bytes).map(|o| Object::NetworkPolicy(Arc::new(o)))
+            }
         };
         object
             .inspect_err(|error| warn!(%error, ?kind, "cannot read back a stored manifest object"))
