@@ -67,6 +67,8 @@ fn listed(objects: &[Object]) -> ClusterState {
             Object::Node(n) => state.apply_node(Event::InitApply(n)),
             // Not the model's: the daemon programs service CIDRs apart.
             Object::ServiceCidr(_) => {}
+            // NetworkPolicy kinds are not part of the Service state.
+            Object::Pod(_) | Object::Namespace(_) | Object::NetworkPolicy(_) => {}
         }
     }
     state.apply_service(Event::<Service>::InitDone);
@@ -100,6 +102,9 @@ fn meta(object: &Object) -> &ObjectMeta {
         Object::EndpointSlice(s) => &s.metadata,
         Object::Node(n) => &n.metadata,
         Object::ServiceCidr(c) => &c.metadata,
+        Object::Pod(p) => &p.metadata,
+        Object::Namespace(n) => &n.metadata,
+        Object::NetworkPolicy(p) => &p.metadata,
     }
 }
 
@@ -109,6 +114,7 @@ fn delete(state: &mut ClusterState, object: Object) {
         Object::EndpointSlice(s) => state.apply_endpoint_slice(Event::Delete(s)),
         Object::Node(n) => state.apply_node(Event::Delete(n)),
         Object::ServiceCidr(_) => {}
+        Object::Pod(_) | Object::Namespace(_) | Object::NetworkPolicy(_) => {}
     }
 }
 
@@ -118,6 +124,7 @@ fn apply(state: &mut ClusterState, object: Object) {
         Object::EndpointSlice(s) => state.apply_endpoint_slice(Event::Apply(s)),
         Object::Node(n) => state.apply_node(Event::Apply(n)),
         Object::ServiceCidr(_) => {}
+        Object::Pod(_) | Object::Namespace(_) | Object::NetworkPolicy(_) => {}
     }
 }
 
@@ -378,6 +385,9 @@ fn by_identity(objects: Vec<Object>) -> BTreeMap<(String, String, String), Objec
                 Object::EndpointSlice(_) => "EndpointSlice",
                 Object::Node(_) => "Node",
                 Object::ServiceCidr(_) => "ServiceCIDR",
+                Object::Pod(_) => "Pod",
+                Object::Namespace(_) => "Namespace",
+                Object::NetworkPolicy(_) => "NetworkPolicy",
             };
             let m = meta(&o);
             let id = (

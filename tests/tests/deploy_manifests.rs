@@ -523,6 +523,7 @@ fn watched_resources() -> BTreeSet<String> {
             // kind -> plural resource name.
             "EndpointSlice" => "endpointslices".to_owned(),
             "Policy" => "policies".to_owned(),
+            "NetworkPolicy" => "networkpolicies".to_owned(),
             k if k.ends_with('s') => format!("{}es", k.to_lowercase()),
             k => format!("{}s", k.to_lowercase()),
         })
@@ -569,6 +570,7 @@ fn rbac_grants_exactly_what_the_source_watches() {
             let group = match resource.as_str() {
                 "endpointslices" => "discovery.k8s.io",
                 "servicecidrs" => "networking.k8s.io",
+                "networkpolicies" => "networking.k8s.io",
                 _ => "",
             };
             assert_eq!(rule.api_groups, [group], "{resource}");
@@ -580,7 +582,10 @@ fn rbac_grants_exactly_what_the_source_watches() {
         granted,
         BTreeSet::from([
             "endpointslices".into(),
+            "namespaces".into(),
+            "networkpolicies".into(),
             "nodes".into(),
+            "pods".into(),
             "servicecidrs".into(),
             "services".into()
         ])

@@ -16,6 +16,7 @@ use service_lb::telemetry::{
     },
     process::ProcessCollector,
 };
+use service_lb::telemetry::policy_metrics::PolicyMetrics;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -35,6 +36,11 @@ fn exported() -> BTreeSet<String> {
     metrics.count_interface_failure();
     metrics.set_services(1);
     metrics.observe_conntrack(1, Some(&Garbage::default()));
+    let policy = PolicyMetrics::register(&mut registry);
+    policy.observe_compile(0.01);
+    policy.set_programmed(1);
+    policy.set_policies(1);
+    policy.count_sync_failure();
     let collector = DatapathCollector::register(&mut registry);
     collector.set(DatapathSnapshot {
         maps: vec![MapFill {

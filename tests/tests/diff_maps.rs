@@ -131,6 +131,7 @@ impl Pinned {
                 revnat: 512,
                 ct_tcp: 1024,
                 ct_any: 1024,
+                ..MapSizes::default()
             },
             ..Default::default()
         };

@@ -346,6 +346,8 @@ pub async fn desired_from(
                         KubeSourceConfig {
                             kubeconfig,
                             node_name: node,
+                            // diff compares Services only.
+                            network_policy: false,
                         },
                         tx,
                         cancel,
@@ -387,6 +389,11 @@ pub async fn desired_from(
                 SourceEvent::Rejected(r) => {
                     tracing::warn!(origin = %r.origin, reason = r.reason, detail = %r.detail, "input rejected")
                 }
+                // Not part of the frontends and backends diff compares.
+                SourceEvent::ServiceCidr(_)
+                | SourceEvent::Pod(_)
+                | SourceEvent::Namespace(_)
+                | SourceEvent::NetworkPolicy(_) => {}
             },
         }
     };

@@ -73,6 +73,24 @@ pub struct RunArgs {
     /// Print the effective configuration (YAML, each value's source) and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// NetworkPolicy enforcement: `on` watches Pods, Namespaces and NetworkPolicies and
+    /// programs each local pod's compiled policy; `off` watches none of them (the RBAC
+    /// may stay as deployed).
+    #[arg(long, env = "SERVICE_LB_NETWORK_POLICY", value_enum, default_value_t = OnOff::On)]
+    pub network_policy: OnOff,
+}
+
+/// A feature switch written `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    pub fn is_on(self) -> bool {
+        self == Self::On
+    }
 }
 
 /// A Go/Kubernetes duration: a sequence of decimal numbers with units, `1m30s`, `1h`,

@@ -18,9 +18,12 @@ pub mod config;
 pub mod datapath;
 pub mod event_loop;
 pub mod events;
+pub mod policy;
 pub mod reconcile;
 pub mod service_cidrs;
 
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod tests;
 
@@ -51,6 +54,7 @@ use crate::{
         health::Health,
         http::{self, DatapathReader, HttpError},
         metrics::{DatapathCollector, Metrics},
+        policy_metrics::PolicyMetrics,
         process::ProcessCollector,
     },
 };
@@ -117,6 +121,7 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let policy_metrics = PolicyMetrics::register(&mut registry);
     let collector = DatapathCollector::register(&mut registry);
     let health = Arc::new(Health::new());
     health.beat(std::time::Instant::now());
@@ -215,6 +220,18 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
         synced,
         cancel.clone(),
     )));
+    if config.network_policy {
+        let snapshot = policy::snapshot_path(&config.dataplane.bpffs);
+        info!(snapshot = %snapshot.display(), "network policy on");
+        reconciler = reconciler.with_policy(policy::PolicySync::new(
+            &config.node_name,
+            policy::default_sink(&config.dataplane.bpffs)?,
+            policy_metrics,
+            Some(snapshot),
+        ));
+    } else {
+        info!("network policy off: no policy is compiled or programmed");
+    }
 
     let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
     let source_task = tokio::spawn(run_source(config.source.clone(), tx, cancel.clone()));

@@ -17,6 +17,7 @@ use kube::runtime::watcher;
 use tracing::{debug, error, info, warn};
 
 use super::service_cidrs::ServiceCidrs;
+use super::policy::{PolicySync, PolicySyncDone};
 use crate::{
     dataplane::{program_service_cidrs, sync::SyncReport, Cidr, MapStore, Syncer},
     model::{ClusterState, ServiceDesired, ServiceName, Skip},
@@ -59,6 +60,10 @@ pub struct Reconciler<M: MapStore> {
     on_sync: Option<Arc<tokio::sync::Notify>>,
     /// Kubernetes Events (start, failed syncs).
     events: Option<Arc<dyn super::events::EventSink>>,
+    /// NetworkPolicy (`--network-policy on`); `None` only while a policy sync runs in a
+    /// blocking task, or when enforcement is off.
+    policy: Option<PolicySync>,
+    policy_on: bool,
 }
 
 impl<M: MapStore + Send + 'static> Reconciler<M> {
@@ -80,6 +85,8 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
             service_cidrs: ServiceCidrs::new(&[]),
             on_sync: None,
             events: None,
+            policy: None,
+            policy_on: false,
         }
     }
 
@@ -103,6 +110,19 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
         self
     }
 
+    /// Enforces NetworkPolicy with `policy` (without it, Pod, Namespace and
+    /// NetworkPolicy events are ignored).
+    #[must_use]
+    pub fn with_policy(mut self, policy: PolicySync) -> Self {
+        self.policy = Some(policy);
+        self.policy_on = true;
+        self
+    }
+
+    pub fn policy(&self) -> Option<&PolicySync> {
+        self.policy.as_ref()
+    }
+
     /// The first full sync has been applied.
     pub fn full_synced(&self) -> bool {
         self.full_synced
@@ -111,6 +131,10 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
     /// A sync would do something now: the first full sync once every source has listed
     /// everything, afterwards any pending change.
     pub fn wants_sync(&self) -> bool {
+        self.services_want_sync() || self.policy.as_ref().is_some_and(PolicySync::wants_sync)
+    }
+
+    fn services_want_sync(&self) -> bool {
         if self.full_synced {
             self.pending
         } else {
@@ -154,6 +178,24 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
                 self.service_cidrs.apply(*e);
                 self.write_service_cidrs();
             }
+            SourceEvent::Pod(e) => {
+                self.metrics.count_source_event("Pod");
+                if let Some(policy) = self.policy.as_mut() {
+                    policy.on_pod(*e);
+                }
+            }
+            SourceEvent::Namespace(e) => {
+                self.metrics.count_source_event("Namespace");
+                if let Some(policy) = self.policy.as_mut() {
+                    policy.on_namespace(*e);
+                }
+            }
+            SourceEvent::NetworkPolicy(e) => {
+                self.metrics.count_source_event("NetworkPolicy");
+                if let Some(policy) = self.policy.as_mut() {
+                    policy.on_policy(*e);
+                }
+            }
         }
     }
 
@@ -172,6 +214,28 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
             error!(error = %e, "writing the service CIDRs failed; will retry");
         }
         self.service_cidrs.programmed(&cidrs, result.is_ok());
+    }
+
+    /// Recompiles and programs the policy changes (off the async threads); `None` when
+    /// policy is off or not every policy kind has listed yet.
+    pub async fn sync_policy(
+        &mut self,
+        full: bool,
+    ) -> Result<Option<PolicySyncDone>, ReconcileError> {
+        if !self.policy_on {
+            return Ok(None);
+        }
+        let Some(mut policy) = self.policy.take() else {
+            return Err(ReconcileError::SyncerLost("no policy sync".into()));
+        };
+        let joined = tokio::task::spawn_blocking(move || {
+            let done = policy.sync(full);
+            (policy, done)
+        })
+        .await;
+        let (policy, done) = joined.map_err(|e| ReconcileError::SyncerLost(e.to_string()))?;
+        self.policy = Some(policy);
+        Ok(done)
     }
 
     fn changed(&mut self) {
@@ -205,8 +269,12 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
     }
 
     /// Syncs if [`Self::wants_sync`]: the first time a full sync, then incremental.
+    /// A pending policy change is synced first (its own full/incremental choice).
     pub async fn sync(&mut self) -> Result<Option<SyncDone>, ReconcileError> {
-        if !self.wants_sync() {
+        if self.policy.as_ref().is_some_and(PolicySync::wants_sync) {
+            self.sync_policy(false).await?;
+        }
+        if !self.services_want_sync() {
             return Ok(None);
         }
         let kind = if self.full_synced {
@@ -220,6 +288,7 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
     /// The periodic full resync (repairs drift); a no-op before the first full sync.
     pub async fn resync(&mut self) -> Result<Option<SyncDone>, ReconcileError> {
         self.write_service_cidrs();
+        self.sync_policy(true).await?;
         if !self.full_synced {
             return Ok(None);
         }
@@ -379,6 +448,9 @@ pub fn kind_of(origin: &str) -> &'static str {
         Some("EndpointSlice") => "EndpointSlice",
         Some("Node") => "Node",
         Some("ServiceCIDR") => "ServiceCIDR",
+        Some("Pod") => "Pod",
+        Some("Namespace") => "Namespace",
+        Some("NetworkPolicy") => "NetworkPolicy",
         _ => "input",
     }
 }

@@ -371,6 +371,8 @@ async fn service_cidr_objects_join_the_flag_once_listed_and_never_hold_up_servic
         text.contains("kind=\"ServiceCIDR\""),
         "ServiceCIDR events are counted: {text}"
     );
+}
+
 /// Records what the reconciler asks the event sink for.
 #[derive(Default)]
 struct RecordingSink(std::sync::Mutex<Vec<String>>);

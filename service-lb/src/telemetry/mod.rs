@@ -8,6 +8,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod process;
+pub mod policy_metrics;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

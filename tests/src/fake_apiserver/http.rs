@@ -177,6 +177,9 @@ fn route(path: &str) -> Option<(Collection, Option<String>)> {
         Collection::EndpointSlices,
         Collection::Nodes,
         Collection::ServiceCidrs,
+        Collection::Pods,
+        Collection::Namespaces,
+        Collection::NetworkPolicies,
     ]
     .into_iter()
     .find_map(|collection| {

@@ -1,5 +1,5 @@
-//! A small Kubernetes API server for tests of the API source: Services, EndpointSlices and
-//! Nodes over real HTTP list and watch, as kube's client speaks them.
+//! A small Kubernetes API server for tests of the API source: Services, EndpointSlices,
+//! Nodes, Pods, Namespaces and NetworkPolicies over real HTTP list and watch, as kube's client speaks them.
 //!
 //! - list with `resourceVersion` in the list metadata, `labelSelector`/`fieldSelector`
 //!   honoured, `limit`/`continue` pagination (a consistent snapshot per list);
@@ -34,9 +34,10 @@ use std::{
 use anyhow::Context;
 use k8s_openapi::{
     api::{
-        core::v1::{Node, Service},
+        core::v1::{Namespace, Node, Pod, Service},
         discovery::v1::EndpointSlice,
         networking::v1::ServiceCIDR,
+        networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -69,6 +70,18 @@ impl Served for Node {
 
 impl Served for ServiceCIDR {
     const COLLECTION: Collection = Collection::ServiceCidrs;
+}
+
+impl Served for Pod {
+    const COLLECTION: Collection = Collection::Pods;
+}
+
+impl Served for Namespace {
+    const COLLECTION: Collection = Collection::Namespaces;
+}
+
+impl Served for NetworkPolicy {
+    const COLLECTION: Collection = Collection::NetworkPolicies;
 }
 
 /// A running fake API server; stops when dropped.
