@@ -43,6 +43,8 @@ pub struct DaemonConfig {
     pub resync_interval: Duration,
     /// `--service-cidrs`.
     pub service_cidrs: Vec<crate::dataplane::Cidr>,
+    /// `--nodeport-addresses`.
+    pub nodeport_addresses: crate::model::NodePortAddresses,
 }
 
 impl DaemonConfig {
@@ -72,6 +74,8 @@ pub enum ConfigError {
     SameAddress(SocketAddr),
     #[error("--{flag} must be at least 1")]
     ZeroMapSize { flag: &'static str },
+    #[error(transparent)]
+    NodePortAddresses(#[from] crate::model::NodePortAddressesError),
 }
 
 /// Where the node name may come from, in order (the flag first).
@@ -191,6 +195,9 @@ impl DaemonConfig {
             min_sync_interval: args.min_sync_interval,
             resync_interval: args.resync_interval,
             service_cidrs: args.service_cidrs.clone(),
+            nodeport_addresses: crate::model::NodePortAddresses::parse(
+                args.nodeport_addresses.as_deref().unwrap_or_default(),
+            )?,
         })
     }
 }

@@ -47,6 +47,7 @@ use crate::{
         health::Health,
         http::{self, DatapathReader, HttpError},
         metrics::{DatapathCollector, Metrics},
+        service_health::ServiceHealthServers,
     },
 };
 
@@ -171,12 +172,20 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
     crate::dataplane::program_service_cidrs(&mut maps, &config.service_cidrs)
         .map_err(DaemonError::ServiceCidrs)?;
     let writer = ServiceWriter::open(maps)?;
+    let service_health = ServiceHealthServers::new(
+        None,
+        health.clone(),
+        config.health_timeout(),
+        cancel.clone(),
+    );
     let mut reconciler = Reconciler::new(
         Syncer::new(writer),
         config.node_name.clone(),
         metrics,
         health.clone(),
-    );
+    )
+    .with_nodeport_addresses(config.nodeport_addresses.clone())
+    .with_service_health(service_health);
 
     let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
     let source_task = tokio::spawn(run_source(config.source.clone(), tx, cancel.clone()));

@@ -7,6 +7,7 @@ use tracing_subscriber::{fmt, EnvFilter};
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod service_health;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
