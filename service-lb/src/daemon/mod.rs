@@ -185,7 +185,8 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
         health.clone(),
     )
     .with_nodeport_addresses(config.nodeport_addresses.clone())
-    .with_service_health(service_health);
+    .with_service_health(service_health)
+    .with_interface_addresses(interface_address_reader(&config)?);
 
     let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
     let source_task = tokio::spawn(run_source(config.source.clone(), tx, cancel.clone()));
@@ -231,6 +232,19 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
             Ok(())
         }
     }
+}
+
+/// Reads the addresses of the `--external-interfaces` (a failure reads as none, logged).
+fn interface_address_reader(
+    config: &DaemonConfig,
+) -> Result<reconcile::InterfaceAddresses, DaemonError> {
+    let roles = crate::dataplane::interfaces::Roles::new(&[], &config.external_interfaces)?;
+    Ok(Box::new(move || {
+        crate::dataplane::interfaces::external_addresses(&roles).unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the external interfaces' addresses");
+            Vec::new()
+        })
+    }))
 }
 
 async fn run_source(

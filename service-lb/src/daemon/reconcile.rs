@@ -60,7 +60,13 @@ pub struct Reconciler<M: MapStore> {
     health_checks: BTreeMap<ServiceName, HealthCheck>,
     /// Where they are served (`None`: not served, e.g. in unit tests).
     service_health: Option<ServiceHealthServers>,
+    /// Reads the external interfaces' addresses (NodePort addresses), before each full
+    /// sync.
+    interface_addresses: Option<InterfaceAddresses>,
 }
+
+/// Reads this node's external interface addresses.
+pub type InterfaceAddresses = Box<dyn Fn() -> Vec<std::net::IpAddr> + Send>;
 
 impl<M: MapStore + Send + 'static> Reconciler<M> {
     pub fn new(
@@ -80,7 +86,14 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
             skips_seen: BTreeMap::new(),
             health_checks: BTreeMap::new(),
             service_health: None,
+            interface_addresses: None,
         }
+    }
+
+    /// Where the external interfaces' addresses come from (read before each full sync).
+    pub fn with_interface_addresses(mut self, read: InterfaceAddresses) -> Self {
+        self.interface_addresses = Some(read);
+        self
     }
 
     /// `--nodeport-addresses`.
@@ -208,6 +221,11 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
 
     async fn run(&mut self, kind: SyncKind) -> Result<SyncDone, ReconcileError> {
         let started = Instant::now();
+        if kind == SyncKind::Full {
+            if let Some(read) = &self.interface_addresses {
+                self.state.set_interface_addresses(read());
+            }
+        }
         let dirty = self.state.take_dirty();
         self.pending = false;
         let names: Vec<ServiceName> = match kind {

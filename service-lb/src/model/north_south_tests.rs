@@ -588,3 +588,32 @@ fn nodeport_addresses_never_default_to_loopback() {
     );
     assert!(NodePortAddresses::parse("198.19.255.0/24,bogus").is_err());
 }
+
+/// Without a Node object (a manifests folder may hold none), the external interfaces'
+/// addresses take NodePorts; a change of them recomputes the Services.
+#[test]
+fn interface_addresses_take_node_ports_too() {
+    let mut s = ClusterState::new(Some(NODE.into()));
+    s.apply_service(Event::<Service>::Init);
+    let svc: Service = serde_json::from_value(svc1(
+        json!({"type": "NodePort", "clusterIP": CLUSTER_IP,
+               "ports": [{"name": "p80", "port": 80, "protocol": "TCP", "nodePort": 3001}]}),
+        json!({}),
+    ))
+    .expect("test Service");
+    s.apply_service(Event::InitApply(svc));
+    s.apply_service(Event::<Service>::InitDone);
+    s.take_dirty();
+    let addrs = ["127.0.0.1", NODE_IP, "fd00:ff::2"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    s.set_interface_addresses(addrs);
+    assert_eq!(s.take_dirty().len(), 1, "the Service is recomputed");
+    let nodeports: Vec<String> = desired(&s)
+        .external
+        .iter()
+        .map(|f| format!("{}:{}", f.addr, f.port))
+        .collect();
+    assert_eq!(nodeports, [format!("{NODE_IP}:3001")]);
+}
