@@ -305,6 +305,62 @@ mod tests {
     }
 
     #[test]
+    fn north_south_fields_and_hints_are_kept() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "lb", "namespace": "ns", "annotations": {"x": "y"}},
+            "spec": {
+                "type": "LoadBalancer", "clusterIP": "198.19.0.10",
+                "externalIPs": ["198.19.200.11"], "externalTrafficPolicy": "Local",
+                "internalTrafficPolicy": "Local", "healthCheckNodePort": 30000,
+                "loadBalancerSourceRanges": ["198.19.200.0/25"],
+                "trafficDistribution": "PreferClose", "loadBalancerClass": "x/y",
+                "ports": [{"name": "http", "port": 80, "nodePort": 30080, "targetPort": 8080}],
+            },
+            "status": {"loadBalancer": {"ingress": [
+                {"ip": "198.19.200.200"}, {"ip": "198.19.200.201", "ipMode": "Proxy"},
+                {"hostname": "lb.example"}, {"ip": "198.19.200.202", "ipMode": "VIP"},
+            ]}},
+        }))
+        .expect("test Service");
+        let view = ServiceView::of_service(&svc);
+        assert_eq!(view.lb_ingress_ips, ["198.19.200.200", "198.19.200.202"]);
+        let spec = view.spec.expect("a spec");
+        assert_eq!(
+            spec.external_ips.as_deref(),
+            Some(&["198.19.200.11".to_string()][..])
+        );
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+        assert_eq!(spec.internal_traffic_policy.as_deref(), Some("Local"));
+        assert_eq!(spec.health_check_node_port, Some(30000));
+        assert_eq!(
+            spec.load_balancer_source_ranges.as_deref(),
+            Some(&["198.19.200.0/25".to_string()][..])
+        );
+        assert_eq!(spec.traffic_distribution.as_deref(), Some("PreferClose"));
+        assert_eq!(spec.load_balancer_class, None, "not read by kube-proxy");
+        let port = &spec.ports.expect("ports")[0];
+        assert_eq!((port.port, port.node_port), (80, Some(30080)));
+        assert_eq!(port.target_port, None);
+
+        let mut nodes = NodeNames::default();
+        let endpoint: Endpoint = serde_json::from_value(serde_json::json!({
+            "addresses": ["198.18.1.2"], "nodeName": "n1", "zone": "zone-a",
+            "hints": {"forZones": [{"name": "zone-a"}, {"name": "zone-b"}],
+                      "forNodes": [{"name": "n1"}]},
+        }))
+        .expect("test Endpoint");
+        let view = EndpointView::of(&endpoint, &mut nodes);
+        assert_eq!(view.zone.as_deref(), Some("zone-a"));
+        let names = |v: &[Arc<str>]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&view.zone_hints), ["zone-a", "zone-b"]);
+        assert_eq!(names(&view.node_hints), ["n1"]);
+        assert!(Arc::ptr_eq(
+            view.node_name.as_ref().unwrap(),
+            &view.node_hints[0]
+        ));
+    }
+
+    #[test]
     fn a_trimmed_spec_keeps_what_the_model_reads() {
         let spec = ServiceSpec {
             type_: Some("ClusterIP".into()),
