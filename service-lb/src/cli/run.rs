@@ -59,6 +59,11 @@ pub struct RunArgs {
     /// work without it).
     #[arg(long, env = "SERVICE_LB_SERVICE_CIDRS", value_delimiter = ',')]
     pub service_cidrs: Vec<crate::dataplane::Cidr>,
+    /// Node addresses that accept NodePort traffic, as kube-proxy's flag: CIDRs, comma
+    /// separated (e.g. `198.19.255.0/24,fd00:ff::/64`). Empty: every address of the node
+    /// (its Node object's InternalIP/ExternalIP), never a loopback one.
+    #[arg(long, env = "SERVICE_LB_NODEPORT_ADDRESSES")]
+    pub nodeport_addresses: Option<String>,
     /// Quiet time after a change in the manifests folder before it is read again.
     #[arg(long, env = "SERVICE_LB_MANIFESTS_DEBOUNCE", default_value = "50ms", value_parser = parse_duration)]
     pub manifests_debounce: Duration,

@@ -48,6 +48,8 @@ pub struct DaemonConfig {
     /// `--network-policy on`: watch Pods, Namespaces and NetworkPolicies and program the
     /// local pods' policies.
     pub network_policy: bool,
+    /// `--nodeport-addresses`.
+    pub nodeport_addresses: crate::model::NodePortAddresses,
 }
 
 impl DaemonConfig {
@@ -77,6 +79,8 @@ pub enum ConfigError {
     SameAddress(SocketAddr),
     #[error("--{flag} must be at least 1")]
     ZeroMapSize { flag: &'static str },
+    #[error(transparent)]
+    NodePortAddresses(#[from] crate::model::NodePortAddressesError),
 }
 
 /// Where the node name may come from, in order (the flag first).
@@ -202,6 +206,9 @@ impl DaemonConfig {
             resync_interval: args.resync_interval,
             service_cidrs: args.service_cidrs.clone(),
             network_policy: args.network_policy.is_on(),
+            nodeport_addresses: crate::model::NodePortAddresses::parse(
+                args.nodeport_addresses.as_deref().unwrap_or_default(),
+            )?,
         })
     }
 }

@@ -56,6 +56,7 @@ use crate::{
         metrics::{DatapathCollector, Metrics},
         policy_metrics::PolicyMetrics,
         process::ProcessCollector,
+        service_health::ServiceHealthServers,
     },
 };
 
@@ -203,6 +204,12 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
     crate::dataplane::program_service_cidrs(&mut maps, &config.service_cidrs)
         .map_err(DaemonError::ServiceCidrs)?;
     let writer = ServiceWriter::open(maps)?;
+    let service_health = ServiceHealthServers::new(
+        None,
+        health.clone(),
+        config.health_timeout(),
+        cancel.clone(),
+    );
     let mut reconciler = Reconciler::new(
         Syncer::new(writer),
         config.node_name.clone(),
@@ -211,7 +218,10 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
     )
     .with_service_cidr_flag(&config.service_cidrs)
     .notify_on_sync(synced.clone())
-    .with_events(event_sink(&config).await);
+    .with_events(event_sink(&config).await)
+    .with_nodeport_addresses(config.nodeport_addresses.clone())
+    .with_service_health(service_health)
+    .with_interface_addresses(interface_address_reader(&config)?);
     // Map entries for /metrics, sampled off the scrape path (after syncs, and on a timer
     // for conntrack); the maps exist from here on.
     tasks.push(tokio::spawn(datapath::run_sampler(
@@ -294,6 +304,19 @@ async fn event_sink(config: &DaemonConfig) -> Arc<dyn events::EventSink> {
             Arc::new(events::LogEvents)
         }
     }
+}
+
+/// Reads the addresses of the `--external-interfaces` (a failure reads as none, logged).
+fn interface_address_reader(
+    config: &DaemonConfig,
+) -> Result<reconcile::InterfaceAddresses, DaemonError> {
+    let roles = crate::dataplane::interfaces::Roles::new(&[], &config.external_interfaces)?;
+    Ok(Box::new(move || {
+        crate::dataplane::interfaces::external_addresses(&roles).unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the external interfaces' addresses");
+            Vec::new()
+        })
+    }))
 }
 
 async fn run_source(

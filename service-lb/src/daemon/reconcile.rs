@@ -20,13 +20,17 @@ use super::service_cidrs::ServiceCidrs;
 use super::policy::{PolicySync, PolicySyncDone};
 use crate::{
     dataplane::{program_service_cidrs, sync::SyncReport, Cidr, MapStore, Syncer},
-    model::{ClusterState, ServiceDesired, ServiceName, Skip},
+    model::{ClusterState, HealthCheck, NodePortAddresses, ServiceDesired, ServiceName, Skip},
     source::{Rejection, SourceEvent},
     telemetry::{
         health::Health,
         metrics::{Metrics, SyncKind},
+        service_health::ServiceHealthServers,
     },
 };
+
+/// kube-proxy's `ToBeDeletedTaint`: the cluster autoscaler is about to delete the node.
+pub const TAINT_TO_BE_DELETED: &str = "ToBeDeletedByClusterAutoscaler";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -64,7 +68,17 @@ pub struct Reconciler<M: MapStore> {
     /// blocking task, or when enforcement is off.
     policy: Option<PolicySync>,
     policy_on: bool,
+    /// Health check node ports wanted, by Service (from the last desired state of each).
+    health_checks: BTreeMap<ServiceName, HealthCheck>,
+    /// Where they are served (`None`: not served, e.g. in unit tests).
+    service_health: Option<ServiceHealthServers>,
+    /// Reads the external interfaces' addresses (NodePort addresses), before each full
+    /// sync.
+    interface_addresses: Option<InterfaceAddresses>,
 }
+
+/// Reads this node's external interface addresses.
+pub type InterfaceAddresses = Box<dyn Fn() -> Vec<std::net::IpAddr> + Send>;
 
 impl<M: MapStore + Send + 'static> Reconciler<M> {
     pub fn new(
@@ -87,6 +101,9 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
             events: None,
             policy: None,
             policy_on: false,
+            health_checks: BTreeMap::new(),
+            service_health: None,
+            interface_addresses: None,
         }
     }
 
@@ -121,6 +138,29 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
 
     pub fn policy(&self) -> Option<&PolicySync> {
         self.policy.as_ref()
+    }
+
+    /// Where the external interfaces' addresses come from (read before each full sync).
+    pub fn with_interface_addresses(mut self, read: InterfaceAddresses) -> Self {
+        self.interface_addresses = Some(read);
+        self
+    }
+
+    /// `--nodeport-addresses`.
+    pub fn with_nodeport_addresses(mut self, nodeport: NodePortAddresses) -> Self {
+        self.state.set_nodeport_addresses(nodeport);
+        self
+    }
+
+    /// Serves the health check node ports of the Services that need one.
+    pub fn with_service_health(mut self, servers: ServiceHealthServers) -> Self {
+        self.service_health = Some(servers);
+        self
+    }
+
+    /// The health check node ports wanted now, by Service.
+    pub fn health_checks(&self) -> &BTreeMap<ServiceName, HealthCheck> {
+        &self.health_checks
     }
 
     /// The first full sync has been applied.
@@ -250,7 +290,8 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
         self.metrics.count_skipped(kind_of(&r.origin), r.reason);
     }
 
-    /// kube-proxy's node eligibility: a node being deleted is not.
+    /// kube-proxy's node eligibility (`SyncNode`): a node being deleted, or tainted
+    /// `ToBeDeletedByClusterAutoscaler`, is not.
     fn watch_own_node(
         &self,
         event: &watcher::Event<std::sync::Arc<k8s_openapi::api::core::v1::Node>>,
@@ -260,7 +301,12 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
         };
         match event {
             watcher::Event::Apply(node) | watcher::Event::InitApply(node) if ours(node) => {
-                let eligible = node.metadata.deletion_timestamp.is_none();
+                let to_be_deleted = node
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.taints.as_ref())
+                    .is_some_and(|t| t.iter().any(|t| t.key == TAINT_TO_BE_DELETED));
+                let eligible = node.metadata.deletion_timestamp.is_none() && !to_be_deleted;
                 self.health.set_node_eligible(eligible);
             }
             watcher::Event::Delete(node) if ours(node) => self.health.set_node_eligible(false),
@@ -297,6 +343,11 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
 
     async fn run(&mut self, kind: SyncKind) -> Result<SyncDone, ReconcileError> {
         let started = Instant::now();
+        if kind == SyncKind::Full {
+            if let Some(read) = &self.interface_addresses {
+                self.state.set_interface_addresses(read());
+            }
+        }
         let dirty = self.state.take_dirty();
         self.pending = false;
         let names: Vec<ServiceName> = match kind {
@@ -305,6 +356,7 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
         };
         let desired: Vec<ServiceDesired> = names.iter().map(|n| self.state.desired(n)).collect();
         self.count_new_skips(&desired, kind);
+        self.note_health_checks(&desired, kind);
 
         let Some(mut syncer) = self.syncer.take() else {
             return Err(ReconcileError::SyncerLost("no syncer".into()));
@@ -350,6 +402,11 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
         }
         self.full_synced = true;
         self.health.synced(now, kind == SyncKind::Full);
+        if let Some(servers) = self.service_health.as_mut() {
+            for (service, e) in servers.sync(&self.health_checks).await {
+                error!(service = %service, error = %e, "health check node port not open");
+            }
+        }
         let known = self.state.service_names().len();
         self.metrics.set_services(known);
         if report.frontends_upserted + report.frontends_removed > 0
@@ -387,6 +444,24 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
             services: desired.len(),
             report,
         })
+    }
+
+    fn note_health_checks(&mut self, desired: &[ServiceDesired], kind: SyncKind) {
+        if kind == SyncKind::Full {
+            let live: std::collections::BTreeSet<&ServiceName> =
+                desired.iter().map(|d| &d.name).collect();
+            self.health_checks.retain(|name, _| live.contains(name));
+        }
+        for d in desired {
+            match d.health_check {
+                Some(check) => {
+                    self.health_checks.insert(d.name.clone(), check);
+                }
+                None => {
+                    self.health_checks.remove(&d.name);
+                }
+            }
+        }
     }
 
     fn count_new_skips(&mut self, desired: &[ServiceDesired], kind: SyncKind) {

@@ -430,3 +430,82 @@ async fn events_on_the_first_full_sync_and_on_failed_services() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_node_tainted_for_deletion_or_being_deleted_is_not_eligible() {
+    let mut h = harness();
+    assert!(h.health.snapshot().node_eligible);
+    let tainted: Arc<Node> = Arc::new(
+        serde_json::from_value(json!({"metadata": {"name": "n1"},
+            "spec": {"taints": [{"key": "ToBeDeletedByClusterAutoscaler", "value": "1700000000", "effect": "NoSchedule"}]}}))
+        .expect("a valid Node"),
+    );
+    h.send(SourceEvent::Node(Box::new(Event::Apply(tainted))));
+    assert!(!h.health.snapshot().node_eligible, "tainted");
+    h.send(SourceEvent::Node(Box::new(Event::Apply(node("n1")))));
+    assert!(h.health.snapshot().node_eligible, "taint removed");
+    // Another node's taint is not ours.
+    let other: Arc<Node> = Arc::new(
+        serde_json::from_value(json!({"metadata": {"name": "n2"},
+            "spec": {"taints": [{"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}]}}))
+        .expect("a valid Node"),
+    );
+    h.send(SourceEvent::Node(Box::new(Event::Apply(other))));
+    assert!(h.health.snapshot().node_eligible);
+    let deleting: Arc<Node> = Arc::new(
+        serde_json::from_value(
+            json!({"metadata": {"name": "n1", "deletionTimestamp": "2026-01-01T00:00:00Z"}}),
+        )
+        .expect("a valid Node"),
+    );
+    h.send(SourceEvent::Node(Box::new(Event::Apply(deleting))));
+    assert!(!h.health.snapshot().node_eligible, "being deleted");
+}
+
+#[tokio::test]
+async fn health_checks_follow_the_services() {
+    let mut h = harness();
+    h.initial_lists(true);
+    h.reconciler.sync().await.expect("syncs");
+    assert!(
+        h.reconciler.health_checks().is_empty(),
+        "a ClusterIP Service has none"
+    );
+    let lb: Arc<Service> = Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                     "healthCheckNodePort": 32000, "clusterIP": "198.19.0.10",
+                     "ports": [{"name": "http", "port": 80, "nodePort": 31000, "protocol": "TCP"}]}
+        }))
+        .expect("a valid Service"),
+    );
+    h.send(SourceEvent::Service(Box::new(Event::Apply(lb.clone()))));
+    h.reconciler.sync().await.expect("syncs");
+    let checks: Vec<(String, u16, usize)> = h
+        .reconciler
+        .health_checks()
+        .iter()
+        .map(|(n, c)| (n.to_string(), c.port, c.local_endpoints))
+        .collect();
+    assert_eq!(checks, [("default/web".to_owned(), 32000, 2)]);
+    h.send(SourceEvent::EndpointSlice(Box::new(Event::Apply(slice(
+        "web",
+        &["198.18.1.12"],
+    )))));
+    h.reconciler.sync().await.expect("syncs");
+    assert_eq!(
+        h.reconciler
+            .health_checks()
+            .values()
+            .next()
+            .map(|c| c.local_endpoints),
+        Some(1)
+    );
+    h.send(SourceEvent::Service(Box::new(Event::Delete(lb))));
+    h.reconciler.sync().await.expect("syncs");
+    assert!(
+        h.reconciler.health_checks().is_empty(),
+        "gone with the Service"
+    );
+}

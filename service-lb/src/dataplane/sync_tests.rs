@@ -47,6 +47,7 @@ fn frontend(addr: &str, port: u16, backends: &[&str]) -> DesiredFrontend {
             .map(|b| b.parse().expect("test backend"))
             .collect(),
         affinity_timeout_s: 0,
+        no_endpoints: Default::default(),
     }
 }
 
@@ -66,6 +67,8 @@ fn desired(n: &str, frontends: Vec<DesiredFrontend>) -> ServiceDesired {
     ServiceDesired {
         name: name(n),
         frontends,
+        external: vec![],
+        health_check: None,
         skipped: vec![],
         last_change_trigger_time: None,
     }

@@ -1,5 +1,5 @@
-//! The admin HTTP servers (axum): `/metrics` on the metrics address; `/healthz`, `/livez`,
-//! `/readyz` on the health address. Both stop when the daemon's token is cancelled.
+//! The admin HTTP servers (axum): `/metrics` and `/proxyMode` on the metrics address;
+//! `/healthz`, `/livez`, `/readyz` on the health address. Both stop when the daemon's token is cancelled.
 
 use std::{
     net::SocketAddr,
@@ -59,6 +59,7 @@ pub fn metrics_router(
 ) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/proxyMode", get(proxy_mode))
         .with_state(MetricsCtx {
             registry,
             collector,
@@ -86,7 +87,33 @@ fn verdict(ok: bool) -> Response {
 }
 
 async fn livez(State(ctx): State<HealthCtx>) -> Response {
-    verdict(health::livez(&ctx.health.snapshot(), Instant::now()))
+    let (code, body) = health::livez_answer(
+        &ctx.health.snapshot(),
+        SystemTime::now(),
+        Instant::now(),
+        ctx.timeout,
+    );
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    (
+        status,
+        [(header::X_CONTENT_TYPE_OPTIONS, "nosniff")],
+        Json(body),
+    )
+        .into_response()
+}
+
+/// What `/proxyMode` answers (kube-proxy prints its mode: iptables, ipvs, nftables).
+pub const PROXY_MODE: &str = "ebpf";
+
+async fn proxy_mode() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        PROXY_MODE,
+    )
+        .into_response()
 }
 
 async fn readyz(State(ctx): State<HealthCtx>) -> Response {

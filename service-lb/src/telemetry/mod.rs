@@ -9,6 +9,7 @@ pub mod http;
 pub mod metrics;
 pub mod process;
 pub mod policy_metrics;
+pub mod service_health;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

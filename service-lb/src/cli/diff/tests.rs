@@ -34,8 +34,11 @@ fn service(name: &str, vip: &str, port: u16, backends: &[&str]) -> ServiceDesire
                 .map(|b| b.parse().expect("backend"))
                 .collect(),
             affinity_timeout_s: 0,
+            no_endpoints: Default::default(),
         }],
         skipped: vec![],
+        external: Vec::new(),
+        health_check: None,
         last_change_trigger_time: None,
     }
 }

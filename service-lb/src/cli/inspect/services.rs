@@ -313,8 +313,11 @@ mod name_tests {
                 }],
                 serving: vec!["198.18.1.2:8080".parse().expect("addr")],
                 affinity_timeout_s: 0,
+                no_endpoints: Default::default(),
             }],
             skipped: vec![],
+            external: Vec::new(),
+            health_check: None,
             last_change_trigger_time: None,
         }
     }
