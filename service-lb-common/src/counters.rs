@@ -123,11 +123,15 @@ pub enum Reason {
     /// The pod's reply to the hairpin address: source back to the frontend, destination
     /// back to the pod, sent back into the pod.
     HairpinReply = 30,
+    /// A TCP segment without SYN to a frontend, of no flow conntrack knows: not a new
+    /// flow, passed untouched to the kernel, whose own conntrack may hold it (a connection
+    /// kube-proxy's rules translated before service-lb started: it keeps its backend).
+    PassMidFlow = 31,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 31;
-    pub const ALL: [Reason; 31] = [
+    pub const COUNT: u32 = 32;
+    pub const ALL: [Reason; 32] = [
         Reason::PassNotIp,
         Reason::PassOtherProto,
         Reason::PassFragment,
@@ -159,6 +163,7 @@ impl Reason {
         Reason::HairpinNewFlow,
         Reason::HairpinEstablished,
         Reason::HairpinReply,
+        Reason::PassMidFlow,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -194,6 +199,7 @@ impl Reason {
             Reason::HairpinNewFlow => "hairpin_new_flow",
             Reason::HairpinEstablished => "hairpin_established",
             Reason::HairpinReply => "hairpin_reply",
+            Reason::PassMidFlow => "pass_mid_flow",
         }
     }
 

@@ -7,7 +7,9 @@
 //! bits and a new state value (`CT_STATE_HALF_CLOSED`) that old entries never carry, so
 //! pinned conntrack maps stay valid and keep their name: established flows survive an
 //! upgrade. `SLB_CNT_V4`: the fragment and hairpin reasons were appended, which moves every index
-//! `hook * Reason::COUNT + reason`.)
+//! `hook * Reason::COUNT + reason`. `SLB_CNT_V5`: `pass_mid_flow` appended. An upgrade across
+//! a counters rename starts counting from zero; the old pin stays until `service-lb
+//! cleanup`, so a downgrade finds its own counters again.)
 //! The eBPF statics carry exactly these names.
 
 /// Layout version written into the `SLB_META_V1` map; bumped on any ABI change.
@@ -23,7 +25,7 @@ pub const CT4_TCP: &str = "SLB_CT4_TCP_V1";
 pub const CT4_ANY: &str = "SLB_CT4_ANY_V1";
 pub const CT6_TCP: &str = "SLB_CT6_TCP_V1";
 pub const CT6_ANY: &str = "SLB_CT6_ANY_V1";
-pub const COUNTERS: &str = "SLB_CNT_V4";
+pub const COUNTERS: &str = "SLB_CNT_V5";
 pub const META: &str = "SLB_META_V1";
 /// ClusterIP addresses (`vip::VipValue`), one map per family.
 pub const VIPS4: &str = "SLB_VIP4_V1";
