@@ -7,7 +7,9 @@
 pub mod bench;
 pub mod daemon;
 pub mod fake_apiserver;
+pub mod journey;
 pub mod kube_proxy_rules;
+pub mod load;
 pub mod netns;
 pub mod packet;
 pub mod privileges;
