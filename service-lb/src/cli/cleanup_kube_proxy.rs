@@ -1,14 +1,16 @@
 //! `service-lb cleanup-kube-proxy [--dry-run]`: remove what kube-proxy left in this network
 //! namespace once service-lb replaces it: its iptables chains, by their exact names (see
 //! `plan`: nat, filter and mangle, IPv4 and IPv6, on every iptables backend that has rules)
-//! with the jumps into them, and its nftables tables (`ip kube-proxy`, `ip6 kube-proxy`).
+//! with the jumps into them, its nftables tables (`ip kube-proxy`, `ip6 kube-proxy`), and
+//! its IPVS mode's `kube-ipvs0` interface and ipsets (IPVS virtual servers are listed only).
 //! Idempotent: a second run finds nothing and succeeds. Nothing else is touched: other
 //! `KUBE-*` chains (kubelet's, kube-router's, k3s's) are listed as kept.
 //!
 //! - `iptables_save`: parser of `iptables-save` output (pure);
 //! - `plan`: what to remove and the `iptables-restore --noflush` script doing it (pure);
 //! - `nft`: which nftables tables are kube-proxy's (pure);
-//! - `tools`: finding and running iptables/nft.
+//! - `ipvs`: which ipsets are kube-proxy's (pure);
+//! - `tools`: finding and running iptables/nft/ipset/ip/ipvsadm.
 
 pub mod iptables_save;
 pub mod ipvs;
