@@ -185,11 +185,15 @@ pub enum Reason {
     /// An allowed flow could not be recorded in the policy flow map: dropped, since its
     /// replies could not be recognised.
     DropPolicyTrack = 41,
+    /// A TCP segment without SYN to a frontend, of no flow conntrack knows: not a new
+    /// flow, passed untouched to the kernel, whose own conntrack may hold it (a connection
+    /// kube-proxy's rules translated before service-lb started: it keeps its backend).
+    PassMidFlow = 42,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 42;
-    pub const ALL: [Reason; 42] = [
+    pub const COUNT: u32 = 43;
+    pub const ALL: [Reason; 43] = [
         Reason::PassNotIp,
         Reason::PassOtherProto,
         Reason::PassFragment,
@@ -232,6 +236,7 @@ impl Reason {
         Reason::DropPolicyEgress,
         Reason::PolicyAllowedNew,
         Reason::DropPolicyTrack,
+        Reason::PassMidFlow,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -278,6 +283,7 @@ impl Reason {
             Reason::DropPolicyEgress => "drop_policy_egress",
             Reason::PolicyAllowedNew => "policy_allowed_new",
             Reason::DropPolicyTrack => "drop_policy_track",
+            Reason::PassMidFlow => "pass_mid_flow",
         }
     }
 

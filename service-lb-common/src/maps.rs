@@ -7,8 +7,10 @@
 //! bits and a new state value (`CT_STATE_HALF_CLOSED`) that old entries never carry, so
 //! pinned conntrack maps stay valid and keep their name: established flows survive an
 //! upgrade. `SLB_CNT_V4`: the fragment and hairpin reasons were appended, which moves every index
-//! `hook * Reason::COUNT + reason`. `SLB_CNT_V5`: the socket hooks, their reasons and the
-//! NetworkPolicy reasons were appended.)
+//! `hook * Reason::COUNT + reason`. `SLB_CNT_V5`: the socket hooks, their reasons, the
+//! NetworkPolicy reasons and `pass_mid_flow` were appended. An upgrade across a counters
+//! rename starts counting from zero; the old pin stays until `service-lb cleanup`, so a
+//! downgrade finds its own counters again.)
 //! The eBPF statics carry exactly these names.
 
 /// Layout version written into the `SLB_META_V1` map; bumped on any ABI change.
