@@ -33,6 +33,9 @@ pub struct Target<A> {
     /// The client is inside the cluster (a pod, or a process on the node): the frontend's
     /// internal scope applies when it has two (internal traffic policy).
     pub internal: bool,
+    /// A TCP segment without SYN that no conntrack entry knows (tc path only; a socket's
+    /// `connect()` always starts a connection).
+    pub mid_flow: bool,
 }
 
 /// Looks up the frontend the packet is sent to and picks one of its backends.
@@ -50,6 +53,7 @@ pub fn choose<F: Sticky>(hook: Hook, h: &Headers<F::Addr>) -> Step<Choice<F::Add
         dport_be: h.dport_be,
         proto: h.proto,
         internal: hook == Hook::FromPod,
+        mid_flow: h.proto == IPPROTO_TCP && h.tcp_flags & TCP_FLAG_SYN == 0,
     })
 }
 
@@ -73,7 +77,7 @@ pub fn choose_for<F: Sticky>(t: &Target<F::Addr>) -> Step<Choice<F::Addr>> {
     // for this packet). A segment of a connection someone else translated (kube-proxy's
     // rules, before service-lb started) goes on to the kernel's own conntrack, which
     // keeps its backend.
-    if h.proto == IPPROTO_TCP && h.tcp_flags & TCP_FLAG_SYN == 0 {
+    if t.mid_flow {
         return Err(Verdict::Pass(Reason::PassMidFlow));
     }
     if master.affinity_timeout_s == 0 {

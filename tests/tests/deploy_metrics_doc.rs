@@ -10,13 +10,13 @@ use std::{
 
 use prometheus_client::registry::Registry;
 use service_lb::dataplane::writer::Garbage;
+use service_lb::telemetry::policy_metrics::PolicyMetrics;
 use service_lb::telemetry::{
     metrics::{
         encode_text, DatapathCollector, DatapathSnapshot, MapFill, Metrics, PathCounter, SyncKind,
     },
     process::ProcessCollector,
 };
-use service_lb::telemetry::policy_metrics::PolicyMetrics;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

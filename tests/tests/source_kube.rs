@@ -16,8 +16,8 @@ use k8s_openapi::{
             Service, ServiceSpec,
         },
         discovery::v1::{Endpoint, EndpointSlice},
-        networking::v1::{ServiceCIDR, ServiceCIDRSpec},
         networking::v1::NetworkPolicy,
+        networking::v1::{ServiceCIDR, ServiceCIDRSpec},
     },
     apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta},
 };

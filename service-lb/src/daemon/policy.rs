@@ -28,9 +28,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     model::policy::{
-        sink::PolicySink,
-        snapshot::PolicySnapshot,
-        NamespaceView, ObjectKey, PodView, PolicyModel, PolicyView,
+        sink::PolicySink, snapshot::PolicySnapshot, NamespaceView, ObjectKey, PodView, PolicyModel,
+        PolicyView,
     },
     telemetry::policy_metrics::PolicyMetrics,
 };
@@ -70,9 +69,9 @@ pub fn default_sink(
     bpffs: &std::path::Path,
 ) -> Result<Box<dyn PolicySink + Send>, crate::dataplane::DataplaneError> {
     let maps = crate::dataplane::policy_maps::BpfPolicyMaps::open_pinned(bpffs)?;
-    Ok(Box::new(crate::dataplane::policy_writer::PolicyWriter::new(
-        maps,
-    )))
+    Ok(Box::new(
+        crate::dataplane::policy_writer::PolicyWriter::new(maps),
+    ))
 }
 
 /// One kind's list in progress.

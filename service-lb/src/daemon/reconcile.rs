@@ -16,8 +16,8 @@ use std::{
 use kube::runtime::watcher;
 use tracing::{debug, error, info, warn};
 
-use super::service_cidrs::ServiceCidrs;
 use super::policy::{PolicySync, PolicySyncDone};
+use super::service_cidrs::ServiceCidrs;
 use crate::{
     dataplane::{program_service_cidrs, sync::SyncReport, Cidr, MapStore, Syncer},
     model::{ClusterState, HealthCheck, NodePortAddresses, ServiceDesired, ServiceName, Skip},

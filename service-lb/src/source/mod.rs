@@ -19,8 +19,8 @@ use std::sync::Arc;
 use k8s_openapi::api::{
     core::v1::{Namespace, Node, Pod, Service},
     discovery::v1::EndpointSlice,
-    networking::v1::ServiceCIDR,
     networking::v1::NetworkPolicy,
+    networking::v1::ServiceCIDR,
 };
 use kube::runtime::watcher;
 

@@ -7,8 +7,8 @@ use tracing_subscriber::{fmt, EnvFilter};
 pub mod health;
 pub mod http;
 pub mod metrics;
-pub mod process;
 pub mod policy_metrics;
+pub mod process;
 pub mod service_health;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

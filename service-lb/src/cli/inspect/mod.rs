@@ -76,10 +76,8 @@ pub fn run(args: &InspectArgs) -> Result<(), Failure> {
                 serde_json::to_string_pretty(&policy::json(&snapshot, &pods))
                     .context("encoding the policy snapshot")?
             }
-            super::output::Format::Yaml => {
-                serde_saphyr::to_string(&policy::json(&snapshot, &pods))
-                    .context("encoding the policy snapshot")?
-            }
+            super::output::Format::Yaml => serde_saphyr::to_string(&policy::json(&snapshot, &pods))
+                .context("encoding the policy snapshot")?,
             super::output::Format::Table => {
                 super::output::render(&policy::rows(&snapshot, &pods)?, args.output)?
             }

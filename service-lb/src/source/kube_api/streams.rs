@@ -6,8 +6,8 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
     core::v1::{Namespace, Node, Pod, Service},
     discovery::v1::EndpointSlice,
-    networking::v1::ServiceCIDR,
     networking::v1::NetworkPolicy,
+    networking::v1::ServiceCIDR,
 };
 use kube::{
     runtime::{watcher, WatchStreamExt},

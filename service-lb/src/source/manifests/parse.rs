@@ -22,8 +22,8 @@ use k8s_openapi::{
     api::{
         core::v1::{Namespace, Node, Pod, Service},
         discovery::v1::EndpointSlice,
-        networking::v1::ServiceCIDR,
         networking::v1::NetworkPolicy,
+        networking::v1::ServiceCIDR,
     },
     Resource,
 };
