@@ -80,8 +80,7 @@ fn test(args: &[String]) -> Result<()> {
     let all = shell::run(&mut cmd);
     // The packet fixtures once more on CHECKSUM_COMPLETE skbs (what a NIC with receive
     // checksum offload hands over): the kernel then checks that every rewrite kept
-    // `skb->csum` right. The refusal fixtures are not in this pass yet (see
-    // docs/limitations.md).
+    // `skb->csum` right.
     let mut complete = shell::cargo();
     complete
         .env("SERVICE_LB_REQUIRE_EBPF", "1")

@@ -307,6 +307,7 @@ mod tests {
         );
         assert_eq!(route("/api/v1/nodes"), Some((Collection::Nodes, None)));
         assert_eq!(route("/api/v1/namespaces/x/nodes"), None);
-        assert_eq!(route("/api/v1/pods"), None);
+        assert_eq!(route("/api/v1/configmaps"), None);
+        assert_eq!(route("/api/v1/pods"), Some((Collection::Pods, None)));
     }
 }
