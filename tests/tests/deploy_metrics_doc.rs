@@ -32,6 +32,7 @@ fn exported() -> BTreeSet<String> {
     metrics.count_interface_failure();
     metrics.set_services(1);
     metrics.observe_conntrack(1, Some(&Garbage::default()));
+    metrics.count_udp_sockets_destroyed(1);
     let collector = DatapathCollector::register(&mut registry);
     collector.set(DatapathSnapshot {
         maps: vec![MapFill {

@@ -189,13 +189,14 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
     crate::dataplane::program_service_cidrs(&mut maps, &config.service_cidrs)
         .map_err(DaemonError::ServiceCidrs)?;
     let writer = ServiceWriter::open(maps)?;
-    let mut reconciler = Reconciler::new(
-        Syncer::new(writer),
-        config.node_name.clone(),
-        metrics,
-        health.clone(),
-    )
-    .with_service_cidr_flag(&config.service_cidrs);
+    let mut syncer = Syncer::new(writer);
+    if config.socket_lb_cgroup.is_some() {
+        syncer = syncer.with_socket_reaper(Box::new(
+            crate::dataplane::sock_destroy::SockReaper::new(config.dataplane.bpffs.clone()),
+        ));
+    }
+    let mut reconciler = Reconciler::new(syncer, config.node_name.clone(), metrics, health.clone())
+        .with_service_cidr_flag(&config.service_cidrs);
 
     let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
     let source_task = tokio::spawn(run_source(config.source.clone(), tx, cancel.clone()));

@@ -23,6 +23,7 @@ pub mod object;
 pub mod options;
 pub mod pin;
 pub mod sock;
+pub mod sock_destroy;
 pub mod sync;
 pub mod vips;
 pub mod writer;
