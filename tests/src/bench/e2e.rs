@@ -23,7 +23,7 @@ use anyhow::{bail, ensure, Context as _};
 use super::{
     config::{self, BACKENDS_PER_SERVICE},
     control_plane::quantile,
-    per_packet::ServiceSet,
+    per_packet::{ServiceSet, VIPS},
     rule_load::{self, Layout, LoadTime},
 };
 use crate::{
@@ -344,14 +344,23 @@ fn start_service_lb(
     if !file.is_empty() {
         manifests.write("fill-last.yaml", &file)?;
     }
-    let vip = SocketAddrV4::new(*set.vip(measured).ip(), SERVICE_PORT);
+    // Past 32k services the fill reuses VIPs on further ports: the measured frontend takes
+    // a port no fill service has on its address (else it is refused as owned by another).
+    let ip = *set.vip(measured).ip();
+    let taken: Vec<u16> = (measured % VIPS..measured)
+        .step_by(VIPS as usize)
+        .map(|i| set.vip(i))
+        .filter(|v| *v.ip() == ip)
+        .map(|v| v.port())
+        .collect();
+    let port = (SERVICE_PORT..)
+        .find(|p| !taken.contains(p))
+        .context("no free port for the measured service")?;
+    let vip = SocketAddrV4::new(ip, port);
     let measured_doc = service_doc(
         measured,
         *vip.ip(),
-        &[
-            ("http", SERVICE_PORT, TARGET_PORT),
-            ("bulk", BULK_PORT, BULK_PORT),
-        ],
+        &[("http", port, TARGET_PORT), ("bulk", BULK_PORT, BULK_PORT)],
     ) + &slice_doc(
         measured,
         backends,
@@ -382,6 +391,22 @@ fn start_service_lb(
     // Ready means synced; still, wait (bounded) until the measured service answers.
     let client = fixture.cluster.pod("client")?;
     in_cgroup(fixture, || wait_answer(client, SocketAddr::V4(vip)))?;
+    if target == Target::SocketLb {
+        // The row measures the socket path only if connect() really was translated there.
+        let translated: u64 = service_lb::dataplane::BpfMaps::open_pinned(node.bpffs.path())?
+            .counters()?
+            .iter()
+            .filter(|c| {
+                c.hook == service_lb_common::Hook::SockConnect
+                    && c.reason == service_lb_common::Reason::SockTranslated
+            })
+            .map(|c| c.packets)
+            .sum();
+        ensure!(
+            translated > 0,
+            "socket LB on, yet no connect() was translated at the socket"
+        );
+    }
     Ok(vip)
 }
 
