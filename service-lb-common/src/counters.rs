@@ -174,11 +174,26 @@ pub enum Reason {
     /// Socket LB: translated, but the reverse entry could not be stored (`recvmsg()` and
     /// `getpeername()` then show the backend).
     SockTranslatedNoRev = 37,
+    /// A new flow the NetworkPolicy of the pod it enters (`to_pod`) does not allow.
+    DropPolicyIngress = 38,
+    /// A new flow the NetworkPolicy of the pod it leaves (`from_pod`) does not allow.
+    DropPolicyEgress = 39,
+    /// First packet of a flow to no frontend, checked against the NetworkPolicy of an
+    /// isolated local pod and allowed (counted instead of `pass_not_service`; a translated
+    /// flow keeps its translation's reason).
+    PolicyAllowedNew = 40,
+    /// An allowed flow could not be recorded in the policy flow map: dropped, since its
+    /// replies could not be recognised.
+    DropPolicyTrack = 41,
+    /// A TCP segment without SYN to a frontend, of no flow conntrack knows: not a new
+    /// flow, passed untouched to the kernel, whose own conntrack may hold it (a connection
+    /// kube-proxy's rules translated before service-lb started: it keeps its backend).
+    PassMidFlow = 42,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 38;
-    pub const ALL: [Reason; 38] = [
+    pub const COUNT: u32 = 43;
+    pub const ALL: [Reason; 43] = [
         Reason::PassNotIp,
         Reason::PassOtherProto,
         Reason::PassFragment,
@@ -217,6 +232,11 @@ impl Reason {
         Reason::SockNoRevEntry,
         Reason::SockOtherNetns,
         Reason::SockTranslatedNoRev,
+        Reason::DropPolicyIngress,
+        Reason::DropPolicyEgress,
+        Reason::PolicyAllowedNew,
+        Reason::DropPolicyTrack,
+        Reason::PassMidFlow,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -259,6 +279,11 @@ impl Reason {
             Reason::SockNoRevEntry => "sock_no_rev_entry",
             Reason::SockOtherNetns => "sock_other_netns",
             Reason::SockTranslatedNoRev => "sock_translated_no_rev",
+            Reason::DropPolicyIngress => "drop_policy_ingress",
+            Reason::DropPolicyEgress => "drop_policy_egress",
+            Reason::PolicyAllowedNew => "policy_allowed_new",
+            Reason::DropPolicyTrack => "drop_policy_track",
+            Reason::PassMidFlow => "pass_mid_flow",
         }
     }
 
@@ -269,7 +294,14 @@ impl Reason {
     pub const fn is_drop(self) -> bool {
         let n = self as u32;
         (n >= Reason::DropNoBackend as u32 && n <= Reason::DropNoFreePort as u32)
-            || matches!(self, Reason::DropServiceCidr | Reason::DropRefusedNoAnswer)
+            || matches!(
+                self,
+                Reason::DropServiceCidr
+                    | Reason::DropRefusedNoAnswer
+                    | Reason::DropPolicyIngress
+                    | Reason::DropPolicyEgress
+                    | Reason::DropPolicyTrack
+            )
     }
 
     /// The packet is turned into an answer to its sender (reset, ICMP error).

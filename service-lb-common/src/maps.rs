@@ -7,8 +7,10 @@
 //! bits and a new state value (`CT_STATE_HALF_CLOSED`) that old entries never carry, so
 //! pinned conntrack maps stay valid and keep their name: established flows survive an
 //! upgrade. `SLB_CNT_V4`: the fragment and hairpin reasons were appended, which moves every index
-//! `hook * Reason::COUNT + reason`. `SLB_CNT_V5`: the socket hooks and their reasons were
-//! appended.)
+//! `hook * Reason::COUNT + reason`. `SLB_CNT_V5`: the socket hooks, their reasons, the
+//! NetworkPolicy reasons and `pass_mid_flow` were appended. An upgrade across a counters
+//! rename starts counting from zero; the old pin stays until `service-lb cleanup`, so a
+//! downgrade finds its own counters again.)
 //! The eBPF statics carry exactly these names.
 
 /// Layout version written into the `SLB_META_V1` map; bumped on any ABI change.
@@ -46,8 +48,23 @@ pub const FRAG_PENDING: &str = "SLB_FRAGP_V1";
 pub const SOCK_REV4: &str = "SLB_SKRN4_V1";
 pub const SOCK_REV6: &str = "SLB_SKRN6_V1";
 
+/// NetworkPolicy (`policy`): pod hash and peer LPM trie per family, the port-set LPM trie,
+/// the allowed-flow LRU per family, and the "any pod isolated" switch.
+pub const POL_PODS4: &str = "SLB_POLPOD4_V1";
+pub const POL_PODS6: &str = "SLB_POLPOD6_V1";
+pub const POL_PEERS4: &str = "SLB_POLPEER4_V1";
+pub const POL_PEERS6: &str = "SLB_POLPEER6_V1";
+pub const POL_PORTS: &str = "SLB_POLPORT_V1";
+pub const POL_FLOWS4: &str = "SLB_POLFLW4_V1";
+pub const POL_FLOWS6: &str = "SLB_POLFLW6_V1";
+pub const POL_CONFIG: &str = "SLB_POLCFG_V1";
+
+/// Service id -> namespace/name, port name and kind of the frontend (`names`): written by
+/// the daemon only, read by `inspect` and `diff`.
+pub const SERVICE_NAMES: &str = "SLB_SVCNAME_V1";
+
 /// Every map the object defines, in the order `inspect` and the layout check list them.
-pub const ALL: [&str; 25] = [
+pub const ALL: [&str; 34] = [
     SERVICES4,
     SERVICES6,
     BACKENDS4,
@@ -73,6 +90,15 @@ pub const ALL: [&str; 25] = [
     FRAG_PENDING,
     SOCK_REV4,
     SOCK_REV6,
+    POL_PODS4,
+    POL_PODS6,
+    POL_PEERS4,
+    POL_PEERS6,
+    POL_PORTS,
+    POL_FLOWS4,
+    POL_FLOWS6,
+    POL_CONFIG,
+    SERVICE_NAMES,
 ];
 
 /// Default capacity of each services map: master + slot entries of all frontends.

@@ -39,3 +39,9 @@ unsafe impl aya::Pod for crate::sock::SockRev4Key {}
 unsafe impl aya::Pod for crate::sock::SockRev6Key {}
 unsafe impl aya::Pod for crate::sock::SockRev4Value {}
 unsafe impl aya::Pod for crate::sock::SockRev6Value {}
+unsafe impl aya::Pod for crate::policy::PolPod {}
+unsafe impl aya::Pod for crate::policy::PolPeer4 {}
+unsafe impl aya::Pod for crate::policy::PolPeer6 {}
+unsafe impl aya::Pod for crate::policy::PolPort {}
+unsafe impl aya::Pod for crate::policy::PolFlow {}
+unsafe impl aya::Pod for crate::names::SvcName {}

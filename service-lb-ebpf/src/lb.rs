@@ -3,6 +3,7 @@
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, maps::HashMap};
 use service_lb_common::{
+    proto::{IPPROTO_TCP, TCP_FLAG_SYN},
     service::{SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_TWO_SCOPES},
     Hook, Reason, SvcValue,
 };
@@ -32,11 +33,16 @@ pub struct Target<A> {
     /// The client is inside the cluster (a pod, or a process on the node): the frontend's
     /// internal scope applies when it has two (internal traffic policy).
     pub internal: bool,
+    /// A TCP segment without SYN that no conntrack entry knows (tc path only; a socket's
+    /// `connect()` always starts a connection).
+    pub mid_flow: bool,
 }
 
 /// Looks up the frontend the packet is sent to and picks one of its backends.
 ///
 /// Not a frontend: pass (`PassNotService`, the pipeline then checks the ClusterIP maps).
+/// A TCP segment without SYN (the caller found no conntrack entry for it): pass
+/// (`PassMidFlow`), it starts no flow here.
 /// A frontend without backends: `DropNoBackend`, which the pipeline turns into a refusal
 /// (`reject`). A torn slot list or a missing backend: drop with the matching reason.
 #[inline(always)]
@@ -47,6 +53,7 @@ pub fn choose<F: Sticky>(hook: Hook, h: &Headers<F::Addr>) -> Step<Choice<F::Add
         dport_be: h.dport_be,
         proto: h.proto,
         internal: hook == Hook::FromPod,
+        mid_flow: h.proto == IPPROTO_TCP && h.tcp_flags & TCP_FLAG_SYN == 0,
     })
 }
 
@@ -65,6 +72,13 @@ pub fn choose_for<F: Sticky>(t: &Target<F::Addr>) -> Step<Choice<F::Addr>> {
     }
     if master.count == 0 {
         return Err(Verdict::Drop(Reason::DropNoBackend));
+    }
+    // A frontend with endpoints: only a SYN starts a TCP flow here (conntrack found none
+    // for this packet). A segment of a connection someone else translated (kube-proxy's
+    // rules, before service-lb started) goes on to the kernel's own conntrack, which
+    // keeps its backend.
+    if t.mid_flow {
+        return Err(Verdict::Pass(Reason::PassMidFlow));
     }
     if master.affinity_timeout_s == 0 {
         return random_choice::<F>(t, scope, &master);

@@ -20,6 +20,7 @@ mod maps;
 mod nat;
 mod packet;
 mod pipeline;
+mod policy;
 mod ports;
 mod reject;
 mod sock;
@@ -29,7 +30,7 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier},
     programs::{SockAddrContext, TcContext},
 };
-use service_lb_common::Hook;
+use service_lb_common::{Hook, Reason};
 
 /// tc ingress of a host-side pod veth: packets leaving a pod.
 #[classifier]
@@ -101,7 +102,22 @@ pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn handle(ctx: &TcContext, hook: Hook) -> i32 {
-    counters::finish(ctx, hook, pipeline::run(ctx, hook))
+    // NetworkPolicy is checked here, at the top level, so its subprogram's frame never
+    // adds to the pipeline's deepest call chain.
+    let verdict = match hook {
+        Hook::FromPod => policy::egress(ctx, pipeline::run(ctx, hook)),
+        Hook::ToPod => {
+            let policy = policy::ingress(ctx);
+            if policy::is_drop(policy) {
+                policy::finish(verdict::Verdict::Pass(Reason::PassNotService), policy)
+            } else {
+                policy::finish(pipeline::run(ctx, hook), policy)
+            }
+        }
+        // The socket hooks never reach `handle` (their own entry points above).
+        _ => pipeline::run(ctx, hook),
+    };
+    counters::finish(ctx, hook, verdict)
 }
 
 #[cfg(not(test))]

@@ -16,6 +16,11 @@ use service_lb_common::{
         DEFAULT_BACKENDS_MAX, DEFAULT_CT_ANY_MAX, DEFAULT_CT_TCP_MAX, DEFAULT_REVNAT_MAX,
         DEFAULT_SERVICES_MAX,
     },
+    names::SvcName,
+    policy::{
+        PolFlow, PolPeer4, PolPeer6, PolPod, PolPort, DEFAULT_POL_FLOWS_MAX, DEFAULT_POL_PEERS_MAX,
+        DEFAULT_POL_PODS_MAX, DEFAULT_POL_PORTS_MAX,
+    },
     sock::{SockRev4Key, SockRev4Value, SockRev6Key, SockRev6Value, SOCK_REV_MAX},
     vip::{Scratch, DEFAULT_VIPS_MAX, SERVICE_CIDRS_MAX},
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Meta, RevNat4, RevNat6, Svc4Key, Svc6Key,
@@ -105,3 +110,36 @@ pub static SLB_SKRN4_V1: LruHashMap<SockRev4Key, SockRev4Value> =
 #[map]
 pub static SLB_SKRN6_V1: LruHashMap<SockRev6Key, SockRev6Value> =
     LruHashMap::with_max_entries(SOCK_REV_MAX, 0);
+/// NetworkPolicy (`service_lb_common::policy`): local isolated pods by address.
+#[map]
+pub static SLB_POLPOD4_V1: HashMap<[u8; 4], PolPod> =
+    HashMap::with_max_entries(DEFAULT_POL_PODS_MAX, 0);
+#[map]
+pub static SLB_POLPOD6_V1: HashMap<[u8; 16], PolPod> =
+    HashMap::with_max_entries(DEFAULT_POL_PODS_MAX, 0);
+/// (pod id, direction, peer prefix) -> port set id.
+#[map]
+pub static SLB_POLPEER4_V1: LpmTrie<PolPeer4, u32> =
+    LpmTrie::with_max_entries(DEFAULT_POL_PEERS_MAX, 0);
+#[map]
+pub static SLB_POLPEER6_V1: LpmTrie<PolPeer6, u32> =
+    LpmTrie::with_max_entries(DEFAULT_POL_PEERS_MAX, 0);
+/// (port set id, protocol, port block) -> `POL_PORT_ALLOWED`.
+#[map]
+pub static SLB_POLPORT_V1: LpmTrie<PolPort, u32> =
+    LpmTrie::with_max_entries(DEFAULT_POL_PORTS_MAX, 0);
+/// Allowed flows (the verdict cache), keyed by wire tuple and direction.
+#[map]
+pub static SLB_POLFLW4_V1: LruHashMap<CtKey4, PolFlow> =
+    LruHashMap::with_max_entries(DEFAULT_POL_FLOWS_MAX, 0);
+#[map]
+pub static SLB_POLFLW6_V1: LruHashMap<CtKey6, PolFlow> =
+    LruHashMap::with_max_entries(DEFAULT_POL_FLOWS_MAX, 0);
+/// Entry 0 non-zero: some local pod is isolated (policy is checked at all).
+#[map]
+pub static SLB_POLCFG_V1: Array<u32> = Array::with_max_entries(1, 0);
+/// Which Service each frontend (service id) was programmed for (`common::names`): written by
+/// the daemon, read by `inspect` and `diff`; no program reads it. Both families share it.
+#[map]
+pub static SLB_SVCNAME_V1: HashMap<u32, SvcName> =
+    HashMap::with_max_entries(2 * DEFAULT_REVNAT_MAX, 0);

@@ -65,6 +65,10 @@ fn listed(objects: &[Object]) -> ClusterState {
             Object::Service(s) => state.apply_service(Event::InitApply(s)),
             Object::EndpointSlice(s) => state.apply_endpoint_slice(Event::InitApply(s)),
             Object::Node(n) => state.apply_node(Event::InitApply(n)),
+            // Not the model's: the daemon programs service CIDRs apart.
+            Object::ServiceCidr(_) => {}
+            // NetworkPolicy kinds are not part of the Service state.
+            Object::Pod(_) | Object::Namespace(_) | Object::NetworkPolicy(_) => {}
         }
     }
     state.apply_service(Event::<Service>::InitDone);
@@ -97,6 +101,10 @@ fn meta(object: &Object) -> &ObjectMeta {
         Object::Service(s) => &s.metadata,
         Object::EndpointSlice(s) => &s.metadata,
         Object::Node(n) => &n.metadata,
+        Object::ServiceCidr(c) => &c.metadata,
+        Object::Pod(p) => &p.metadata,
+        Object::Namespace(n) => &n.metadata,
+        Object::NetworkPolicy(p) => &p.metadata,
     }
 }
 
@@ -105,6 +113,8 @@ fn delete(state: &mut ClusterState, object: Object) {
         Object::Service(s) => state.apply_service(Event::Delete(s)),
         Object::EndpointSlice(s) => state.apply_endpoint_slice(Event::Delete(s)),
         Object::Node(n) => state.apply_node(Event::Delete(n)),
+        Object::ServiceCidr(_) => {}
+        Object::Pod(_) | Object::Namespace(_) | Object::NetworkPolicy(_) => {}
     }
 }
 
@@ -113,6 +123,8 @@ fn apply(state: &mut ClusterState, object: Object) {
         Object::Service(s) => state.apply_service(Event::Apply(s)),
         Object::EndpointSlice(s) => state.apply_endpoint_slice(Event::Apply(s)),
         Object::Node(n) => state.apply_node(Event::Apply(n)),
+        Object::ServiceCidr(_) => {}
+        Object::Pod(_) | Object::Namespace(_) | Object::NetworkPolicy(_) => {}
     }
 }
 
@@ -372,6 +384,10 @@ fn by_identity(objects: Vec<Object>) -> BTreeMap<(String, String, String), Objec
                 Object::Service(_) => "Service",
                 Object::EndpointSlice(_) => "EndpointSlice",
                 Object::Node(_) => "Node",
+                Object::ServiceCidr(_) => "ServiceCIDR",
+                Object::Pod(_) => "Pod",
+                Object::Namespace(_) => "Namespace",
+                Object::NetworkPolicy(_) => "NetworkPolicy",
             };
             let m = meta(&o);
             let id = (

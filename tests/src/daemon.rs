@@ -383,7 +383,11 @@ pub struct HttpAnswer {
 
 impl Daemon {
     pub fn start(ns: &NetNs, options: DaemonOptions) -> Result<Self> {
-        let binary = service_lb_binary()?;
+        Self::start_binary(ns, options, &service_lb_binary()?)
+    }
+
+    /// `start` with another `service-lb` binary (an earlier version, for upgrade tests).
+    pub fn start_binary(ns: &NetNs, options: DaemonOptions, binary: &Path) -> Result<Self> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -391,7 +395,7 @@ impl Daemon {
             .with_context(|| format!("opening {}", options.log.display()))?;
         let handle =
             File::open(ns.path()).with_context(|| format!("opening {}", ns.path().display()))?;
-        let mut cmd = Command::new(&binary);
+        let mut cmd = Command::new(binary);
         cmd.arg("run")
             .arg("--manifests")
             .arg(&options.manifests)

@@ -63,6 +63,23 @@ impl Family {
 /// The name of kube-proxy's nftables table.
 pub const NFT_TABLE: &str = "kube-proxy";
 
+/// The protocol of a Service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// As iptables and nft spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
 /// One generated Service port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GeneratedService {
@@ -70,12 +87,32 @@ pub struct GeneratedService {
     pub port_name: String,
     pub cluster_ip: IpAddr,
     pub port: u16,
+    pub protocol: Protocol,
     pub endpoints: Vec<(IpAddr, u16)>,
     /// `KUBE-SVC-<hash>`.
     pub svc_chain: String,
 }
 
 impl GeneratedService {
+    /// A Service port with given endpoints (for rules that must really DNAT to pods a
+    /// test runs), named like kube-proxy's.
+    pub fn new(
+        port_name: &str,
+        cluster_ip: IpAddr,
+        port: u16,
+        protocol: Protocol,
+        endpoints: Vec<(IpAddr, u16)>,
+    ) -> Self {
+        Self {
+            svc_chain: chain_name("KUBE-SVC-", &format!("{port_name}{}", protocol.name())),
+            port_name: port_name.to_owned(),
+            cluster_ip,
+            port,
+            protocol,
+            endpoints,
+        }
+    }
+
     /// `KUBE-SEP-<hash>` of endpoint `index`.
     pub fn sep_chain(&self, index: usize) -> String {
         let (addr, port) = self.endpoints[index];
@@ -91,6 +128,8 @@ pub struct KubeProxyRules {
     pub family: Family,
     pub services: u32,
     pub endpoints_per_service: u32,
+    /// Given services instead of generated ones (`with_services`).
+    given: Option<Vec<GeneratedService>>,
 }
 
 /// The highest number of services the ClusterIP range holds here.
@@ -103,11 +142,26 @@ impl KubeProxyRules {
             family,
             services,
             endpoints_per_service,
+            given: None,
         }
     }
 
-    /// The generated services, in order.
+    /// Rules for exactly `services` (of `family`; their addresses must be in the test
+    /// ranges, see the module comment).
+    pub fn with_services(family: Family, services: Vec<GeneratedService>) -> Self {
+        Self {
+            family,
+            services: services.len() as u32,
+            endpoints_per_service: 0,
+            given: Some(services),
+        }
+    }
+
+    /// The services, in order.
     pub fn services(&self) -> Vec<GeneratedService> {
+        if let Some(given) = &self.given {
+            return given.clone();
+        }
         (0..self.services).map(|i| self.service(i)).collect()
     }
 
@@ -117,13 +171,7 @@ impl KubeProxyRules {
         let endpoints = (0..self.endpoints_per_service)
             .map(|j| (self.endpoint_ip(i * self.endpoints_per_service + j), 8080))
             .collect();
-        GeneratedService {
-            svc_chain: chain_name("KUBE-SVC-", &format!("{port_name}tcp")),
-            port_name,
-            cluster_ip,
-            port: 80,
-            endpoints,
-        }
+        GeneratedService::new(&port_name, cluster_ip, 80, Protocol::Tcp, endpoints)
     }
 
     /// Service `i`'s ClusterIP: 198.19.0.0/17 from .0.1 on, fd00:19::1 on.
@@ -212,8 +260,8 @@ impl KubeProxyRules {
         for svc in services.iter().filter(|s| !s.endpoints.is_empty()) {
             let _ = writeln!(
                 out,
-                "-A KUBE-SERVICES -d {}/{host} -p tcp -m comment --comment \"{} cluster IP\" -m tcp --dport {} -j {}",
-                svc.cluster_ip, svc.port_name, svc.port, svc.svc_chain
+                "-A KUBE-SERVICES -d {}/{host} -p {p} -m comment --comment \"{} cluster IP\" -m {p} --dport {} -j {}",
+                svc.cluster_ip, svc.port_name, svc.port, svc.svc_chain, p = svc.protocol.name()
             );
         }
         out.push_str(
@@ -222,12 +270,13 @@ impl KubeProxyRules {
         for svc in services.iter().filter(|s| !s.endpoints.is_empty()) {
             let _ = writeln!(
                 out,
-                "-A {} ! -s {} -d {}/{host} -p tcp -m comment --comment \"{} cluster IP\" -m tcp --dport {} -j KUBE-MARK-MASQ",
+                "-A {} ! -s {} -d {}/{host} -p {p} -m comment --comment \"{} cluster IP\" -m {p} --dport {} -j KUBE-MARK-MASQ",
                 svc.svc_chain,
                 self.family.pod_cidr(),
                 svc.cluster_ip,
                 svc.port_name,
-                svc.port
+                svc.port,
+                p = svc.protocol.name()
             );
             let n = svc.endpoints.len();
             for (k, (addr, port)) in svc.endpoints.iter().enumerate() {
@@ -257,9 +306,10 @@ impl KubeProxyRules {
                 );
                 let _ = writeln!(
                     out,
-                    "-A {sep} -p tcp -m comment --comment \"{}\" -m tcp -j DNAT --to-destination {}",
+                    "-A {sep} -p {p} -m comment --comment \"{}\" -m {p} -j DNAT --to-destination {}",
                     svc.port_name,
-                    endpoint_text(*addr, *port)
+                    endpoint_text(*addr, *port),
+                    p = svc.protocol.name()
                 );
             }
         }
@@ -302,11 +352,12 @@ impl KubeProxyRules {
         for svc in self.services().iter().filter(|s| s.endpoints.is_empty()) {
             let _ = writeln!(
                 out,
-                "-A KUBE-SERVICES -d {}/{host} -p tcp -m comment --comment \"{} has no endpoints\" -m tcp --dport {} -j REJECT --reject-with {}",
+                "-A KUBE-SERVICES -d {}/{host} -p {p} -m comment --comment \"{} has no endpoints\" -m {p} --dport {} -j REJECT --reject-with {}",
                 svc.cluster_ip,
                 svc.port_name,
                 svc.port,
-                self.family.reject_with()
+                self.family.reject_with(),
+                p = svc.protocol.name()
             );
         }
         out.push_str("COMMIT\n");
@@ -332,16 +383,18 @@ impl KubeProxyRules {
             for (k, (addr, port)) in svc.endpoints.iter().enumerate() {
                 let _ = writeln!(
                     out,
-                    "\tchain {} {{\n\t\t{family} saddr {addr} jump mark-for-masquerade\n\t\tmeta l4proto tcp dnat to {}\n\t}}",
+                    "\tchain {} {{\n\t\t{family} saddr {addr} jump mark-for-masquerade\n\t\tmeta l4proto {} dnat to {}\n\t}}",
                     nft_endpoint_chain(svc, k),
+                    svc.protocol.name(),
                     endpoint_text(*addr, *port)
                 );
             }
             let _ = writeln!(out, "\tchain {} {{", nft_service_chain(svc));
             let _ = writeln!(
                 out,
-                "\t\t{family} daddr {} tcp dport {} {family} saddr != {} jump mark-for-masquerade",
+                "\t\t{family} daddr {} {} dport {} {family} saddr != {} jump mark-for-masquerade",
                 svc.cluster_ip,
+                svc.protocol.name(),
                 svc.port,
                 self.family.pod_cidr()
             );
@@ -366,8 +419,9 @@ impl KubeProxyRules {
             .iter()
             .map(|s| {
                 format!(
-                    "{} . tcp . {} : goto {}",
+                    "{} . {} . {} : goto {}",
                     s.cluster_ip,
+                    s.protocol.name(),
                     s.port,
                     nft_service_chain(s)
                 )
@@ -419,18 +473,26 @@ fn endpoint_text(addr: IpAddr, port: u16) -> String {
 
 fn nft_service_chain(svc: &GeneratedService) -> String {
     let hash = &svc.svc_chain["KUBE-SVC-".len()..];
-    format!("service-{}-{}", &hash[..8], nft_safe(&svc.port_name))
+    format!(
+        "service-{}-{}",
+        &hash[..8],
+        nft_safe(&svc.port_name, svc.protocol)
+    )
 }
 
 fn nft_endpoint_chain(svc: &GeneratedService, k: usize) -> String {
     let sep = svc.sep_chain(k);
     let hash = &sep["KUBE-SEP-".len()..];
-    format!("endpoint-{}-{}", &hash[..8], nft_safe(&svc.port_name))
+    format!(
+        "endpoint-{}-{}",
+        &hash[..8],
+        nft_safe(&svc.port_name, svc.protocol)
+    )
 }
 
 /// kube-proxy's `ns/name/proto/port` style, with characters nft identifiers take.
-fn nft_safe(port_name: &str) -> String {
-    port_name.replace(':', "/tcp/")
+fn nft_safe(port_name: &str, protocol: Protocol) -> String {
+    port_name.replace(':', &format!("/{}/", protocol.name()))
 }
 
 /// `<prefix><16 base32 characters>` from a hash of `key`, like kube-proxy's chain names

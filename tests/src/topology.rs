@@ -97,6 +97,8 @@ impl BpffsDir {
     /// Detaches and unpins whatever the data plane left there, then removes the folder.
     /// Idempotent.
     pub fn remove(&self) -> Result<()> {
+        service_lb::daemon::policy::remove_snapshot(&self.path)
+            .with_context(|| format!("removing the policy snapshot of {}", self.path.display()))?;
         if !self.path.exists() {
             return Ok(());
         }

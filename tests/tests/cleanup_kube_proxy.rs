@@ -374,3 +374,87 @@ fn the_planner_removes_every_generated_chain_and_jump() {
         assert_eq!(jumps, expected, "{:?}", rules.family);
     }
 }
+
+/// IPVS-mode leftovers in a fresh namespace: kube-proxy's `kube-ipvs0` interface (with a
+/// ClusterIP from the test range) is listed by `--dry-run` and removed by the run;
+/// another dummy interface stays. With `ipset` installed, kube-proxy's sets (both
+/// families' names) go and a foreign `KUBE-`-prefixed one stays.
+#[test]
+fn removes_ipvs_leftovers_by_exact_name() -> Result<()> {
+    if !require_root("cleanup_kube_proxy_ipvs") {
+        return Ok(());
+    }
+    sweep_leftovers();
+    let binary = service_lb_tests::daemon::service_lb_binary()?;
+    let ns = NetNs::create(&format!("{}-ipvs", run_prefix()))?;
+    for (dev, addr) in [
+        ("kube-ipvs0", "198.19.0.10/32"),
+        ("slbforeign0", "198.19.0.11/32"),
+    ] {
+        // kube-proxy makes a dummy device; this kernel has no dummy driver, and the
+        // clean-up goes by name only, so a veth pair (both ends in the test namespace)
+        // stands in for it.
+        let peer = format!("{dev}p");
+        ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer])?;
+        ns.ip(&["addr", "add", addr, "dev", dev])?;
+    }
+    let with_ipset = has("ipset");
+    let ipset = Path::new("ipset");
+    if with_ipset {
+        for (name, kind, family) in [
+            ("KUBE-CLUSTER-IP", "hash:ip,port", "inet"),
+            ("KUBE-6-LOOP-BACK", "hash:ip,port,ip", "inet6"),
+            ("KUBE-ROUTER-SERVICES", "hash:ip,port", "inet"),
+        ] {
+            in_ns(&ns, ipset, &["create", name, kind, "family", family], None)?;
+        }
+    } else {
+        eprintln!("no `ipset` installed: the ipset part of this test is skipped");
+    }
+    let links = |ns: &NetNs| ns.ip_output(&["-o", "link", "show"]);
+
+    let dry = text(&in_ns(
+        &ns,
+        &binary,
+        &["cleanup-kube-proxy", "--dry-run"],
+        None,
+    )?);
+    println!("--- dry run ---\n{dry}");
+    assert!(dry.contains("would remove interface kube-ipvs0\n"), "{dry}");
+    assert!(
+        links(&ns)?.contains("kube-ipvs0"),
+        "--dry-run removed kube-ipvs0"
+    );
+    if with_ipset {
+        assert!(
+            dry.contains("would remove ipset KUBE-CLUSTER-IP\n"),
+            "{dry}"
+        );
+        assert!(
+            dry.contains("would remove ipset KUBE-6-LOOP-BACK\n"),
+            "{dry}"
+        );
+        assert!(dry.contains("kept ipset KUBE-ROUTER-SERVICES"), "{dry}");
+    }
+
+    let run = text(&in_ns(&ns, &binary, &["cleanup-kube-proxy"], None)?);
+    println!("--- run ---\n{run}");
+    assert!(run.contains("removed interface kube-ipvs0\n"), "{run}");
+    let after = links(&ns)?;
+    assert!(
+        !after.contains("kube-ipvs0"),
+        "kube-ipvs0 still there: {after}"
+    );
+    assert!(
+        after.contains("slbforeign0"),
+        "a foreign interface went: {after}"
+    );
+    if with_ipset {
+        let sets = text(&in_ns(&ns, ipset, &["list", "-n"], None)?);
+        assert_eq!(sets.trim(), "KUBE-ROUTER-SERVICES", "ipsets left: {sets}");
+    }
+
+    let again = text(&in_ns(&ns, &binary, &["cleanup-kube-proxy"], None)?);
+    assert!(again.contains("nothing of kube-proxy's found"), "{again}");
+    Ok(())
+}

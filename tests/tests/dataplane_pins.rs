@@ -47,6 +47,10 @@ fn small_sizes() -> MapSizes {
         revnat: 512,
         ct_tcp: 1024,
         ct_any: 1024,
+        policy_pods: 256,
+        policy_peers: 1024,
+        policy_ports: 1024,
+        policy_flows: 1024,
     }
 }
 

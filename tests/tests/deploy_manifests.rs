@@ -523,10 +523,33 @@ fn watched_resources() -> BTreeSet<String> {
             // kind -> plural resource name.
             "EndpointSlice" => "endpointslices".to_owned(),
             "Policy" => "policies".to_owned(),
+            "NetworkPolicy" => "networkpolicies".to_owned(),
             k if k.ends_with('s') => format!("{}es", k.to_lowercase()),
             k => format!("{}s", k.to_lowercase()),
         })
         .collect()
+}
+
+/// Whether the daemon emits Kubernetes Events (kube's `events::Recorder` in its source):
+/// then it needs `create` and `patch` (a repeated event is a series) on
+/// `events.k8s.io` events.
+fn emits_events() -> bool {
+    fn walk(dir: &Path, found: &mut bool) {
+        for entry in std::fs::read_dir(dir).expect("readable folder").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                *found |= read(&path).contains("Recorder::new(");
+            }
+        }
+    }
+    let mut found = false;
+    walk(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../service-lb/src"),
+        &mut found,
+    );
+    found
 }
 
 #[test]
@@ -534,12 +557,20 @@ fn rbac_grants_exactly_what_the_source_watches() {
     let role: Role = serde_saphyr::from_str(&read(&deploy_dir().join("clusterrole.yaml")))
         .expect("clusterrole.yaml parses");
     let mut granted = BTreeSet::new();
+    let mut events_granted = false;
     for rule in &role.rules {
+        if rule.resources == ["events"] {
+            assert_eq!(rule.api_groups, ["events.k8s.io"]);
+            assert_eq!(rule.verbs, ["create", "patch"]);
+            events_granted = true;
+            continue;
+        }
         assert_eq!(rule.verbs, ["list", "watch"], "{:?}", rule.resources);
         for resource in &rule.resources {
             let group = match resource.as_str() {
                 "endpointslices" => "discovery.k8s.io",
                 "servicecidrs" => "networking.k8s.io",
+                "networkpolicies" => "networking.k8s.io",
                 _ => "",
             };
             assert_eq!(rule.api_groups, [group], "{resource}");
@@ -551,11 +582,20 @@ fn rbac_grants_exactly_what_the_source_watches() {
         granted,
         BTreeSet::from([
             "endpointslices".into(),
+            "namespaces".into(),
+            "networkpolicies".into(),
             "nodes".into(),
+            "pods".into(),
             "servicecidrs".into(),
             "services".into()
         ])
     );
+    assert_eq!(
+        events_granted,
+        emits_events(),
+        "events are granted exactly when the daemon emits them"
+    );
+    assert!(events_granted, "the daemon emits Events (daemon/events.rs)");
 }
 
 #[test]

@@ -10,8 +10,12 @@ use std::{
 
 use prometheus_client::registry::Registry;
 use service_lb::dataplane::writer::Garbage;
-use service_lb::telemetry::metrics::{
-    encode_text, DatapathCollector, DatapathSnapshot, MapFill, Metrics, PathCounter, SyncKind,
+use service_lb::telemetry::policy_metrics::PolicyMetrics;
+use service_lb::telemetry::{
+    metrics::{
+        encode_text, DatapathCollector, DatapathSnapshot, MapFill, Metrics, PathCounter, SyncKind,
+    },
+    process::ProcessCollector,
 };
 
 fn repo() -> PathBuf {
@@ -33,6 +37,11 @@ fn exported() -> BTreeSet<String> {
     metrics.set_services(1);
     metrics.observe_conntrack(1, Some(&Garbage::default()));
     metrics.count_udp_sockets_destroyed(1);
+    let policy = PolicyMetrics::register(&mut registry);
+    policy.observe_compile(0.01);
+    policy.set_programmed(1);
+    policy.set_policies(1);
+    policy.count_sync_failure();
     let collector = DatapathCollector::register(&mut registry);
     collector.set(DatapathSnapshot {
         maps: vec![MapFill {
@@ -47,7 +56,9 @@ fn exported() -> BTreeSet<String> {
             bytes: 1,
         }],
         error: None,
+        maps_sampled_at: Some(1.0),
     });
+    ProcessCollector::register(&mut registry);
     let text = encode_text(&registry).expect("encodes");
     text.lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -69,10 +80,14 @@ fn base(name: &str) -> &str {
         .unwrap_or(name)
 }
 
-/// Every `service_lb_*` word in `text`.
+/// Every `service_lb_*` and `process_*` word in `text`.
 fn mentioned(text: &str) -> BTreeSet<String> {
     text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("service_lb_") && w.len() > "service_lb_".len())
+        .filter(|w| {
+            ["service_lb_", "process_"]
+                .iter()
+                .any(|p| w.starts_with(p) && w.len() > p.len())
+        })
         .map(|w| base(w).to_owned())
         .collect()
 }
@@ -81,6 +96,16 @@ fn mentioned(text: &str) -> BTreeSet<String> {
 fn the_metrics_page_documents_exactly_the_exported_series() {
     let exported = exported();
     assert!(exported.len() >= 12, "{exported:?}");
+    for process in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(exported.contains(process), "{process} not exported");
+    }
     let doc = std::fs::read_to_string(repo().join("docs/metrics.md")).expect("docs/metrics.md");
     let documented = mentioned(&doc);
     for name in &exported {

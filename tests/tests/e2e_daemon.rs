@@ -304,9 +304,20 @@ fn e2e_daemon_manifest_changes_reach_new_connections() -> Result<()> {
     assert_eq!(json["nodeEligible"], serde_json::Value::Bool(true));
     assert_eq!(daemon.health("/livez")?.status, 200);
     assert_eq!(daemon.health("/readyz")?.status, 200);
-    let samples = metric_samples(&daemon.metrics()?);
+    // Map entries are sampled off the scrape path (about 1 s after a sync): poll a little.
+    let sampled_by = Instant::now() + Duration::from_secs(10);
+    let samples = loop {
+        let samples = metric_samples(&daemon.metrics()?);
+        let svc4 = metric_sum(&samples, "service_lb_map_entries", &["map=\"SLB_SVC4_V1\""]);
+        if svc4 >= 4.0 || Instant::now() > sampled_by {
+            break samples;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(metric_sum(&samples, "service_lb_sync_duration_seconds_count", &[]) >= 4.0);
     assert!(metric_sum(&samples, "service_lb_map_entries", &["map=\"SLB_SVC4_V1\""]) >= 4.0);
+    assert!(metric_sum(&samples, "process_open_fds", &[]) >= 3.0);
+    assert!(metric_sum(&samples, "process_resident_memory_bytes", &[]) > 0.0);
     assert_eq!(
         metric_sum(
             &samples,

@@ -353,6 +353,40 @@ fn passes_untouched(
     expect_conntrack(&dp, &[], 0, 0)
 }
 
+/// A TCP segment without SYN to a frontend with endpoints, of no flow conntrack knows (a
+/// connection kube-proxy's rules translated before service-lb started): not a new flow.
+/// It goes to the kernel untouched (whose conntrack keeps its backend), nothing is
+/// tracked, and a SYN from the same port afterwards is a new flow as usual.
+#[rstest]
+fn mid_flow_segment_to_a_frontend_passes_untouched(
+    #[values(Fam::V4, Fam::V6)] fam: Fam,
+    #[values(L4::ACK, L4::FIN_ACK, L4::RST)] l4: L4,
+    #[values(Hook::FromPod, Hook::FromNet)] hook: Hook,
+) -> anyhow::Result<()> {
+    let Some(mut dp) = load("mid_flow_segment_to_a_frontend_passes_untouched")? else {
+        return Ok(());
+    };
+    let frontend = fam.frontend(IPPROTO_TCP, 2);
+    dp.install_frontend(&frontend)?;
+    let packet = PacketSpec::new(fam.client(), fam.vip_socket(80), l4).build()?;
+    let out = dp.run_counted(hook, &packet, VERDICT_PASS, Reason::PassMidFlow)?;
+    same_bytes(&out.data, &packet)?;
+    expect_conntrack(&dp, &[], 0, 0)?;
+
+    let syn = PacketSpec::new(fam.client(), fam.vip_socket(80), L4::SYN);
+    let out = dp.run_counted(hook, &syn.build()?, VERDICT_PASS, Reason::DnatNewFlow)?;
+    let backends: Vec<Vec<u8>> = frontend
+        .backends
+        .iter()
+        .map(|b| syn.clone().with_dst(SocketAddr::new(b.addr, 8080)).build())
+        .collect::<anyhow::Result<_>>()?;
+    ensure!(
+        backends.contains(&out.data),
+        "the SYN after a mid-flow segment went to no backend of the frontend"
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------
 // Malformed: dropped and counted, never translated.
 

@@ -11,11 +11,15 @@ use std::{
 use anyhow::{ensure, Context, Result};
 use k8s_openapi::{
     api::{
-        core::v1::{Node, Service, ServiceSpec},
+        core::v1::{
+            Container, ContainerPort, EnvVar, Namespace, Node, Pod, PodIP, PodSpec, PodStatus,
+            Service, ServiceSpec,
+        },
         discovery::v1::{Endpoint, EndpointSlice},
+        networking::v1::NetworkPolicy,
         networking::v1::{ServiceCIDR, ServiceCIDRSpec},
     },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta},
 };
 use service_lb::source::{
     kube_api::{self, KubeSourceConfig},
@@ -30,6 +34,16 @@ use tokio_util::sync::CancellationToken;
 
 const NODE: &str = "n1";
 const KINDS: [&str; 4] = ["Service", "EndpointSlice", "Node", "ServiceCIDR"];
+/// With `--network-policy on`.
+const POLICY_KINDS: [&str; 7] = [
+    "Service",
+    "EndpointSlice",
+    "Node",
+    "ServiceCIDR",
+    "Pod",
+    "Namespace",
+    "NetworkPolicy",
+];
 /// Hang guard for the server side (watches reconnecting), not a timing check.
 const SERVER_WAIT: Duration = Duration::from_secs(30);
 
@@ -119,6 +133,7 @@ impl Drop for TempDir {
 
 /// The fake server, the real source task and what it sent.
 struct Harness {
+    kinds: &'static [&'static str],
     server: FakeApiServer,
     events: Recorder,
     cancel: CancellationToken,
@@ -129,6 +144,15 @@ struct Harness {
 impl Harness {
     /// A server with `seed` applied, then the source started against it.
     async fn start(test: &str, seed: impl FnOnce(&FakeApiServer) -> Result<()>) -> Result<Self> {
+        Self::start_with(test, false, seed).await
+    }
+
+    /// `network_policy`: also Pods, Namespaces and NetworkPolicies.
+    async fn start_with(
+        test: &str,
+        network_policy: bool,
+        seed: impl FnOnce(&FakeApiServer) -> Result<()>,
+    ) -> Result<Self> {
         let server = FakeApiServer::start().await?;
         seed(&server)?;
         let dir = TempDir::new(test)?;
@@ -138,9 +162,15 @@ impl Harness {
         let config = KubeSourceConfig {
             kubeconfig: Some(kubeconfig),
             node_name: Some(NODE.into()),
+            network_policy,
         };
         let source = tokio::spawn(kube_api::run(config, tx, cancel.clone()));
         Ok(Self {
+            kinds: if network_policy {
+                &POLICY_KINDS
+            } else {
+                &KINDS
+            },
             server,
             events: Recorder::new(rx),
             cancel,
@@ -151,7 +181,7 @@ impl Harness {
 
     /// Waits for the first list of every kind and for the three watches to be open.
     async fn synced(&mut self) -> Result<Vec<Seen>> {
-        let seen = self.events.until_listed(&KINDS, 1).await?;
+        let seen = self.events.until_listed(self.kinds, 1).await?;
         self.watching().await?;
         Ok(seen)
     }
@@ -159,10 +189,10 @@ impl Harness {
     async fn watching(&self) -> Result<()> {
         ensure!(
             self.server
-                .wait_for_open_watches(KINDS.len(), SERVER_WAIT)
+                .wait_for_open_watches(self.kinds.len(), SERVER_WAIT)
                 .await,
             "the source did not open its {} watches (open: {})",
-            KINDS.len(),
+            self.kinds.len(),
             self.server.open_watches()
         );
         Ok(())
@@ -570,9 +600,209 @@ async fn an_unreadable_kubeconfig_is_an_error() -> Result<()> {
     let config = KubeSourceConfig {
         kubeconfig: Some(kubeconfig),
         node_name: None,
+        network_policy: true,
     };
     let outcome = kube_api::run(config, tx, CancellationToken::new()).await;
     let error = outcome.err().context("a broken kubeconfig must fail")?;
     assert!(format!("{error:#}").contains("kubeconfig"), "{error:#}");
     Ok(())
+}
+
+/// A Pod as the API server returns it: managedFields, annotations, images, env and more
+/// that the policy model never reads.
+fn fat_pod(namespace: &str, name: &str, app: &str, ip: &str) -> Pod {
+    let mut metadata = meta(Some(namespace), name, &[("app", app)]);
+    metadata.annotations = Some(BTreeMap::from([(
+        "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+        "x".repeat(2048),
+    )]));
+    metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+        manager: Some("kubelet".into()),
+        ..ManagedFieldsEntry::default()
+    }]);
+    Pod {
+        metadata,
+        spec: Some(PodSpec {
+            node_name: Some(NODE.into()),
+            containers: vec![Container {
+                name: "web".into(),
+                image: Some("registry.example/web:1".into()),
+                env: Some(vec![EnvVar {
+                    name: "BIG".into(),
+                    value: Some("v".repeat(1024)),
+                    ..EnvVar::default()
+                }]),
+                ports: Some(vec![ContainerPort {
+                    name: Some("http".into()),
+                    container_port: 8080,
+                    protocol: Some("TCP".into()),
+                    ..ContainerPort::default()
+                }]),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        status: Some(PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some(ip.into()),
+            pod_ips: Some(vec![PodIP { ip: ip.into() }]),
+            host_ip: Some("198.19.255.1".into()),
+            ..PodStatus::default()
+        }),
+    }
+}
+
+fn namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
+    Namespace {
+        metadata: meta(None, name, labels),
+        ..Namespace::default()
+    }
+}
+
+fn network_policy(namespace: &str, name: &str) -> Result<NetworkPolicy> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": namespace,
+                     "annotations": {"note": "y".repeat(512)}},
+        "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                 "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "a"}}}],
+                              "ports": [{"port": "http"}]}]}
+    }))?)
+}
+
+fn seed_policy_objects(server: &FakeApiServer) -> Result<()> {
+    seed_two_services(server)?;
+    server.apply(&namespace("x", &[("team", "a")]))?;
+    server.apply(&namespace("y", &[]))?;
+    server.apply(&fat_pod("x", "a", "web", "198.18.1.10"))?;
+    server.apply(&fat_pod("y", "b", "db", "198.18.1.11"))?;
+    server.apply(&network_policy("x", "web")?)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn policy_kinds_are_listed_stripped_and_followed() -> Result<()> {
+    let mut h = Harness::start_with("policy", true, seed_policy_objects).await?;
+    let seen = h.synced().await?;
+    for (kind, names) in [
+        ("Pod", vec!["Pod InitApply x/a", "Pod InitApply y/b"]),
+        (
+            "Namespace",
+            vec!["Namespace InitApply x", "Namespace InitApply y"],
+        ),
+        ("NetworkPolicy", vec!["NetworkPolicy InitApply x/web"]),
+    ] {
+        let mut expected = vec![format!("{kind} Init")];
+        expected.extend(names.into_iter().map(String::from));
+        expected.push(format!("{kind} InitDone"));
+        assert_eq!(strings(&of_kind(&seen, kind)), expected);
+    }
+
+    // What travels is what the model reads, nothing more.
+    let pod = h.events.object("Pod", "x/a").context("pod x/a")?.clone();
+    assert_eq!(pod["metadata"]["labels"]["app"], "web");
+    assert_eq!(pod["spec"]["nodeName"], NODE);
+    assert_eq!(
+        pod["spec"]["containers"][0]["ports"][0],
+        serde_json::json!({"name": "http", "containerPort": 8080, "protocol": "TCP"})
+    );
+    assert_eq!(pod["status"]["podIPs"][0]["ip"], "198.18.1.10");
+    assert_eq!(pod["status"]["phase"], "Running");
+    for gone in [
+        &pod["metadata"]["managedFields"],
+        &pod["metadata"]["annotations"],
+        &pod["spec"]["containers"][0]["image"],
+        &pod["spec"]["containers"][0]["env"],
+        &pod["status"]["hostIP"],
+    ] {
+        assert!(gone.is_null(), "not stripped: {pod}");
+    }
+    let policy = h
+        .events
+        .object("NetworkPolicy", "x/web")
+        .context("policy x/web")?;
+    assert!(policy["metadata"]["annotations"].is_null(), "{policy}");
+    assert_eq!(
+        policy["spec"]["ingress"][0]["ports"][0]["port"], "http",
+        "{policy}"
+    );
+    let ns = h.events.object("Namespace", "x").context("namespace x")?;
+    assert_eq!(ns["metadata"]["labels"]["team"], "a");
+
+    // Changes follow as Apply and Delete.
+    h.server.apply(&fat_pod("x", "a", "api", "198.18.1.10"))?;
+    let next = h.events.take_until(|s| s.kind() == "Pod").await?;
+    assert_eq!(next.last(), Some(&Seen::Apply("Pod", "x/a".into())));
+    assert_eq!(
+        h.events
+            .object("Pod", "x/a")
+            .map(|p| p["metadata"]["labels"]["app"].clone()),
+        Some(serde_json::json!("api"))
+    );
+    h.server
+        .delete::<NetworkPolicy>("x", "web")
+        .context("the policy existed")?;
+    let next = h.events.take_until(|s| s.kind() == "NetworkPolicy").await?;
+    assert_eq!(
+        next.last(),
+        Some(&Seen::Delete("NetworkPolicy", "x/web".into()))
+    );
+    h.server.apply(&namespace("y", &[("team", "a")]))?;
+    let next = h.events.take_until(|s| s.kind() == "Namespace").await?;
+    assert_eq!(next.last(), Some(&Seen::Apply("Namespace", "y".into())));
+    h.stop().await
+}
+
+#[tokio::test]
+async fn a_pod_deleted_during_a_410_relist_goes_at_init_done() -> Result<()> {
+    let mut h = Harness::start_with("policy-gone", true, seed_policy_objects).await?;
+    h.synced().await?;
+    h.server.hold_watches();
+    h.server.drop_watches();
+    h.server
+        .delete::<Pod>("y", "b")
+        .context("pod y/b existed")?;
+    h.server.apply(&fat_pod("y", "c", "db", "198.18.1.12"))?;
+    h.server.compact();
+    h.server.release_watches();
+
+    let seen = h.events.until_listed(&["Pod"], 2).await?;
+    let pods: Vec<String> = strings(&of_kind(&seen, "Pod"));
+    let relist_start = pods
+        .iter()
+        .rposition(|s| s == "Pod Init")
+        .context("a relist of Pods")?;
+    assert_eq!(
+        pods[relist_start..],
+        [
+            "Pod Init",
+            "Pod InitApply x/a",
+            "Pod InitApply y/c",
+            "Pod InitDone"
+        ],
+        "b must go by the relist, not by a Delete of its own"
+    );
+    assert!(
+        !pods.iter().any(|s| s.starts_with("Pod Delete")),
+        "{pods:?}"
+    );
+    assert_eq!(h.events.names("Pod"), ["x/a", "y/c"]);
+    h.stop().await
+}
+
+#[tokio::test]
+async fn network_policy_off_watches_no_policy_kind() -> Result<()> {
+    let mut h = Harness::start_with("policy-off", false, seed_policy_objects).await?;
+    h.synced().await?;
+    let paths: Vec<String> = h.server.requests().into_iter().map(|r| r.path).collect();
+    assert!(!paths.is_empty());
+    for path in &paths {
+        assert!(
+            !["/pods", "/namespaces", "/networkpolicies"]
+                .iter()
+                .any(|p| path.ends_with(p)),
+            "{path} requested with --network-policy off"
+        );
+    }
+    assert!(h.events.names("Pod").is_empty());
+    h.stop().await
 }

@@ -14,7 +14,15 @@ use service_lb_tests::fake_apiserver::recorder::{Recorder, Seen};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-const KINDS: [&str; 4] = ["Service", "EndpointSlice", "Node", "ServiceCIDR"];
+const KINDS: [&str; 7] = [
+    "Service",
+    "EndpointSlice",
+    "Node",
+    "ServiceCIDR",
+    "Pod",
+    "Namespace",
+    "NetworkPolicy",
+];
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// Namespace of the sentinel Services that mark "everything before has arrived".
 const SENTINEL_NAMESPACE: &str = "zz-sentinel";
@@ -507,5 +515,155 @@ async fn a_missing_folder_sends_no_list_until_it_exists() -> Result<()> {
             "Service InitDone"
         ]
     );
+    h.stop().await
+}
+
+fn pod_yaml(namespace: &str, name: &str, app: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
+         \x20 labels: {{app: {app}}}\n  annotations: {{big: \"{}\"}}\n\
+         spec:\n  nodeName: n1\n  containers:\n  - name: c\n    image: registry.example/c:1\n\
+         \x20   ports:\n    - {{name: http, containerPort: 8080}}\n\
+         status:\n  phase: Running\n  hostIP: 198.19.255.1\n  podIPs: [{{ip: {ip}}}]\n",
+        "x".repeat(256)
+    )
+}
+
+fn namespace_yaml(name: &str, team: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels: {{team: {team}}}\n"
+    )
+}
+
+fn policy_yaml(namespace: &str, name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
+         spec:\n  podSelector: {{matchLabels: {{app: web}}}}\n  ingress:\n\
+         \x20 - from: [{{namespaceSelector: {{matchLabels: {{team: a}}}}}}]\n    ports: [{{port: {port}}}]\n"
+    )
+}
+
+#[tokio::test]
+async fn pods_namespaces_and_network_policies_are_listed_stripped_and_kept_when_bad() -> Result<()>
+{
+    let mut h = Harness::start("policy", DEBOUNCE, |folder| {
+        folder.write(
+            "pods.yaml",
+            &documents(&[
+                pod_yaml("x", "a", "web", "198.18.1.10"),
+                // No namespace: `default`, as kubectl does.
+                pod_yaml("x", "b", "db", "198.18.1.11").replace("  namespace: x\n", ""),
+            ]),
+        )?;
+        folder.write(
+            "namespaces.yaml",
+            &documents(&[namespace_yaml("x", "a"), namespace_yaml("y", "b")]),
+        )?;
+        folder.write("policy.yaml", &policy_yaml("x", "web", 80))
+    })?;
+    let seen = h.synced().await?;
+    assert_eq!(
+        initial_list(&seen, "Pod"),
+        [
+            "Pod Init",
+            "Pod InitApply default/b",
+            "Pod InitApply x/a",
+            "Pod InitDone"
+        ]
+    );
+    assert_eq!(
+        initial_list(&seen, "Namespace"),
+        [
+            "Namespace Init",
+            "Namespace InitApply x",
+            "Namespace InitApply y",
+            "Namespace InitDone"
+        ],
+        "Namespaces are cluster-scoped: no `default` namespace is added"
+    );
+    assert_eq!(
+        initial_list(&seen, "NetworkPolicy"),
+        [
+            "NetworkPolicy Init",
+            "NetworkPolicy InitApply x/web",
+            "NetworkPolicy InitDone"
+        ]
+    );
+    let pod = h.events.object("Pod", "x/a").context("pod x/a")?;
+    assert_eq!(pod["metadata"]["labels"]["app"], "web");
+    assert_eq!(pod["status"]["podIPs"][0]["ip"], "198.18.1.10");
+    assert_eq!(
+        pod["spec"]["containers"][0]["ports"][0]["containerPort"],
+        8080
+    );
+    for gone in [
+        &pod["metadata"]["annotations"],
+        &pod["spec"]["containers"][0]["image"],
+        &pod["status"]["hostIP"],
+    ] {
+        assert!(gone.is_null(), "not stripped: {pod}");
+    }
+
+    // A policy change is an Apply; a policy of an unsupported apiVersion rejects its file,
+    // whose last good policy stays. (`settle`'s sentinel Service sorts before other kinds
+    // read in the same batch, so these wait for their own event, then settle for strays.)
+    let until = |kind: &'static str| move |s: &Seen| s.kind() == kind || s.kind() == "Rejected";
+    h.folder
+        .write("policy.yaml", &policy_yaml("x", "web", 81))?;
+    let seen = h.events.take_until(until("NetworkPolicy")).await?;
+    assert_eq!(seen, [Seen::Apply("NetworkPolicy", "x/web".into())]);
+    assert_eq!(h.settle("s1").await?, Vec::<String>::new());
+    let port = |h: &Harness| {
+        h.events
+            .object("NetworkPolicy", "x/web")
+            .map(|p| p["spec"]["ingress"][0]["ports"][0]["port"].clone())
+    };
+    assert_eq!(port(&h), Some(serde_json::json!(81)));
+    h.folder.write(
+        "policy.yaml",
+        &policy_yaml("x", "web", 82).replace("networking.k8s.io/v1", "networking.k8s.io/v1beta1"),
+    )?;
+    let seen = h.events.take_until(until("NetworkPolicy")).await?;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(
+        matches!(&seen[0], Seen::Rejected(_, "parse_error")),
+        "{seen:?}"
+    );
+    assert_eq!(h.settle("s2").await?, Vec::<String>::new());
+    assert_eq!(
+        port(&h),
+        Some(serde_json::json!(81)),
+        "the last good policy stays"
+    );
+
+    // A pod that does not deserialize (containerPort is a number) rejects its file too.
+    h.folder.write(
+        "pods.yaml",
+        &pod_yaml("x", "a", "api", "198.18.1.10")
+            .replace("containerPort: 8080", "containerPort: [8080]"),
+    )?;
+    let seen = h.events.take_until(until("Pod")).await?;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(
+        matches!(&seen[0], Seen::Rejected(_, "parse_error")),
+        "{seen:?}"
+    );
+    assert_eq!(h.settle("s3").await?, Vec::<String>::new());
+    assert_eq!(h.events.names("Pod"), ["default/b", "x/a"]);
+
+    // Removing the namespaces file deletes both.
+    h.folder.remove("namespaces.yaml")?;
+    let seen = h
+        .events
+        .take_until(|s| *s == Seen::Delete("Namespace", "y".into()))
+        .await?;
+    assert_eq!(
+        seen,
+        [
+            Seen::Delete("Namespace", "x".into()),
+            Seen::Delete("Namespace", "y".into())
+        ]
+    );
+    assert_eq!(h.settle("s4").await?, Vec::<String>::new());
     h.stop().await
 }

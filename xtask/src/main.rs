@@ -105,6 +105,7 @@ const CHECKSUM_COMPLETE_SUITES: &[&str] = &[
     "packet_fragments",
     "packet_hairpin",
     "packet_verdicts",
+    "packet_policy",
 ];
 
 fn demo() -> Result<()> {

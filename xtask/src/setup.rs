@@ -17,12 +17,13 @@ const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPFFS: &str = "/sys/fs/bpf";
 /// Debian packages the tests, demo and benchmarks use, with a command each provides.
-/// iptables and nftables: the kube-proxy clean-up test (inside its own namespace only).
-const DEBIAN_PACKAGES: [(&str, &str); 4] = [
+/// iptables, nftables and ipset: the kube-proxy clean-up test (inside its own namespace only).
+const DEBIAN_PACKAGES: [(&str, &str); 5] = [
     ("iproute2", "ip"),
     ("util-linux", "nsenter"),
     ("iptables", "iptables"),
     ("nftables", "nft"),
+    ("ipset", "ipset"),
 ];
 /// The manifest validator (PyPI), pinned; installed into [`validation_venv`].
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";

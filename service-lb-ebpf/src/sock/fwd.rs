@@ -77,6 +77,7 @@ pub fn decide<F: SockFamily>(sa: &SockAddrContext, dst: Endpoint<F::Addr>) -> De
         dport_be: dst.port_be,
         proto: proto as u8,
         internal: true,
+        mid_flow: false,
     };
     match lb::choose_for::<F>(&target) {
         Ok(choice) => {

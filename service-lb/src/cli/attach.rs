@@ -64,6 +64,7 @@ impl DataplaneArgs {
                 revnat: self.map_revnat_max,
                 ct_tcp: self.map_ct_tcp_max,
                 ct_any: self.map_ct_any_max,
+                ..MapSizes::default()
             },
             config: DataplaneConfig::DEFAULT,
             on_pin_mismatch: if self.recreate_mismatched_maps {

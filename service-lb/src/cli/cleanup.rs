@@ -1,4 +1,5 @@
-//! `service-lb cleanup`: detach every program, unpin every map, remove the folder.
+//! `service-lb cleanup`: detach every program, unpin every map, remove the folder (and the
+//! daemon's policy snapshot).
 
 use std::path::PathBuf;
 
@@ -16,6 +17,9 @@ pub struct CleanupArgs {
 
 pub fn run(args: &CleanupArgs) -> Result<(), Failure> {
     let cleaned = dataplane::cleanup(&args.bpffs)?;
+    if let Err(e) = crate::daemon::policy::remove_snapshot(&args.bpffs) {
+        tracing::warn!(error = %e, "cannot remove the policy snapshot");
+    }
     println!(
         "removed {} link(s) and {} map pin(s) under {}",
         cleaned.links,

@@ -1,16 +1,19 @@
 //! `service-lb cleanup-kube-proxy [--dry-run]`: remove what kube-proxy left in this network
 //! namespace once service-lb replaces it: its iptables chains, by their exact names (see
 //! `plan`: nat, filter and mangle, IPv4 and IPv6, on every iptables backend that has rules)
-//! with the jumps into them, and its nftables tables (`ip kube-proxy`, `ip6 kube-proxy`).
+//! with the jumps into them, its nftables tables (`ip kube-proxy`, `ip6 kube-proxy`), and
+//! its IPVS mode's `kube-ipvs0` interface and ipsets (IPVS virtual servers are listed only).
 //! Idempotent: a second run finds nothing and succeeds. Nothing else is touched: other
 //! `KUBE-*` chains (kubelet's, kube-router's, k3s's) are listed as kept.
 //!
 //! - `iptables_save`: parser of `iptables-save` output (pure);
 //! - `plan`: what to remove and the `iptables-restore --noflush` script doing it (pure);
 //! - `nft`: which nftables tables are kube-proxy's (pure);
-//! - `tools`: finding and running iptables/nft.
+//! - `ipvs`: which ipsets are kube-proxy's (pure);
+//! - `tools`: finding and running iptables/nft/ipset/ip/ipvsadm.
 
 pub mod iptables_save;
+pub mod ipvs;
 pub mod nft;
 pub mod plan;
 pub mod tools;
@@ -45,6 +48,8 @@ pub enum CleanupKubeProxyError {
     },
     #[error("nftables: {0}")]
     Nft(ToolError),
+    #[error("IPVS-mode leftovers: {0}")]
+    Ipvs(ToolError),
 }
 
 /// What was (or would be) removed.
@@ -53,11 +58,13 @@ pub struct Removed {
     pub jumps: usize,
     pub chains: usize,
     pub nft_tables: usize,
+    /// `kube-ipvs0` and kube-proxy's ipsets.
+    pub ipvs_leftovers: usize,
 }
 
 impl Removed {
     pub fn is_empty(&self) -> bool {
-        self.jumps == 0 && self.chains == 0 && self.nft_tables == 0
+        self.jumps == 0 && self.chains == 0 && self.nft_tables == 0 && self.ipvs_leftovers == 0
     }
 }
 
@@ -126,6 +133,10 @@ pub fn run(args: &CleanupKubeProxyArgs) -> Result<(), Failure> {
         }
     }
 
+    // After the chains: kube-proxy's IPVS-mode rules reference its ipsets, and a set in
+    // use cannot be destroyed.
+    removed.ipvs_leftovers = ipvs_leftovers(verb, args.dry_run, &mut looked_at)?;
+
     if removed.is_empty() {
         println!(
             "nothing of kube-proxy's found (looked at: {})",
@@ -134,8 +145,8 @@ pub fn run(args: &CleanupKubeProxyArgs) -> Result<(), Failure> {
         return Ok(());
     }
     println!(
-        "{verb}: {} jump rule(s), {} chain(s), {} nftables table(s)",
-        removed.jumps, removed.chains, removed.nft_tables
+        "{verb}: {} jump rule(s), {} chain(s), {} nftables table(s), {} IPVS-mode leftover(s)",
+        removed.jumps, removed.chains, removed.nft_tables, removed.ipvs_leftovers
     );
     if removed.chains > 0 && route_localnet_enabled() {
         tracing::warn!(
@@ -145,6 +156,58 @@ pub fn run(args: &CleanupKubeProxyArgs) -> Result<(), Failure> {
         );
     }
     Ok(())
+}
+
+/// `kube-ipvs0` and kube-proxy's ipsets (removed unless `dry_run`); IPVS virtual servers
+/// are listed, never removed. Returns how many were (or would be) removed.
+fn ipvs_leftovers(
+    verb: &str,
+    dry_run: bool,
+    looked_at: &mut Vec<String>,
+) -> Result<usize, CleanupKubeProxyError> {
+    let mut count = 0;
+    looked_at.push(format!("interface {}", ipvs::KUBE_IPVS_DEV));
+    if tools::link_exists(ipvs::KUBE_IPVS_DEV) {
+        if !dry_run {
+            tools::link_delete(ipvs::KUBE_IPVS_DEV).map_err(CleanupKubeProxyError::Ipvs)?;
+        }
+        println!("{verb} interface {}", ipvs::KUBE_IPVS_DEV);
+        count += 1;
+    }
+    match tools::find_ipset() {
+        None => println!("no `ipset` installed: no ipsets to look at"),
+        Some(ipset) => {
+            looked_at.push("ipsets".to_owned());
+            let listed = tools::ipset_names(&ipset).map_err(CleanupKubeProxyError::Ipvs)?;
+            let (ours, kept) = ipvs::kube_proxy_ipsets(&listed);
+            for name in kept.iter().filter(|n| n.starts_with("KUBE-")) {
+                println!("kept ipset {name} (not kube-proxy's)");
+            }
+            for name in &ours {
+                if !dry_run {
+                    tools::ipset_destroy(&ipset, name).map_err(CleanupKubeProxyError::Ipvs)?;
+                }
+                println!("{verb} ipset {name}");
+                count += 1;
+            }
+        }
+    }
+    if tools::ipvs_loaded() {
+        match tools::ipvs_save() {
+            None => println!(
+                "IPVS is loaded in this kernel; install ipvsadm to list its virtual servers \
+                 (kube-proxy's are those on the addresses of {}); they are not removed",
+                ipvs::KUBE_IPVS_DEV
+            ),
+            Some(saved) => {
+                let saved = saved.map_err(CleanupKubeProxyError::Ipvs)?;
+                for line in saved.lines().filter(|l| l.starts_with("-A")) {
+                    println!("found IPVS virtual server (not removed: `ipvsadm -D`): {line}");
+                }
+            }
+        }
+    }
+    Ok(count)
 }
 
 /// The plans for one iptables program (one family, one backend).

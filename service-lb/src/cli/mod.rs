@@ -11,6 +11,7 @@ pub mod cleanup;
 pub mod cleanup_kube_proxy;
 pub mod completions;
 pub mod config_file;
+pub mod diff;
 pub mod inspect;
 pub mod output;
 pub mod preflight;
@@ -45,6 +46,9 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Detach every program and remove every pin of the data plane.
     Cleanup(cleanup::CleanupArgs),
+    /// Compare what the cluster (API or manifests) wants with what the pinned maps hold,
+    /// Service by Service. Exit code 0 when equal, 1 when they differ, 2 on error.
+    Diff(diff::DiffArgs),
     /// Remove kube-proxy's iptables chains and nftables tables from this node.
     CleanupKubeProxy(cleanup_kube_proxy::CleanupKubeProxyArgs),
     /// Print a shell completion script.
@@ -115,12 +119,23 @@ pub fn main() -> ExitCode {
         }
     }
     telemetry::init(cli.log_format, cli.verbose);
+    if let Command::Diff(args) = &cli.command {
+        return match diff::run(args) {
+            Ok(diff::Outcome::Equal) => ExitCode::SUCCESS,
+            Ok(diff::Outcome::Differ) => ExitCode::from(diff::EXIT_DIFFER),
+            Err(error) => {
+                eprintln!("service-lb: {error:#}");
+                ExitCode::from(diff::EXIT_ERROR)
+            }
+        };
+    }
     let result = match &cli.command {
         Command::Run(args) => run::run(args),
         Command::Attach(args) => attach::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Cleanup(args) => cleanup::run(args),
         Command::CleanupKubeProxy(args) => cleanup_kube_proxy::run(args),
+        Command::Diff(_) => Ok(()),
         Command::Completions(args) => completions::run_completions(args),
         Command::Man => completions::run_man(),
     };

@@ -1,4 +1,5 @@
-//! `-o table|json`: rows with serde field names, rendered by comfy-table or serde_json.
+//! `-o table|json|yaml`: rows with serde field names, rendered by comfy-table, serde_json or
+//! serde-saphyr.
 
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use serde::Serialize;
@@ -8,6 +9,7 @@ pub enum Format {
     #[default]
     Table,
     Json,
+    Yaml,
 }
 
 /// A row that knows its table columns.
@@ -19,6 +21,7 @@ pub trait TableRow: Serialize {
 pub fn render<R: TableRow>(rows: &[R], format: Format) -> anyhow::Result<String> {
     match format {
         Format::Json => Ok(serde_json::to_string_pretty(rows)?),
+        Format::Yaml => Ok(serde_saphyr::to_string(&rows)?.trim_end().to_owned()),
         Format::Table => {
             let mut table = Table::new();
             table

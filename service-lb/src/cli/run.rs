@@ -59,6 +59,11 @@ pub struct RunArgs {
     /// work without it).
     #[arg(long, env = "SERVICE_LB_SERVICE_CIDRS", value_delimiter = ',')]
     pub service_cidrs: Vec<crate::dataplane::Cidr>,
+    /// Node addresses that accept NodePort traffic, as kube-proxy's flag: CIDRs, comma
+    /// separated (e.g. `198.19.255.0/24,fd00:ff::/64`). Empty: every address of the node
+    /// (its Node object's InternalIP/ExternalIP), never a loopback one.
+    #[arg(long, env = "SERVICE_LB_NODEPORT_ADDRESSES")]
+    pub nodeport_addresses: Option<String>,
     /// Quiet time after a change in the manifests folder before it is read again.
     #[arg(long, env = "SERVICE_LB_MANIFESTS_DEBOUNCE", default_value = "50ms", value_parser = parse_duration)]
     pub manifests_debounce: Duration,
@@ -73,6 +78,24 @@ pub struct RunArgs {
     /// Print the effective configuration (YAML, each value's source) and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// NetworkPolicy enforcement: `on` watches Pods, Namespaces and NetworkPolicies and
+    /// programs each local pod's compiled policy; `off` watches none of them (the RBAC
+    /// may stay as deployed).
+    #[arg(long, env = "SERVICE_LB_NETWORK_POLICY", value_enum, default_value_t = OnOff::On)]
+    pub network_policy: OnOff,
+}
+
+/// A feature switch written `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    pub fn is_on(self) -> bool {
+        self == Self::On
+    }
 }
 
 /// A Go/Kubernetes duration: a sequence of decimal numbers with units, `1m30s`, `1h`,

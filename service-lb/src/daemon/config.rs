@@ -45,6 +45,11 @@ pub struct DaemonConfig {
     pub service_cidrs: Vec<crate::dataplane::Cidr>,
     /// `--cgroup` when `--socket-lb on`: where the socket programs are attached.
     pub socket_lb_cgroup: Option<PathBuf>,
+    /// `--network-policy on`: watch Pods, Namespaces and NetworkPolicies and program the
+    /// local pods' policies.
+    pub network_policy: bool,
+    /// `--nodeport-addresses`.
+    pub nodeport_addresses: crate::model::NodePortAddresses,
 }
 
 impl DaemonConfig {
@@ -74,6 +79,8 @@ pub enum ConfigError {
     SameAddress(SocketAddr),
     #[error("--{flag} must be at least 1")]
     ZeroMapSize { flag: &'static str },
+    #[error(transparent)]
+    NodePortAddresses(#[from] crate::model::NodePortAddressesError),
 }
 
 /// Where the node name may come from, in order (the flag first).
@@ -148,6 +155,7 @@ impl DaemonConfig {
             (None, kubeconfig) => SourceConfig::Kube(KubeSourceConfig {
                 kubeconfig: kubeconfig.clone(),
                 node_name: Some(node_name.clone()),
+                network_policy: args.network_policy.is_on(),
             }),
         };
 
@@ -197,6 +205,10 @@ impl DaemonConfig {
             min_sync_interval: args.min_sync_interval,
             resync_interval: args.resync_interval,
             service_cidrs: args.service_cidrs.clone(),
+            network_policy: args.network_policy.is_on(),
+            nodeport_addresses: crate::model::NodePortAddresses::parse(
+                args.nodeport_addresses.as_deref().unwrap_or_default(),
+            )?,
         })
     }
 }
@@ -241,6 +253,23 @@ mod tests {
             .is_empty());
         let bad = Probe::try_parse_from(["probe", "--service-cidrs", "198.19.0.0/33"]);
         assert!(bad.is_err(), "a bad CIDR is a usage error");
+    }
+
+    #[test]
+    fn network_policy_is_on_unless_switched_off() {
+        let watches = |c: &DaemonConfig| match &c.source {
+            SourceConfig::Kube(k) => k.network_policy,
+            SourceConfig::Manifests(_) => panic!("the API source"),
+        };
+        let on = DaemonConfig::from_args(&args(&[]), named("n1")).expect("valid");
+        assert!(on.network_policy && watches(&on));
+        let off = DaemonConfig::from_args(&args(&["--network-policy", "off"]), named("n1"))
+            .expect("valid");
+        assert!(!off.network_policy && !watches(&off));
+        let on =
+            DaemonConfig::from_args(&args(&["--network-policy=on"]), named("n1")).expect("valid");
+        assert!(on.network_policy);
+        assert!(Probe::try_parse_from(["probe", "--network-policy", "maybe"]).is_err());
     }
 
     #[test]

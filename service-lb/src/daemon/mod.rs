@@ -11,14 +11,19 @@
 //! - `config`: typed, validated configuration (usage errors);
 //! - `reconcile`: events -> state -> syncs, with metrics and health;
 //! - `event_loop`: timing (coalescing, periodic full resync, heartbeat);
-//! - `datapath`: what a scrape reads from the pinned maps.
+//! - `datapath`: what a scrape reads from the pinned maps, and the map-entries sampler;
+//! - `events`: Kubernetes Events (start on the Node, failed syncs on Services).
 
 pub mod config;
 pub mod datapath;
 pub mod event_loop;
+pub mod events;
+pub mod policy;
 pub mod reconcile;
 pub mod service_cidrs;
 
+#[cfg(test)]
+mod policy_tests;
 #[cfg(test)]
 mod tests;
 
@@ -34,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 pub use config::{ConfigError, DaemonConfig, NodeNameSources, SourceConfig};
+use datapath::DatapathView as _;
 pub use event_loop::{LoopError, LoopTiming};
 pub use reconcile::{ReconcileError, Reconciler, SyncDone};
 
@@ -48,6 +54,9 @@ use crate::{
         health::Health,
         http::{self, DatapathReader, HttpError},
         metrics::{DatapathCollector, Metrics},
+        policy_metrics::PolicyMetrics,
+        process::ProcessCollector,
+        service_health::ServiceHealthServers,
     },
 };
 
@@ -113,15 +122,21 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let policy_metrics = PolicyMetrics::register(&mut registry);
     let collector = DatapathCollector::register(&mut registry);
     let health = Arc::new(Health::new());
     health.beat(std::time::Instant::now());
     // The initial list is the first pending change: /healthz turns 503 if it never lands.
     health.change_queued(std::time::SystemTime::now());
 
-    let bpffs = config.dataplane.bpffs.clone();
-    let sizes = config.dataplane.sizes;
-    let read_datapath: DatapathReader = Arc::new(move || datapath::read_snapshot(&bpffs, &sizes));
+    ProcessCollector::register(&mut registry);
+    let view = Arc::new(datapath::PinnedView {
+        bpffs: config.dataplane.bpffs.clone(),
+        sizes: config.dataplane.sizes,
+    });
+    let scrape_view = view.clone();
+    let read_datapath: DatapathReader = Arc::new(move || scrape_view.counters());
+    let synced = Arc::new(tokio::sync::Notify::new());
 
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     tasks.push(spawn_server(
@@ -132,7 +147,7 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
     ));
     tasks.push(spawn_server(
         metrics_listener,
-        http::metrics_router(Arc::new(registry), collector, read_datapath),
+        http::metrics_router(Arc::new(registry), collector.clone(), read_datapath),
         "metrics",
         cancel.clone(),
     ));
@@ -195,8 +210,39 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
             crate::dataplane::sock_destroy::SockReaper::new(config.dataplane.bpffs.clone()),
         ));
     }
+    let service_health = ServiceHealthServers::new(
+        None,
+        health.clone(),
+        config.health_timeout(),
+        cancel.clone(),
+    );
     let mut reconciler = Reconciler::new(syncer, config.node_name.clone(), metrics, health.clone())
-        .with_service_cidr_flag(&config.service_cidrs);
+        .with_service_cidr_flag(&config.service_cidrs)
+        .notify_on_sync(synced.clone())
+        .with_events(event_sink(&config).await)
+        .with_nodeport_addresses(config.nodeport_addresses.clone())
+        .with_service_health(service_health)
+        .with_interface_addresses(interface_address_reader(&config)?);
+    // Map entries for /metrics, sampled off the scrape path (after syncs, and on a timer
+    // for conntrack); the maps exist from here on.
+    tasks.push(tokio::spawn(datapath::run_sampler(
+        view,
+        collector,
+        synced,
+        cancel.clone(),
+    )));
+    if config.network_policy {
+        let snapshot = policy::snapshot_path(&config.dataplane.bpffs);
+        info!(snapshot = %snapshot.display(), "network policy on");
+        reconciler = reconciler.with_policy(policy::PolicySync::new(
+            &config.node_name,
+            policy::default_sink(&config.dataplane.bpffs)?,
+            policy_metrics,
+            Some(snapshot),
+        ));
+    } else {
+        info!("network policy off: no policy is compiled or programmed");
+    }
 
     let (tx, mut rx) = mpsc::channel(EVENT_QUEUE);
     let source_task = tokio::spawn(run_source(config.source.clone(), tx, cancel.clone()));
@@ -242,6 +288,36 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
             Ok(())
         }
     }
+}
+
+/// Events through the API with the API source (its client), log lines otherwise.
+async fn event_sink(config: &DaemonConfig) -> Arc<dyn events::EventSink> {
+    let SourceConfig::Kube(kube) = &config.source else {
+        return Arc::new(events::LogEvents);
+    };
+    match source::kube_api::client(kube.kubeconfig.as_deref()).await {
+        Ok(client) => Arc::new(events::KubeEvents::new(client, &config.node_name)),
+        Err(e) => {
+            warn!(
+                error = format!("{e:#}"),
+                "no API client for Kubernetes Events; logging them"
+            );
+            Arc::new(events::LogEvents)
+        }
+    }
+}
+
+/// Reads the addresses of the `--external-interfaces` (a failure reads as none, logged).
+fn interface_address_reader(
+    config: &DaemonConfig,
+) -> Result<reconcile::InterfaceAddresses, DaemonError> {
+    let roles = crate::dataplane::interfaces::Roles::new(&[], &config.external_interfaces)?;
+    Ok(Box::new(move || {
+        crate::dataplane::interfaces::external_addresses(&roles).unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the external interfaces' addresses");
+            Vec::new()
+        })
+    }))
 }
 
 async fn run_source(

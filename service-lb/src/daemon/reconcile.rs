@@ -16,16 +16,21 @@ use std::{
 use kube::runtime::watcher;
 use tracing::{debug, error, info, warn};
 
+use super::policy::{PolicySync, PolicySyncDone};
 use super::service_cidrs::ServiceCidrs;
 use crate::{
     dataplane::{program_service_cidrs, sync::SyncReport, Cidr, MapStore, Syncer},
-    model::{ClusterState, ServiceDesired, ServiceName, Skip},
+    model::{ClusterState, HealthCheck, NodePortAddresses, ServiceDesired, ServiceName, Skip},
     source::{Rejection, SourceEvent},
     telemetry::{
         health::Health,
         metrics::{Metrics, SyncKind},
+        service_health::ServiceHealthServers,
     },
 };
+
+/// kube-proxy's `ToBeDeletedTaint`: the cluster autoscaler is about to delete the node.
+pub const TAINT_TO_BE_DELETED: &str = "ToBeDeletedByClusterAutoscaler";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -55,7 +60,25 @@ pub struct Reconciler<M: MapStore> {
     skips_seen: BTreeMap<ServiceName, Vec<Skip>>,
     /// `--service-cidrs` plus the ServiceCIDR objects (written apart from the Services).
     service_cidrs: ServiceCidrs,
+    /// Told after each sync that changed the maps (the metrics' map sampler).
+    on_sync: Option<Arc<tokio::sync::Notify>>,
+    /// Kubernetes Events (start, failed syncs).
+    events: Option<Arc<dyn super::events::EventSink>>,
+    /// NetworkPolicy (`--network-policy on`); `None` only while a policy sync runs in a
+    /// blocking task, or when enforcement is off.
+    policy: Option<PolicySync>,
+    policy_on: bool,
+    /// Health check node ports wanted, by Service (from the last desired state of each).
+    health_checks: BTreeMap<ServiceName, HealthCheck>,
+    /// Where they are served (`None`: not served, e.g. in unit tests).
+    service_health: Option<ServiceHealthServers>,
+    /// Reads the external interfaces' addresses (NodePort addresses), before each full
+    /// sync.
+    interface_addresses: Option<InterfaceAddresses>,
 }
+
+/// Reads this node's external interface addresses.
+pub type InterfaceAddresses = Box<dyn Fn() -> Vec<std::net::IpAddr> + Send>;
 
 impl<M: MapStore + Send + 'static> Reconciler<M> {
     pub fn new(
@@ -74,6 +97,13 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
             full_synced: false,
             skips_seen: BTreeMap::new(),
             service_cidrs: ServiceCidrs::new(&[]),
+            on_sync: None,
+            events: None,
+            policy: None,
+            policy_on: false,
+            health_checks: BTreeMap::new(),
+            service_health: None,
+            interface_addresses: None,
         }
     }
 
@@ -85,6 +115,54 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
         self
     }
 
+    /// Start and failed-sync events go to `sink`.
+    pub fn with_events(mut self, sink: Arc<dyn super::events::EventSink>) -> Self {
+        self.events = Some(sink);
+        self
+    }
+
+    /// `notify` is told after each sync that changed the maps.
+    pub fn notify_on_sync(mut self, notify: Arc<tokio::sync::Notify>) -> Self {
+        self.on_sync = Some(notify);
+        self
+    }
+
+    /// Enforces NetworkPolicy with `policy` (without it, Pod, Namespace and
+    /// NetworkPolicy events are ignored).
+    #[must_use]
+    pub fn with_policy(mut self, policy: PolicySync) -> Self {
+        self.policy = Some(policy);
+        self.policy_on = true;
+        self
+    }
+
+    pub fn policy(&self) -> Option<&PolicySync> {
+        self.policy.as_ref()
+    }
+
+    /// Where the external interfaces' addresses come from (read before each full sync).
+    pub fn with_interface_addresses(mut self, read: InterfaceAddresses) -> Self {
+        self.interface_addresses = Some(read);
+        self
+    }
+
+    /// `--nodeport-addresses`.
+    pub fn with_nodeport_addresses(mut self, nodeport: NodePortAddresses) -> Self {
+        self.state.set_nodeport_addresses(nodeport);
+        self
+    }
+
+    /// Serves the health check node ports of the Services that need one.
+    pub fn with_service_health(mut self, servers: ServiceHealthServers) -> Self {
+        self.service_health = Some(servers);
+        self
+    }
+
+    /// The health check node ports wanted now, by Service.
+    pub fn health_checks(&self) -> &BTreeMap<ServiceName, HealthCheck> {
+        &self.health_checks
+    }
+
     /// The first full sync has been applied.
     pub fn full_synced(&self) -> bool {
         self.full_synced
@@ -93,6 +171,10 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
     /// A sync would do something now: the first full sync once every source has listed
     /// everything, afterwards any pending change.
     pub fn wants_sync(&self) -> bool {
+        self.services_want_sync() || self.policy.as_ref().is_some_and(PolicySync::wants_sync)
+    }
+
+    fn services_want_sync(&self) -> bool {
         if self.full_synced {
             self.pending
         } else {
@@ -136,6 +218,24 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
                 self.service_cidrs.apply(*e);
                 self.write_service_cidrs();
             }
+            SourceEvent::Pod(e) => {
+                self.metrics.count_source_event("Pod");
+                if let Some(policy) = self.policy.as_mut() {
+                    policy.on_pod(*e);
+                }
+            }
+            SourceEvent::Namespace(e) => {
+                self.metrics.count_source_event("Namespace");
+                if let Some(policy) = self.policy.as_mut() {
+                    policy.on_namespace(*e);
+                }
+            }
+            SourceEvent::NetworkPolicy(e) => {
+                self.metrics.count_source_event("NetworkPolicy");
+                if let Some(policy) = self.policy.as_mut() {
+                    policy.on_policy(*e);
+                }
+            }
         }
     }
 
@@ -156,6 +256,28 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
         self.service_cidrs.programmed(&cidrs, result.is_ok());
     }
 
+    /// Recompiles and programs the policy changes (off the async threads); `None` when
+    /// policy is off or not every policy kind has listed yet.
+    pub async fn sync_policy(
+        &mut self,
+        full: bool,
+    ) -> Result<Option<PolicySyncDone>, ReconcileError> {
+        if !self.policy_on {
+            return Ok(None);
+        }
+        let Some(mut policy) = self.policy.take() else {
+            return Err(ReconcileError::SyncerLost("no policy sync".into()));
+        };
+        let joined = tokio::task::spawn_blocking(move || {
+            let done = policy.sync(full);
+            (policy, done)
+        })
+        .await;
+        let (policy, done) = joined.map_err(|e| ReconcileError::SyncerLost(e.to_string()))?;
+        self.policy = Some(policy);
+        Ok(done)
+    }
+
     fn changed(&mut self) {
         if !self.pending {
             self.pending = true;
@@ -168,7 +290,8 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
         self.metrics.count_skipped(kind_of(&r.origin), r.reason);
     }
 
-    /// kube-proxy's node eligibility: a node being deleted is not.
+    /// kube-proxy's node eligibility (`SyncNode`): a node being deleted, or tainted
+    /// `ToBeDeletedByClusterAutoscaler`, is not.
     fn watch_own_node(
         &self,
         event: &watcher::Event<std::sync::Arc<k8s_openapi::api::core::v1::Node>>,
@@ -178,7 +301,12 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
         };
         match event {
             watcher::Event::Apply(node) | watcher::Event::InitApply(node) if ours(node) => {
-                let eligible = node.metadata.deletion_timestamp.is_none();
+                let to_be_deleted = node
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.taints.as_ref())
+                    .is_some_and(|t| t.iter().any(|t| t.key == TAINT_TO_BE_DELETED));
+                let eligible = node.metadata.deletion_timestamp.is_none() && !to_be_deleted;
                 self.health.set_node_eligible(eligible);
             }
             watcher::Event::Delete(node) if ours(node) => self.health.set_node_eligible(false),
@@ -187,8 +315,12 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
     }
 
     /// Syncs if [`Self::wants_sync`]: the first time a full sync, then incremental.
+    /// A pending policy change is synced first (its own full/incremental choice).
     pub async fn sync(&mut self) -> Result<Option<SyncDone>, ReconcileError> {
-        if !self.wants_sync() {
+        if self.policy.as_ref().is_some_and(PolicySync::wants_sync) {
+            self.sync_policy(false).await?;
+        }
+        if !self.services_want_sync() {
             return Ok(None);
         }
         let kind = if self.full_synced {
@@ -202,6 +334,7 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
     /// The periodic full resync (repairs drift); a no-op before the first full sync.
     pub async fn resync(&mut self) -> Result<Option<SyncDone>, ReconcileError> {
         self.write_service_cidrs();
+        self.sync_policy(true).await?;
         if !self.full_synced {
             return Ok(None);
         }
@@ -210,6 +343,11 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
 
     async fn run(&mut self, kind: SyncKind) -> Result<SyncDone, ReconcileError> {
         let started = Instant::now();
+        if kind == SyncKind::Full {
+            if let Some(read) = &self.interface_addresses {
+                self.state.set_interface_addresses(read());
+            }
+        }
         let dirty = self.state.take_dirty();
         self.pending = false;
         let names: Vec<ServiceName> = match kind {
@@ -218,6 +356,7 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
         };
         let desired: Vec<ServiceDesired> = names.iter().map(|n| self.state.desired(n)).collect();
         self.count_new_skips(&desired, kind);
+        self.note_health_checks(&desired, kind);
 
         let Some(mut syncer) = self.syncer.take() else {
             return Err(ReconcileError::SyncerLost("no syncer".into()));
@@ -249,11 +388,37 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
         for (service, why) in &report.failed {
             error!(service = %service, error = %why, "service left at its last good state");
             self.metrics.count_sync_failure(&service.to_string());
+            if let Some(events) = &self.events {
+                events.sync_failed(service, why);
+            }
+        }
+        if !self.full_synced {
+            if let Some(events) = &self.events {
+                let programmed = desired
+                    .iter()
+                    .filter(|d| !d.frontends.is_empty())
+                    .count()
+                    .saturating_sub(report.failed.len());
+                events.started(&self.node_name, programmed);
+            }
         }
         self.full_synced = true;
         self.health.synced(now, kind == SyncKind::Full);
+        if let Some(servers) = self.service_health.as_mut() {
+            for (service, e) in servers.sync(&self.health_checks).await {
+                error!(service = %service, error = %e, "health check node port not open");
+            }
+        }
         let known = self.state.service_names().len();
         self.metrics.set_services(known);
+        if report.frontends_upserted + report.frontends_removed > 0
+            || !report.changed.is_empty()
+            || report.garbage.backends + report.garbage.revnat > 0
+        {
+            if let Some(notify) = &self.on_sync {
+                notify.notify_one();
+            }
+        }
         let log_level_info = kind == SyncKind::Full || !report.changed.is_empty();
         if log_level_info {
             info!(
@@ -282,6 +447,24 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
             services: desired.len(),
             report,
         })
+    }
+
+    fn note_health_checks(&mut self, desired: &[ServiceDesired], kind: SyncKind) {
+        if kind == SyncKind::Full {
+            let live: std::collections::BTreeSet<&ServiceName> =
+                desired.iter().map(|d| &d.name).collect();
+            self.health_checks.retain(|name, _| live.contains(name));
+        }
+        for d in desired {
+            match d.health_check {
+                Some(check) => {
+                    self.health_checks.insert(d.name.clone(), check);
+                }
+                None => {
+                    self.health_checks.remove(&d.name);
+                }
+            }
+        }
     }
 
     fn count_new_skips(&mut self, desired: &[ServiceDesired], kind: SyncKind) {
@@ -343,6 +526,9 @@ pub fn kind_of(origin: &str) -> &'static str {
         Some("EndpointSlice") => "EndpointSlice",
         Some("Node") => "Node",
         Some("ServiceCIDR") => "ServiceCIDR",
+        Some("Pod") => "Pod",
+        Some("Namespace") => "Namespace",
+        Some("NetworkPolicy") => "NetworkPolicy",
         _ => "input",
     }
 }

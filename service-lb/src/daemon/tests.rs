@@ -372,3 +372,140 @@ async fn service_cidr_objects_join_the_flag_once_listed_and_never_hold_up_servic
         "ServiceCIDR events are counted: {text}"
     );
 }
+
+/// Records what the reconciler asks the event sink for.
+#[derive(Default)]
+struct RecordingSink(std::sync::Mutex<Vec<String>>);
+
+impl super::events::EventSink for RecordingSink {
+    fn started(&self, node: &str, services: usize) {
+        self.0
+            .lock()
+            .expect("lock")
+            .push(format!("started {node} {services}"));
+    }
+    fn sync_failed(&self, service: &crate::model::ServiceName, message: &str) {
+        self.0
+            .lock()
+            .expect("lock")
+            .push(format!("failed {service}: {message}"));
+    }
+}
+
+#[tokio::test]
+async fn events_on_the_first_full_sync_and_on_failed_services() {
+    let mut h = harness();
+    let sink = Arc::new(RecordingSink::default());
+    h.reconciler =
+        std::mem::replace(&mut h.reconciler, harness().reconciler).with_events(sink.clone());
+    h.initial_lists(true);
+    h.reconciler.sync().await.expect("syncs");
+    assert_eq!(
+        *sink.0.lock().expect("lock"),
+        vec!["started n1 1".to_string()]
+    );
+
+    if let Some(syncer) = h.reconciler.syncer_mut() {
+        syncer.writer_mut().store_mut().services_max = Some(4);
+    }
+    h.send(SourceEvent::Service(Box::new(Event::Apply(service(
+        "big",
+        "198.19.0.20",
+    )))));
+    let addrs: Vec<String> = (20..30).map(|i| format!("198.18.1.{i}")).collect();
+    let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    h.send(SourceEvent::EndpointSlice(Box::new(Event::Apply(slice(
+        "big", &addrs,
+    )))));
+    h.reconciler.sync().await.expect("syncs");
+    // A periodic full resync: no second start event.
+    h.reconciler.resync().await.expect("resyncs");
+    let seen = sink.0.lock().expect("lock").clone();
+    assert_eq!(seen[0], "started n1 1");
+    assert!(seen.len() >= 2, "{seen:?}");
+    for failed in &seen[1..] {
+        assert!(
+            failed.starts_with("failed default/big: ") && failed.contains("full"),
+            "{seen:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_node_tainted_for_deletion_or_being_deleted_is_not_eligible() {
+    let mut h = harness();
+    assert!(h.health.snapshot().node_eligible);
+    let tainted: Arc<Node> = Arc::new(
+        serde_json::from_value(json!({"metadata": {"name": "n1"},
+            "spec": {"taints": [{"key": "ToBeDeletedByClusterAutoscaler", "value": "1700000000", "effect": "NoSchedule"}]}}))
+        .expect("a valid Node"),
+    );
+    h.send(SourceEvent::Node(Box::new(Event::Apply(tainted))));
+    assert!(!h.health.snapshot().node_eligible, "tainted");
+    h.send(SourceEvent::Node(Box::new(Event::Apply(node("n1")))));
+    assert!(h.health.snapshot().node_eligible, "taint removed");
+    // Another node's taint is not ours.
+    let other: Arc<Node> = Arc::new(
+        serde_json::from_value(json!({"metadata": {"name": "n2"},
+            "spec": {"taints": [{"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}]}}))
+        .expect("a valid Node"),
+    );
+    h.send(SourceEvent::Node(Box::new(Event::Apply(other))));
+    assert!(h.health.snapshot().node_eligible);
+    let deleting: Arc<Node> = Arc::new(
+        serde_json::from_value(
+            json!({"metadata": {"name": "n1", "deletionTimestamp": "2026-01-01T00:00:00Z"}}),
+        )
+        .expect("a valid Node"),
+    );
+    h.send(SourceEvent::Node(Box::new(Event::Apply(deleting))));
+    assert!(!h.health.snapshot().node_eligible, "being deleted");
+}
+
+#[tokio::test]
+async fn health_checks_follow_the_services() {
+    let mut h = harness();
+    h.initial_lists(true);
+    h.reconciler.sync().await.expect("syncs");
+    assert!(
+        h.reconciler.health_checks().is_empty(),
+        "a ClusterIP Service has none"
+    );
+    let lb: Arc<Service> = Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                     "healthCheckNodePort": 32000, "clusterIP": "198.19.0.10",
+                     "ports": [{"name": "http", "port": 80, "nodePort": 31000, "protocol": "TCP"}]}
+        }))
+        .expect("a valid Service"),
+    );
+    h.send(SourceEvent::Service(Box::new(Event::Apply(lb.clone()))));
+    h.reconciler.sync().await.expect("syncs");
+    let checks: Vec<(String, u16, usize)> = h
+        .reconciler
+        .health_checks()
+        .iter()
+        .map(|(n, c)| (n.to_string(), c.port, c.local_endpoints))
+        .collect();
+    assert_eq!(checks, [("default/web".to_owned(), 32000, 2)]);
+    h.send(SourceEvent::EndpointSlice(Box::new(Event::Apply(slice(
+        "web",
+        &["198.18.1.12"],
+    )))));
+    h.reconciler.sync().await.expect("syncs");
+    assert_eq!(
+        h.reconciler
+            .health_checks()
+            .values()
+            .next()
+            .map(|c| c.local_endpoints),
+        Some(1)
+    );
+    h.send(SourceEvent::Service(Box::new(Event::Delete(lb))));
+    h.reconciler.sync().await.expect("syncs");
+    assert!(
+        h.reconciler.health_checks().is_empty(),
+        "gone with the Service"
+    );
+}

@@ -14,7 +14,7 @@ use service_lb_common::{
     maps,
     vip::SERVICE_CIDR_ALLOCATED,
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Hook, Meta, Reason, RevNat4, RevNat6,
-    Svc4Key, Svc6Key, SvcValue, VipValue,
+    Svc4Key, Svc6Key, SvcName, SvcValue, VipValue,
 };
 
 use super::{
@@ -52,6 +52,8 @@ pub struct BpfMaps {
     aff4: Hash<Affinity4Key, AffinityValue>,
     aff6: Hash<Affinity6Key, AffinityValue>,
     members: Hash<MemberKey, MemberValue>,
+    /// `None` when the pins predate the names map (read as "no names").
+    names: Option<Hash<u32, SvcName>>,
 }
 
 /// One sessionAffinity entry (`inspect affinity`).
@@ -103,6 +105,21 @@ impl BpfMaps {
             aff4: open_hash(bpffs, maps::AFFINITY4)?,
             aff6: open_hash(bpffs, maps::AFFINITY6)?,
             members: open_hash(bpffs, maps::MEMBERS)?,
+            names: if pin::map_pin_path(bpffs, maps::SERVICE_NAMES).exists() {
+                Some(open_hash(bpffs, maps::SERVICE_NAMES)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn names_mut(&mut self) -> Result<&mut Hash<u32, SvcName>, StoreError> {
+        self.names.as_mut().ok_or_else(|| StoreError::Failed {
+            map: maps::SERVICE_NAMES,
+            op: StoreOp::Put,
+            source: "the map is not pinned (a data plane older than the names map: restart \
+                     the daemon of this version to create it)"
+                .into(),
         })
     }
 
@@ -157,6 +174,32 @@ impl BpfMaps {
             }
         }
         Ok(out)
+    }
+
+    /// Entries of the four conntrack maps (TCP v4, other v4, TCP v6, other v6), counted by
+    /// walking their keys only (no value is read): the metrics sampler's timer, never a
+    /// scrape.
+    pub fn conntrack_lens(&self) -> Result<[usize; 4], DataplaneError> {
+        fn keys<K: aya::Pod>(
+            map: &Hash<K, CtEntry>,
+            name: &'static str,
+        ) -> Result<usize, DataplaneError> {
+            let mut n = 0;
+            for key in map.keys() {
+                match key {
+                    Ok(_) => n += 1,
+                    Err(e) if is_missing(&e) => {}
+                    Err(e) => return Err(DataplaneError::map(name, e)),
+                }
+            }
+            Ok(n)
+        }
+        Ok([
+            keys(&self.ct4_tcp, maps::CT4_TCP)?,
+            keys(&self.ct4_any, maps::CT4_ANY)?,
+            keys(&self.ct6_tcp, maps::CT6_TCP)?,
+            keys(&self.ct6_any, maps::CT6_ANY)?,
+        ])
     }
 
     /// Every entry of both affinity maps.
@@ -235,7 +278,7 @@ pub struct CounterTotal {
     pub bytes: u64,
 }
 
-fn failed(map: &'static str, op: StoreOp, e: MapError) -> StoreError {
+pub(super) fn failed(map: &'static str, op: StoreOp, e: MapError) -> StoreError {
     StoreError::Failed {
         map,
         op,
@@ -243,7 +286,7 @@ fn failed(map: &'static str, op: StoreOp, e: MapError) -> StoreError {
     }
 }
 
-fn is_full(e: &MapError) -> bool {
+pub(super) fn is_full(e: &MapError) -> bool {
     match e {
         MapError::SyscallError(s) => {
             matches!(
@@ -255,7 +298,7 @@ fn is_full(e: &MapError) -> bool {
     }
 }
 
-fn is_missing(e: &MapError) -> bool {
+pub(super) fn is_missing(e: &MapError) -> bool {
     match e {
         MapError::KeyNotFound | MapError::ElementNotFound => true,
         MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
@@ -625,5 +668,30 @@ impl MapStore for BpfMaps {
 
     fn list_members(&self) -> Result<Vec<(MemberKey, MemberValue)>, StoreError> {
         list(&self.members, maps::MEMBERS)
+    }
+
+    fn put_name(&mut self, service_id: u32, value: &SvcName) -> Result<(), StoreError> {
+        put(self.names_mut()?, maps::SERVICE_NAMES, &service_id, value)
+    }
+
+    fn delete_name(&mut self, service_id: u32) -> Result<(), StoreError> {
+        match &mut self.names {
+            Some(names) => delete(names, maps::SERVICE_NAMES, &service_id),
+            None => Ok(()),
+        }
+    }
+
+    fn get_name(&self, service_id: u32) -> Result<Option<SvcName>, StoreError> {
+        match &self.names {
+            Some(names) => get(names, maps::SERVICE_NAMES, &service_id),
+            None => Ok(None),
+        }
+    }
+
+    fn list_names(&self) -> Result<Vec<(u32, SvcName)>, StoreError> {
+        match &self.names {
+            Some(names) => list(names, maps::SERVICE_NAMES),
+            None => Ok(Vec::new()),
+        }
     }
 }

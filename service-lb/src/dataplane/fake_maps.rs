@@ -10,7 +10,7 @@ use std::{
 use service_lb_common::{
     affinity::{MemberKey, MemberValue},
     proto::IPPROTO_TCP,
-    CtEntry, SvcValue, VipValue,
+    CtEntry, SvcName, SvcValue, VipValue,
 };
 
 use super::maps::{BackendValue, CtReferences, Family, MapStore, RevNatValue, StoreError, SvcKey};
@@ -77,6 +77,8 @@ pub struct FakeMaps {
     pub service_cidrs: BTreeSet<Cidr>,
     /// The membership map (writes are not in `ops`).
     pub members: BTreeMap<MemberKey, MemberValue>,
+    /// The names map (writes are not in `ops`).
+    pub names: BTreeMap<u32, SvcName>,
 }
 
 impl FakeMaps {
@@ -340,5 +342,24 @@ impl MapStore for FakeMaps {
     fn list_members(&self) -> Result<Vec<(MemberKey, MemberValue)>, StoreError> {
         self.list_calls.set(self.list_calls.get() + 1);
         Ok(self.members.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn put_name(&mut self, service_id: u32, value: &SvcName) -> Result<(), StoreError> {
+        self.names.insert(service_id, *value);
+        Ok(())
+    }
+
+    fn delete_name(&mut self, service_id: u32) -> Result<(), StoreError> {
+        self.names.remove(&service_id);
+        Ok(())
+    }
+
+    fn get_name(&self, service_id: u32) -> Result<Option<SvcName>, StoreError> {
+        Ok(self.names.get(&service_id).copied())
+    }
+
+    fn list_names(&self) -> Result<Vec<(u32, SvcName)>, StoreError> {
+        self.list_calls.set(self.list_calls.get() + 1);
+        Ok(self.names.iter().map(|(k, v)| (*k, *v)).collect())
     }
 }

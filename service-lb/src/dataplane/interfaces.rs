@@ -1,6 +1,8 @@
 //! Interface discovery in the CURRENT network namespace (netlink via `if_nameindex`, not
 //! /sys/class/net, which shows the network namespace of the sysfs mount).
 
+use std::net::IpAddr;
+
 use glob::Pattern;
 use service_lb_common::Hook;
 
@@ -52,6 +54,11 @@ impl Roles {
         })
     }
 
+    /// `ifname` matches an external interface glob.
+    pub fn is_external(&self, ifname: &str) -> bool {
+        self.external.iter().any(|p| p.matches(ifname))
+    }
+
     /// The hooks to attach to `ifname`: from_pod + to_pod for a pod interface, from_net +
     /// to_net for an external one, none otherwise. An interface in both roles is an error.
     pub fn hooks_for(&self, ifname: &str) -> Result<&'static [Hook], DataplaneError> {
@@ -66,9 +73,44 @@ impl Roles {
     }
 }
 
+/// The addresses of the external interfaces (NodePort addresses besides the Node
+/// object's), in the calling thread's network namespace, sorted, once each. IPv6
+/// link-local addresses are left out (they need a zone to be reached).
+pub fn external_addresses(roles: &Roles) -> Result<Vec<IpAddr>, DataplaneError> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(DataplaneError::ListInterfaces)?;
+    let mut out: Vec<IpAddr> = addrs
+        .filter(|a| roles.is_external(&a.interface_name))
+        .filter_map(|a| {
+            let addr = a.address?;
+            if let Some(v4) = addr.as_sockaddr_in() {
+                return Some(IpAddr::V4(v4.ip()));
+            }
+            let v6 = addr.as_sockaddr_in6()?.ip();
+            let link_local = v6.segments()[0] & 0xffc0 == 0xfe80;
+            (!link_local).then_some(IpAddr::V6(v6))
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn external_addresses_come_from_the_matching_interfaces() {
+        // Unprivileged: the loopback of whatever namespace runs the test.
+        let lo = Roles::new(&[], &["lo".into()]).unwrap();
+        let addrs = external_addresses(&lo).unwrap();
+        assert!(
+            addrs.contains(&IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            "{addrs:?}"
+        );
+        let none = Roles::new(&[], &["no-such-interface*".into()]).unwrap();
+        assert_eq!(external_addresses(&none).unwrap(), Vec::<IpAddr>::new());
+    }
 
     #[test]
     fn roles_pick_hooks_by_glob() {

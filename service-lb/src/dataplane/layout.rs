@@ -12,6 +12,8 @@ use service_lb_common::{
     counters::COUNTERS_LEN,
     frag::{FragKey4, FragKey6, FragNat4, FragNat6, FragPending, FRAG_MAX},
     maps,
+    names::SvcName,
+    policy::{PolFlow, PolPeer4, PolPeer6, PolPod, PolPort},
     sock::{SockRev4Key, SockRev4Value, SockRev6Key, SockRev6Value, SOCK_REV_MAX},
     vip::{Scratch, SERVICE_CIDRS_MAX},
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Meta, RevNat4, RevNat6, Svc4Key, Svc6Key,
@@ -107,6 +109,14 @@ struct LpmKey6 {
     _addr: [u8; 16],
 }
 
+/// Key of an LPM trie with `data` after the prefix length (no padding: every data type
+/// here is 4-byte aligned).
+#[repr(C, packed)]
+struct LpmKey<T> {
+    _prefix_len: u32,
+    _data: T,
+}
+
 /// The layout the map called `name` must have, or `None` for a name that is not ours.
 pub fn wanted(name: &str, sizes: &MapSizes) -> Option<MapLayout> {
     use MapKind::*;
@@ -138,6 +148,16 @@ pub fn wanted(name: &str, sizes: &MapSizes) -> Option<MapLayout> {
         maps::FRAG_PENDING => layout::<u32, FragPending>(PerCpuArray, 1),
         maps::SOCK_REV4 => layout::<SockRev4Key, SockRev4Value>(LruHash, SOCK_REV_MAX),
         maps::SOCK_REV6 => layout::<SockRev6Key, SockRev6Value>(LruHash, SOCK_REV_MAX),
+        maps::POL_PODS4 => layout::<[u8; 4], PolPod>(Hash, sizes.policy_pods),
+        maps::POL_PODS6 => layout::<[u8; 16], PolPod>(Hash, sizes.policy_pods),
+        maps::POL_PEERS4 => layout::<LpmKey<PolPeer4>, u32>(LpmTrie, sizes.policy_peers),
+        maps::POL_PEERS6 => layout::<LpmKey<PolPeer6>, u32>(LpmTrie, sizes.policy_peers),
+        maps::POL_PORTS => layout::<LpmKey<PolPort>, u32>(LpmTrie, sizes.policy_ports),
+        maps::POL_FLOWS4 => layout::<CtKey4, PolFlow>(LruHash, sizes.policy_flows),
+        maps::POL_FLOWS6 => layout::<CtKey6, PolFlow>(LruHash, sizes.policy_flows),
+        maps::POL_CONFIG => layout::<u32, u32>(Array, 1),
+        // One entry per frontend of either family.
+        maps::SERVICE_NAMES => layout::<u32, SvcName>(Hash, sizes.revnat.saturating_mul(2)),
         _ => return None,
     };
     Some(l)
@@ -157,7 +177,8 @@ pub fn sized_by_options(name: &str, sizes: &MapSizes) -> Option<u32> {
         | maps::FRAG6
         | maps::FRAG_PENDING
         | maps::SOCK_REV4
-        | maps::SOCK_REV6 => None,
+        | maps::SOCK_REV6
+        | maps::POL_CONFIG => None,
         _ => wanted(name, sizes).map(|l| l.max_entries),
     }
 }
@@ -174,6 +195,7 @@ mod tests {
             revnat: 9,
             ct_tcp: 10,
             ct_any: 11,
+            ..MapSizes::default()
         };
         for name in maps::ALL {
             assert!(wanted(name, &sizes).is_some(), "{name} has no layout");

@@ -14,6 +14,7 @@ use service_lb_common::{
     frag::{FragKey4, FragKey6, FragNat4, FragNat6, FragPending},
     hairpin::HAIRPIN_GLOBAL,
     maps,
+    policy::{PolFlow, PolPeer4, PolPeer6, PolPod, PolPort},
     sock::{SockRev4Key, SockRev4Value, SockRev6Key, SockRev6Value, SOCK_GLOBAL},
     vip::Scratch,
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Hook, Meta, RevNat4, RevNat6, Svc4Key,
@@ -212,6 +213,15 @@ fn typed_check(name: &'static str, map: &Map) -> Result<(), MapError> {
         maps::FRAG_PENDING => PerCpuArray::<&MapData, FragPending>::try_from(map).map(drop),
         maps::SOCK_REV4 => hash::<SockRev4Key, SockRev4Value>(map),
         maps::SOCK_REV6 => hash::<SockRev6Key, SockRev6Value>(map),
+        maps::POL_PODS4 => hash::<[u8; 4], PolPod>(map),
+        maps::POL_PODS6 => hash::<[u8; 16], PolPod>(map),
+        maps::POL_PEERS4 => LpmTrie::<&MapData, PolPeer4, u32>::try_from(map).map(drop),
+        maps::POL_PEERS6 => LpmTrie::<&MapData, PolPeer6, u32>::try_from(map).map(drop),
+        maps::POL_PORTS => LpmTrie::<&MapData, PolPort, u32>::try_from(map).map(drop),
+        maps::POL_FLOWS4 => hash::<CtKey4, PolFlow>(map),
+        maps::POL_FLOWS6 => hash::<CtKey6, PolFlow>(map),
+        maps::POL_CONFIG => Array::<&MapData, u32>::try_from(map).map(drop),
+        maps::SERVICE_NAMES => hash::<u32, service_lb_common::SvcName>(map),
         _ => Ok(()),
     }
 }

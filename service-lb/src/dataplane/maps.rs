@@ -9,7 +9,7 @@ use std::{
 
 use service_lb_common::{
     affinity::{MemberKey, MemberValue},
-    maps, Backend4, Backend6, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcValue, VipValue,
+    maps, Backend4, Backend6, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcName, SvcValue, VipValue,
 };
 
 use super::vips::Cidr;
@@ -300,6 +300,12 @@ pub trait MapStore {
     fn put_member(&mut self, key: &MemberKey, value: &MemberValue) -> Result<(), StoreError>;
     fn delete_member(&mut self, key: &MemberKey) -> Result<(), StoreError>;
     fn list_members(&self) -> Result<Vec<(MemberKey, MemberValue)>, StoreError>;
+
+    /// Names map (`SLB_SVCNAME_V1`): which Service each service id was programmed for.
+    fn put_name(&mut self, service_id: u32, value: &SvcName) -> Result<(), StoreError>;
+    fn delete_name(&mut self, service_id: u32) -> Result<(), StoreError>;
+    fn get_name(&self, service_id: u32) -> Result<Option<SvcName>, StoreError>;
+    fn list_names(&self) -> Result<Vec<(u32, SvcName)>, StoreError>;
 }
 
 /// What live conntrack entries name (see `MapStore::conntrack_references`).

@@ -22,12 +22,16 @@ pub mod maps;
 pub mod object;
 pub mod options;
 pub mod pin;
+pub mod policy_maps;
+pub mod policy_writer;
 pub mod sock;
 pub mod sock_destroy;
 pub mod sync;
 pub mod vips;
 pub mod writer;
 
+#[cfg(test)]
+mod policy_writer_tests;
 #[cfg(test)]
 mod writer_tests;
 

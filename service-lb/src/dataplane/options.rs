@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use service_lb_common::{hairpin::HairpinConfig, maps, sock::SockConfig, DataplaneConfig};
+use service_lb_common::{hairpin::HairpinConfig, maps, policy, sock::SockConfig, DataplaneConfig};
 
 /// Default bpffs folder that holds every pin of the data plane.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/service-lb";
@@ -19,6 +19,14 @@ pub struct MapSizes {
     pub ct_tcp: u32,
     /// Non-TCP conntrack (two entries per flow).
     pub ct_any: u32,
+    /// NetworkPolicy pod hash (addresses of local isolated pods), per family.
+    pub policy_pods: u32,
+    /// NetworkPolicy peer tries (peer prefixes of all local isolated pods), per family.
+    pub policy_peers: u32,
+    /// NetworkPolicy port trie (port blocks of all interned port sets).
+    pub policy_ports: u32,
+    /// NetworkPolicy allowed-flow LRU, per family.
+    pub policy_flows: u32,
 }
 
 impl Default for MapSizes {
@@ -29,6 +37,10 @@ impl Default for MapSizes {
             revnat: maps::DEFAULT_REVNAT_MAX,
             ct_tcp: maps::DEFAULT_CT_TCP_MAX,
             ct_any: maps::DEFAULT_CT_ANY_MAX,
+            policy_pods: policy::DEFAULT_POL_PODS_MAX,
+            policy_peers: policy::DEFAULT_POL_PEERS_MAX,
+            policy_ports: policy::DEFAULT_POL_PORTS_MAX,
+            policy_flows: policy::DEFAULT_POL_FLOWS_MAX,
         }
     }
 }

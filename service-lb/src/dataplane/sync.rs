@@ -24,9 +24,12 @@ use std::{
     net::SocketAddr,
 };
 
-use service_lb_common::service::{
-    BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-    SVC_FLAG_CLUSTER_IP,
+use service_lb_common::{
+    names::{SvcName, KIND_CLUSTER_IP},
+    service::{
+        BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+        SVC_FLAG_CLUSTER_IP,
+    },
 };
 use tracing::{debug, error, warn};
 
@@ -128,6 +131,8 @@ pub struct Syncer<M: MapStore> {
     udp_serving: HashMap<FrontendKey, BTreeSet<SocketAddr>>,
     /// Destroys connected UDP sockets whose backend stopped serving (socket LB on).
     sock_reaper: Option<Box<dyn UdpSocketReaper>>,
+    /// The names map entries written for each Service's frontends, by service id.
+    named: BTreeMap<ServiceName, BTreeMap<u32, SvcName>>,
 }
 
 impl<M: MapStore> Syncer<M> {
@@ -138,6 +143,7 @@ impl<M: MapStore> Syncer<M> {
             owners: HashMap::new(),
             udp_serving: HashMap::new(),
             sock_reaper: None,
+            named: BTreeMap::new(),
         }
     }
 
@@ -159,6 +165,7 @@ impl<M: MapStore> Syncer<M> {
             .map(|d| (d.name.clone(), specs_of(d)))
             .collect();
         self.apply_batch(batch, Mode::Incremental, &mut report);
+        self.write_names(desired, Mode::Incremental, &mut report);
         self.flush_udp(desired, Mode::Incremental, &mut report);
         self.persist_ids(&mut report);
         report
@@ -206,6 +213,7 @@ impl<M: MapStore> Syncer<M> {
                 .errors
                 .push(format!("draining unreferenced backends: {e}"));
         }
+        self.write_names(desired, Mode::Full, &mut report);
         self.flush_udp(desired, Mode::Full, &mut report);
         self.collect_garbage(&mut report);
         self.persist_ids(&mut report);
@@ -403,6 +411,77 @@ impl<M: MapStore> Syncer<M> {
             };
             if let Err(e) = result {
                 error!(service = %name, frontend = %step.key, error = %e, "restoring a frontend failed");
+            }
+        }
+    }
+
+    /// The names map (`SLB_SVCNAME_V1`): for each Service of `desired` that was applied,
+    /// the namespace/name, port name and kind of each frontend it owns, by service id;
+    /// names of frontends it no longer owns go. Only entries that differ are written
+    /// (incremental: from what this Syncer wrote; full: from what the map holds, which
+    /// repairs drift, and names of service ids no frontend has any more are deleted).
+    /// A failure here is reported but fails no Service: names only describe the maps.
+    fn write_names(&mut self, desired: &[ServiceDesired], mode: Mode, report: &mut SyncReport) {
+        let failed: BTreeSet<&ServiceName> = report.failed.iter().map(|(n, _)| n).collect();
+        for d in desired.iter().filter(|d| !failed.contains(&d.name)) {
+            let mut now = BTreeMap::new();
+            for frontend in &d.frontends {
+                let key = frontend_spec(frontend).key;
+                if self.owners.get(&key) != Some(&d.name) {
+                    continue;
+                }
+                if let Some(id) = self.writer.service_id(&key) {
+                    let record = SvcName::new(
+                        &d.name.namespace,
+                        &d.name.name,
+                        &frontend.port_name,
+                        KIND_CLUSTER_IP,
+                    );
+                    now.insert(id, record);
+                }
+            }
+            let before = self.named.remove(&d.name).unwrap_or_default();
+            let store = self.writer.store_mut();
+            for (id, record) in &now {
+                let same = match mode {
+                    Mode::Incremental => before.get(id) == Some(record),
+                    Mode::Full => matches!(store.get_name(*id), Ok(Some(r)) if r == *record),
+                };
+                if !same {
+                    if let Err(e) = store.put_name(*id, record) {
+                        report
+                            .errors
+                            .push(format!("naming service id {id} ({}): {e}", d.name));
+                    }
+                }
+            }
+            for id in before.keys().filter(|id| !now.contains_key(id)) {
+                if let Err(e) = store.delete_name(*id) {
+                    report.errors.push(format!("deleting name {id}: {e}"));
+                }
+            }
+            if !now.is_empty() {
+                self.named.insert(d.name.clone(), now);
+            }
+        }
+        if mode == Mode::Full {
+            let live: BTreeSet<u32> = self
+                .writer
+                .frontends()
+                .filter_map(|k| self.writer.service_id(k))
+                .collect();
+            let wanted: BTreeSet<&ServiceName> = desired.iter().map(|d| &d.name).collect();
+            self.named.retain(|name, _| wanted.contains(name));
+            let store = self.writer.store_mut();
+            match store.list_names() {
+                Ok(names) => {
+                    for (id, _) in names.into_iter().filter(|(id, _)| !live.contains(id)) {
+                        if let Err(e) = store.delete_name(id) {
+                            report.errors.push(format!("deleting name {id}: {e}"));
+                        }
+                    }
+                }
+                Err(e) => report.errors.push(format!("listing names: {e}")),
             }
         }
     }

@@ -47,6 +47,7 @@ fn frontend(addr: &str, port: u16, backends: &[&str]) -> DesiredFrontend {
             .map(|b| b.parse().expect("test backend"))
             .collect(),
         affinity_timeout_s: 0,
+        no_endpoints: Default::default(),
     }
 }
 
@@ -66,6 +67,8 @@ fn desired(n: &str, frontends: Vec<DesiredFrontend>) -> ServiceDesired {
     ServiceDesired {
         name: name(n),
         frontends,
+        external: vec![],
+        health_check: None,
         skipped: vec![],
         last_change_trigger_time: None,
     }
@@ -762,4 +765,124 @@ fn connected_udp_sockets_are_reaped_for_frontends_that_lost_a_serving_endpoint()
         .into_iter()
         .collect::<super::ServingBackends>()]
     );
+}
+/// The names map: what `inspect` and `diff` read without the daemon.
+mod names {
+    use service_lb_common::names::KIND_CLUSTER_IP;
+
+    use super::*;
+    use crate::dataplane::MapStore;
+
+    fn names_of(s: &Syncer<FakeMaps>) -> Vec<(String, String, String, u8)> {
+        s.writer()
+            .store()
+            .names
+            .values()
+            .map(|n| {
+                (
+                    n.namespace().to_owned(),
+                    n.name().to_owned(),
+                    n.port_name().to_owned(),
+                    n.kind,
+                )
+            })
+            .collect()
+    }
+
+    fn named(port_name: &str, f: DesiredFrontend) -> DesiredFrontend {
+        DesiredFrontend {
+            port_name: port_name.into(),
+            ..f
+        }
+    }
+
+    #[test]
+    fn each_frontend_is_named_by_service_id_and_unnamed_when_it_goes() {
+        let mut s = Syncer::new(ServiceWriter::open(FakeMaps::new()).expect("opens"));
+        let web = desired(
+            "web",
+            vec![
+                named("http", frontend("198.19.0.10", 80, &["198.18.1.2:8080"])),
+                named("https", frontend("198.19.0.10", 443, &["198.18.1.2:8443"])),
+            ],
+        );
+        let report = s.full_sync(std::slice::from_ref(&web));
+        assert!(report.errors.is_empty(), "{report:?}");
+        let id80 = s.writer().service_id(&key("198.19.0.10", 80)).expect("id");
+        let id443 = s.writer().service_id(&key("198.19.0.10", 443)).expect("id");
+        let store = s.writer().store();
+        assert_eq!(store.names.len(), 2);
+        let n80 = store.get_name(id80).expect("reads").expect("named");
+        assert_eq!(
+            (n80.namespace(), n80.name(), n80.port_name(), n80.kind),
+            ("default", "web", "http", KIND_CLUSTER_IP)
+        );
+        let n443 = store.get_name(id443).expect("reads").expect("named");
+        assert_eq!(n443.port_name(), "https");
+
+        // The https port goes: its name goes with it.
+        let web = desired(
+            "web",
+            vec![named(
+                "http",
+                frontend("198.19.0.10", 80, &["198.18.1.2:8080"]),
+            )],
+        );
+        s.apply(&[web]);
+        assert_eq!(
+            names_of(&s),
+            vec![(
+                "default".into(),
+                "web".into(),
+                "http".into(),
+                KIND_CLUSTER_IP
+            )]
+        );
+        // The Service goes.
+        s.apply(&[desired("web", vec![])]);
+        assert!(names_of(&s).is_empty());
+    }
+
+    #[test]
+    fn a_full_sync_repairs_names_and_drops_strays() {
+        let mut s = Syncer::new(ServiceWriter::open(FakeMaps::new()).expect("opens"));
+        let web = desired(
+            "web",
+            vec![named(
+                "http",
+                frontend("198.19.0.10", 80, &["198.18.1.2:8080"]),
+            )],
+        );
+        s.full_sync(std::slice::from_ref(&web));
+        let id = s.writer().service_id(&key("198.19.0.10", 80)).expect("id");
+        // Drift: the name changed under us, and a stray entry for an id nobody has.
+        let store = s.writer_mut().store_mut();
+        store
+            .put_name(
+                id,
+                &service_lb_common::SvcName::new("x", "y", "z", KIND_CLUSTER_IP),
+            )
+            .expect("puts");
+        store
+            .put_name(
+                id + 100,
+                &service_lb_common::SvcName::new("old", "gone", "", KIND_CLUSTER_IP),
+            )
+            .expect("puts");
+        // An incremental apply of an unchanged Service trusts what it wrote ...
+        s.apply(std::slice::from_ref(&web));
+        assert_eq!(names_of(&s).len(), 2);
+        // ... the full sync compares with the map.
+        let report = s.full_sync(std::slice::from_ref(&web));
+        assert!(report.errors.is_empty(), "{report:?}");
+        assert_eq!(
+            names_of(&s),
+            vec![(
+                "default".into(),
+                "web".into(),
+                "http".into(),
+                KIND_CLUSTER_IP
+            )]
+        );
+    }
 }

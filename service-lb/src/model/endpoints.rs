@@ -5,8 +5,9 @@
 //!   protocol matches gives the backend port (so `port` and `targetPort` may differ);
 //! - the first address of each endpoint; one address:port listed several times counts once
 //!   (first slice by name wins, unless a later one is on this node, like kube-proxy);
-//! - the ready endpoints (nil ready = ready); when none is ready, those serving AND
-//!   terminating (KEP-1669), marked terminating; never the others;
+//! - categorized into the cluster and local sets by kube-proxy's rules (`topology`):
+//!   ready endpoints, the serving-and-terminating fallback (KEP-1669, marked
+//!   terminating), traffic policies and topology hints;
 //! - sorted by address for a deterministic slot order;
 //! - besides, every *serving* endpoint (serving condition, nil = true): kube-proxy's UDP
 //!   conntrack clean-up keeps flows to those and flushes flows to any other.
@@ -20,6 +21,7 @@ use std::{
 use super::{
     reason,
     service::{parse_protocol, valid_port},
+    topology::{categorize, NodeTopology, PortPolicy, TopologyEndpoint},
     view::{AddressType, EndpointAddress, EndpointView, SliceView},
     DesiredBackend, Protocol, Skip,
 };
@@ -40,6 +42,8 @@ struct Candidate {
     serving: bool,
     terminating: bool,
     node_name: Option<Arc<str>>,
+    zone_hints: Vec<Arc<str>>,
+    node_hints: Vec<Arc<str>>,
     /// `EndpointSlice ns/name endpoint i`, for a duplicate's Skip.
     origin: String,
 }
@@ -56,13 +60,15 @@ impl Candidate {
     }
 }
 
-/// The backends of a frontend; `slices` sorted by name.
+/// The endpoints of a Service port, categorized as kube-proxy does; `slices` sorted by name.
 pub(super) fn select(
     wanted: Wanted<'_>,
     slices: &[&SliceView],
-    node_name: Option<&str>,
+    node: NodeTopology<'_>,
+    policy: PortPolicy,
     skipped: &mut Vec<Skip>,
 ) -> Selected {
+    let node_name = node.node_name;
     let is_local = |c: &Candidate| node_name.is_some() && c.node_name.as_deref() == node_name;
     let mut candidates: BTreeMap<SocketAddr, Candidate> = BTreeMap::new();
     for slice in slices {
@@ -106,37 +112,67 @@ pub(super) fn select(
         }
     }
 
-    let any_ready = candidates.values().any(|c| c.ready);
-    let backends = candidates
+    let listed: Vec<(&SocketAddr, &Candidate)> = candidates.iter().collect();
+    let topology: Vec<TopologyEndpoint<'_>> = listed
         .iter()
-        .filter(|(_, c)| {
-            if any_ready {
-                c.ready
-            } else {
-                c.serving && c.terminating
-            }
-        })
-        .map(|(addr, c)| DesiredBackend {
-            addr: *addr,
-            terminating: !any_ready,
+        .map(|(_, c)| TopologyEndpoint {
+            ready: c.ready,
+            serving: c.serving,
+            terminating: c.terminating,
             local: is_local(c),
+            zone_hints: &c.zone_hints,
+            node_hints: &c.node_hints,
         })
         .collect();
+    let categorized = categorize(&topology, policy, node);
+    let backends = |set: &Option<Vec<usize>>| -> Option<Vec<DesiredBackend>> {
+        set.as_ref().map(|indices| {
+            indices
+                .iter()
+                .map(|&i| {
+                    let (addr, c) = listed[i];
+                    DesiredBackend {
+                        addr: *addr,
+                        // In a set although not ready: the serving-terminating fallback.
+                        terminating: !c.ready,
+                        local: is_local(c),
+                    }
+                })
+                .collect()
+        })
+    };
     let serving = candidates
         .iter()
         .filter(|(_, c)| c.serving)
         .map(|(addr, _)| *addr)
         .collect();
-    Selected { backends, serving }
+    let local_ready = candidates
+        .values()
+        .filter(|c| c.ready && is_local(c))
+        .count();
+    Selected {
+        cluster: backends(&categorized.cluster),
+        local: backends(&categorized.local),
+        has_any: categorized.has_any,
+        serving,
+        local_ready,
+    }
 }
 
-/// The endpoints of one frontend, as the data plane uses them.
+/// The endpoints of one Service port, as the data plane uses them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Selected {
-    /// Eligible for new connections, in slot order.
-    pub backends: Vec<DesiredBackend>,
+    /// The cluster-wide set (`None`: the port never uses it), in slot order.
+    pub cluster: Option<Vec<DesiredBackend>>,
+    /// The set on this node (`None`: the port never uses it), in slot order.
+    pub local: Option<Vec<DesiredBackend>>,
+    /// Some endpoint anywhere is usable: an empty set then drops instead of rejecting.
+    pub has_any: bool,
     /// Every serving endpoint (ready or not, terminating or not), sorted: kube-proxy keeps
     /// the UDP flows of these and flushes the others.
     pub serving: Vec<SocketAddr>,
+    /// Ready endpoints on this node (the health check node port's `localEndpoints`).
+    pub local_ready: usize,
 }
 
 /// The slice's port for `wanted`, if the slice is of the wanted family and has one.
@@ -195,6 +231,8 @@ fn candidate(endpoint: &EndpointView, origin: String) -> Candidate {
         serving: endpoint.serving.unwrap_or(true),
         terminating: endpoint.terminating.unwrap_or(false),
         node_name: endpoint.node_name.clone(),
+        zone_hints: endpoint.zone_hints.clone(),
+        node_hints: endpoint.node_hints.clone(),
         origin,
     }
 }

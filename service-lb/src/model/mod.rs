@@ -6,20 +6,34 @@
 //!
 //! - `state`: the stores, the watch contract (labels, service-name join), init/relist
 //!   handling and the dirty set;
-//! - `service`: a Service's ClusterIP frontends (IPs, ports, protocols, affinity);
-//! - `endpoints`: the backends of one frontend from the Service's EndpointSlices;
+//! - `service`: a Service's frontends (IPs, ports, protocols, affinity);
+//! - `endpoints`: the endpoints of one Service port from the Service's EndpointSlices;
+//! - `topology`: kube-proxy's `CategorizeEndpoints` (cluster/local sets, terminating
+//!   fallback, topology hints);
+//! - `north_south`: NodePort, externalIP and LoadBalancer frontends, source ranges,
+//!   `--nodeport-addresses`, the health check node port;
 //! - `view`: the compact part of each object the model keeps.
 
 mod endpoints;
+mod north_south;
 mod service;
 mod state;
+mod topology;
 mod view;
 
 pub mod policy;
 
 #[cfg(test)]
+mod north_south_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod topology_tests;
 
+pub use north_south::{
+    ExternalFrontend, FrontendKind, HealthCheck, NodePortAddresses, NodePortAddressesError, Snat,
+    SourceRange, TrafficPolicy,
+};
 pub use state::{ClusterState, NodeInfo};
 
 use std::{
@@ -82,6 +96,18 @@ pub struct DesiredFrontend {
     pub serving: Vec<SocketAddr>,
     /// sessionAffinity ClientIP timeout in seconds, 0 = none.
     pub affinity_timeout_s: u32,
+    /// What new flows get while `backends` is empty.
+    pub no_endpoints: NoEndpoints,
+}
+
+/// What a new flow to a frontend without backends gets (kube-proxy: reject when the
+/// Service has no usable endpoint anywhere; drop when it has some, but none that this
+/// traffic policy allows from this node).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NoEndpoints {
+    #[default]
+    Reject,
+    Drop,
 }
 
 /// Something of a Service or its slices that was left out, and why.
@@ -101,6 +127,11 @@ pub struct Skip {
 pub struct ServiceDesired {
     pub name: ServiceName,
     pub frontends: Vec<DesiredFrontend>,
+    /// NodePort, externalIP and LoadBalancer frontends (not yet programmed: a later round
+    /// adds their kernel path), sorted.
+    pub external: Vec<ExternalFrontend>,
+    /// The health check node port, for a LoadBalancer Service with eTP=Local.
+    pub health_check: Option<HealthCheck>,
     pub skipped: Vec<Skip>,
     /// Latest `endpoints.kubernetes.io/last-change-trigger-time` of its slices (RFC 3339),
     /// for the network-programming-latency metric.
@@ -121,4 +152,6 @@ pub mod reason {
     pub const DUPLICATE_ENDPOINT: &str = "duplicate_endpoint";
     /// A sessionAffinity ClientIP timeout outside 1..=86400 s (the default is used).
     pub const INVALID_AFFINITY_TIMEOUT: &str = "invalid_affinity_timeout";
+    /// A loadBalancerSourceRanges entry that is not a CIDR (left out, as kube-proxy does).
+    pub const INVALID_SOURCE_RANGE: &str = "invalid_source_range";
 }

@@ -15,6 +15,7 @@
 use std::{
     borrow::Borrow,
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
 };
 
 use k8s_openapi::{
@@ -28,7 +29,8 @@ use kube::runtime::watcher;
 use tracing::debug;
 
 use super::{
-    service,
+    north_south::NodePortAddresses,
+    service::{self, NodeContext},
     view::{NodeNames, ServiceView, SliceView},
     ServiceDesired, ServiceName,
 };
@@ -92,6 +94,10 @@ pub struct ClusterState {
     slices_synced: bool,
     nodes_synced: bool,
     dirty: BTreeSet<ServiceName>,
+    /// `--nodeport-addresses`.
+    nodeport: NodePortAddresses,
+    /// Addresses of this node's external interfaces (besides the Node object's).
+    interface_addresses: Vec<IpAddr>,
 }
 
 impl ClusterState {
@@ -172,8 +178,56 @@ impl ClusterState {
         }
     }
 
-    /// Keeps this node's object; other nodes are ignored.
+    /// `--nodeport-addresses` (every Service is recomputed).
+    pub fn set_nodeport_addresses(&mut self, nodeport: NodePortAddresses) {
+        if self.nodeport != nodeport {
+            self.nodeport = nodeport;
+            self.all_dirty();
+        }
+    }
+
+    /// The addresses of this node's external interfaces, which accept NodePort traffic
+    /// as the Node object's addresses do (every Service is recomputed on a change).
+    pub fn set_interface_addresses(&mut self, mut addresses: Vec<IpAddr>) {
+        addresses.sort_unstable();
+        addresses.dedup();
+        if self.interface_addresses != addresses {
+            self.interface_addresses = addresses;
+            self.all_dirty();
+        }
+    }
+
+    /// This node's addresses: the Node object's InternalIP and ExternalIP ones and the
+    /// external interfaces', sorted, once each.
+    pub fn node_addresses(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = self
+            .node()
+            .into_iter()
+            .flat_map(|n| n.addresses)
+            .filter(|(kind, _)| kind == "InternalIP" || kind == "ExternalIP")
+            .filter_map(|(_, text)| text.trim().parse().ok())
+            .chain(self.interface_addresses.iter().copied())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn all_dirty(&mut self) {
+        self.dirty.extend(self.services.keys().cloned());
+    }
+
+    /// Keeps this node's object; other nodes are ignored. A change of what the model reads
+    /// of it (addresses, zone) recomputes every Service.
     pub fn apply_node<S: Borrow<Node>>(&mut self, event: watcher::Event<S>) {
+        let before = self.node();
+        self.apply_node_event(event);
+        if self.node() != before {
+            self.all_dirty();
+        }
+    }
+
+    fn apply_node_event<S: Borrow<Node>>(&mut self, event: watcher::Event<S>) {
         match event {
             watcher::Event::Apply(node) => {
                 if self.is_this_node(node.borrow()) {
@@ -242,11 +296,18 @@ impl ClusterState {
                     .map(|s| &s.slice)
             })
             .collect();
+        let node = self.node();
+        let addresses = self.node_addresses();
         service::desired(
             name,
             self.services.get(name),
             &slices,
-            self.node_name.as_deref(),
+            NodeContext {
+                node_name: self.node_name.as_deref(),
+                zone: node.as_ref().and_then(|n| n.zone.as_deref()),
+                addresses: &addresses,
+                nodeport: &self.nodeport,
+            },
         )
     }
 
@@ -281,7 +342,7 @@ impl ClusterState {
             debug!("ignoring a Service without a name");
             return;
         };
-        let view = wanted_service(svc).then(|| ServiceView::of(svc.spec.as_ref()));
+        let view = wanted_service(svc).then(|| ServiceView::of_service(svc));
         self.set_service(name, view);
     }
 
@@ -382,7 +443,7 @@ fn wanted_service(svc: &Service) -> bool {
 /// A listed Service as stored (`None`: nameless, or not ours by the watch contract).
 fn stored_service(svc: &Service) -> Option<(ServiceName, ServiceView)> {
     let name = service_name(&svc.metadata)?;
-    wanted_service(svc).then(|| (name, ServiceView::of(svc.spec.as_ref())))
+    wanted_service(svc).then(|| (name, ServiceView::of_service(svc)))
 }
 
 /// kube-proxy's watch contract for EndpointSlices, and the join to a Service.

@@ -1,8 +1,9 @@
 //! What the model keeps of each object: only the fields kube-proxy's semantics read, in
 //! compact form, instead of the whole Service or EndpointSlice (an EndpointSlice of 10
 //! endpoints is about 5 KiB as a k8s-openapi value and a few hundred bytes here). A change
-//! to anything else (status, managedFields, other annotations, `targetRef`, hints) is then
-//! no change at all: it does not even mark the Service dirty.
+//! to anything else (status other than the load balancer's VIP-mode ingress IPs,
+//! managedFields, other annotations, `targetRef`) is then no change at all: it does not
+//! even mark the Service dirty.
 //!
 //! A field a new feature needs is added here first.
 
@@ -13,27 +14,55 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{ServicePort, ServiceSpec},
+    core::v1::{Service, ServicePort, ServiceSpec},
     discovery::v1::{Endpoint, EndpointPort, EndpointSlice},
 };
 
 use super::service::ANNOTATION_LAST_CHANGE_TRIGGER_TIME;
 
-/// The parts of a Service's spec the model reads (`None`: the Service has no spec).
+/// The parts of a Service the model reads (`spec` `None`: the Service has no spec).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(super) struct ServiceView {
     pub spec: Option<ServiceSpec>,
+    /// `status.loadBalancer.ingress[].ip` of the ingresses in VIP mode (an unset `ipMode`
+    /// is VIP; `Proxy` ingresses are left to the load balancer, as kube-proxy does), as
+    /// written, in order.
+    pub lb_ingress_ips: Vec<String>,
 }
 
 impl ServiceView {
     pub fn of(spec: Option<&ServiceSpec>) -> Self {
         Self {
             spec: spec.map(trim_spec),
+            lb_ingress_ips: Vec::new(),
+        }
+    }
+
+    pub fn of_service(svc: &Service) -> Self {
+        let lb_ingress_ips = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|ing| ing.ip_mode.as_deref() != Some(IP_MODE_PROXY))
+            .filter_map(|ing| ing.ip.clone().filter(|ip| !ip.is_empty()))
+            .collect();
+        Self {
+            lb_ingress_ips,
+            ..Self::of(svc.spec.as_ref())
         }
     }
 }
 
-/// `type`, cluster IPs, ports (name, protocol, port) and session affinity; the rest unset.
+/// `status.loadBalancer.ingress[].ipMode` of a load balancer that proxies (kube-proxy
+/// programs nothing for its IP).
+const IP_MODE_PROXY: &str = "Proxy";
+
+/// What kube-proxy reads of a spec: type, cluster IPs, ports (name, protocol, port,
+/// nodePort), session affinity, external IPs, both traffic policies, the health check
+/// node port, source ranges and traffic distribution; the rest unset.
 fn trim_spec(spec: &ServiceSpec) -> ServiceSpec {
     ServiceSpec {
         type_: spec.type_.clone(),
@@ -45,6 +74,12 @@ fn trim_spec(spec: &ServiceSpec) -> ServiceSpec {
             .map(|ports| ports.iter().map(trim_port).collect()),
         session_affinity: spec.session_affinity.clone(),
         session_affinity_config: spec.session_affinity_config.clone(),
+        external_ips: spec.external_ips.clone(),
+        external_traffic_policy: spec.external_traffic_policy.clone(),
+        internal_traffic_policy: spec.internal_traffic_policy.clone(),
+        health_check_node_port: spec.health_check_node_port,
+        load_balancer_source_ranges: spec.load_balancer_source_ranges.clone(),
+        traffic_distribution: spec.traffic_distribution.clone(),
         ..ServiceSpec::default()
     }
 }
@@ -54,6 +89,7 @@ fn trim_port(port: &ServicePort) -> ServicePort {
         name: port.name.clone(),
         protocol: port.protocol.clone(),
         port: port.port,
+        node_port: port.node_port,
         ..ServicePort::default()
     }
 }
@@ -85,7 +121,8 @@ pub(super) enum EndpointAddress {
     Missing,
 }
 
-/// One endpoint: its first address, conditions as written (nil kept) and node.
+/// One endpoint: its first address, conditions as written (nil kept), node, zone and
+/// topology hints.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct EndpointView {
     pub address: EndpointAddress,
@@ -93,6 +130,11 @@ pub(super) struct EndpointView {
     pub serving: Option<bool>,
     pub terminating: Option<bool>,
     pub node_name: Option<Arc<str>>,
+    pub zone: Option<Arc<str>>,
+    /// `hints.forZones[].name` (empty: no zone hint).
+    pub zone_hints: Vec<Arc<str>>,
+    /// `hints.forNodes[].name` (empty: no node hint).
+    pub node_hints: Vec<Arc<str>>,
 }
 
 /// The parts of an EndpointSlice the model reads.
@@ -167,12 +209,29 @@ impl EndpointView {
             serving: conditions.and_then(|c| c.serving),
             terminating: conditions.and_then(|c| c.terminating),
             node_name: endpoint.node_name.as_deref().map(|n| nodes.intern(n)),
+            zone: endpoint.zone.as_deref().map(|z| nodes.intern(z)),
+            zone_hints: endpoint
+                .hints
+                .as_ref()
+                .and_then(|h| h.for_zones.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|z| nodes.intern(&z.name))
+                .collect(),
+            node_hints: endpoint
+                .hints
+                .as_ref()
+                .and_then(|h| h.for_nodes.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|n| nodes.intern(&n.name))
+                .collect(),
         }
     }
 }
 
-/// Node names shared by every endpoint that names them. Names of nodes that left stay
-/// (a few bytes per node the cluster ever had).
+/// Node and zone names shared by every endpoint that names them. Names of nodes that left
+/// stay (a few bytes per node the cluster ever had).
 #[derive(Debug, Default)]
 pub(super) struct NodeNames {
     names: HashSet<Arc<str>>,
@@ -231,6 +290,9 @@ mod tests {
                 serving: None,
                 terminating: Some(true),
                 node_name: Some(Arc::from("n1")),
+                zone: None,
+                zone_hints: vec![],
+                node_hints: vec![],
             }
         );
         let bad = EndpointView::of(&endpoint(&["198.18.1"], None), &mut nodes);
@@ -240,6 +302,62 @@ mod tests {
         );
         let none = EndpointView::of(&endpoint(&[], None), &mut nodes);
         assert_eq!(none.address, EndpointAddress::Missing);
+    }
+
+    #[test]
+    fn north_south_fields_and_hints_are_kept() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "lb", "namespace": "ns", "annotations": {"x": "y"}},
+            "spec": {
+                "type": "LoadBalancer", "clusterIP": "198.19.0.10",
+                "externalIPs": ["198.19.200.11"], "externalTrafficPolicy": "Local",
+                "internalTrafficPolicy": "Local", "healthCheckNodePort": 30000,
+                "loadBalancerSourceRanges": ["198.19.200.0/25"],
+                "trafficDistribution": "PreferClose", "loadBalancerClass": "x/y",
+                "ports": [{"name": "http", "port": 80, "nodePort": 30080, "targetPort": 8080}],
+            },
+            "status": {"loadBalancer": {"ingress": [
+                {"ip": "198.19.200.200"}, {"ip": "198.19.200.201", "ipMode": "Proxy"},
+                {"hostname": "lb.example"}, {"ip": "198.19.200.202", "ipMode": "VIP"},
+            ]}},
+        }))
+        .expect("test Service");
+        let view = ServiceView::of_service(&svc);
+        assert_eq!(view.lb_ingress_ips, ["198.19.200.200", "198.19.200.202"]);
+        let spec = view.spec.expect("a spec");
+        assert_eq!(
+            spec.external_ips.as_deref(),
+            Some(&["198.19.200.11".to_string()][..])
+        );
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+        assert_eq!(spec.internal_traffic_policy.as_deref(), Some("Local"));
+        assert_eq!(spec.health_check_node_port, Some(30000));
+        assert_eq!(
+            spec.load_balancer_source_ranges.as_deref(),
+            Some(&["198.19.200.0/25".to_string()][..])
+        );
+        assert_eq!(spec.traffic_distribution.as_deref(), Some("PreferClose"));
+        assert_eq!(spec.load_balancer_class, None, "not read by kube-proxy");
+        let port = &spec.ports.expect("ports")[0];
+        assert_eq!((port.port, port.node_port), (80, Some(30080)));
+        assert_eq!(port.target_port, None);
+
+        let mut nodes = NodeNames::default();
+        let endpoint: Endpoint = serde_json::from_value(serde_json::json!({
+            "addresses": ["198.18.1.2"], "nodeName": "n1", "zone": "zone-a",
+            "hints": {"forZones": [{"name": "zone-a"}, {"name": "zone-b"}],
+                      "forNodes": [{"name": "n1"}]},
+        }))
+        .expect("test Endpoint");
+        let view = EndpointView::of(&endpoint, &mut nodes);
+        assert_eq!(view.zone.as_deref(), Some("zone-a"));
+        let names = |v: &[Arc<str>]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&view.zone_hints), ["zone-a", "zone-b"]);
+        assert_eq!(names(&view.node_hints), ["n1"]);
+        assert!(Arc::ptr_eq(
+            view.node_name.as_ref().unwrap(),
+            &view.node_hints[0]
+        ));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The Kubernetes API source: kube-runtime watchers for Service, EndpointSlice, this Node
-//! and ServiceCIDR.
+//! and ServiceCIDR, and (network policy on) Pod, Namespace and NetworkPolicy, stripped at
+//! the source.
 //!
 //! Each kind is one `watcher` stream with kube-proxy's selectors and the default backoff.
 //! Every watcher event is forwarded unchanged: a (re)list (first start, after a 410 Gone,
@@ -24,6 +25,14 @@ pub struct KubeSourceConfig {
     pub kubeconfig: Option<PathBuf>,
     /// This node's name (its Node object is watched by field selector).
     pub node_name: Option<String>,
+    /// Also watch Pods, Namespaces and NetworkPolicies (`--network-policy on`).
+    pub network_policy: bool,
+}
+
+/// A client as the source builds it (explicit kubeconfig, else in-cluster, then
+/// `~/.kube/config`), for the daemon's other API users (Kubernetes Events).
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    client::build(kubeconfig).await
 }
 
 /// Watches until `cancel` fires; reconnects with backoff on its own. Returns an error only
@@ -37,9 +46,10 @@ pub async fn run(
     let client = client::build(config.kubeconfig.as_deref()).await?;
     info!(
         node = config.node_name.as_deref().unwrap_or("<none>"),
+        network_policy = config.network_policy,
         "watching Services, EndpointSlices, ServiceCIDRs and this Node"
     );
-    let all = streams::forward_all(client, config.node_name, events);
+    let all = streams::forward_all(client, config.node_name, config.network_policy, events);
     tokio::select! {
         biased;
         () = cancel.cancelled() => debug!("Kubernetes API source cancelled"),

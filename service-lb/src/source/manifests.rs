@@ -325,6 +325,9 @@ fn init_event(kind: Kind, step: InitStep) -> SourceEvent {
         Kind::EndpointSlice => SourceEvent::EndpointSlice(marker(step)),
         Kind::Node => SourceEvent::Node(marker(step)),
         Kind::ServiceCidr => SourceEvent::ServiceCidr(marker(step)),
+        Kind::Pod => SourceEvent::Pod(marker(step)),
+        Kind::Namespace => SourceEvent::Namespace(marker(step)),
+        Kind::NetworkPolicy => SourceEvent::NetworkPolicy(marker(step)),
     }
 }
 
@@ -348,5 +351,8 @@ fn object_event(object: Object, step: ObjectStep) -> SourceEvent {
         Object::EndpointSlice(o) => SourceEvent::EndpointSlice(wrap(o, step)),
         Object::Node(o) => SourceEvent::Node(wrap(o, step)),
         Object::ServiceCidr(o) => SourceEvent::ServiceCidr(wrap(o, step)),
+        Object::Pod(o) => SourceEvent::Pod(wrap(o, step)),
+        Object::Namespace(o) => SourceEvent::Namespace(wrap(o, step)),
+        Object::NetworkPolicy(o) => SourceEvent::NetworkPolicy(wrap(o, step)),
     }
 }

@@ -17,14 +17,16 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::{
-    core::v1::{Node, Service},
+    core::v1::{Namespace, Node, Pod, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::NetworkPolicy,
     networking::v1::ServiceCIDR,
 };
 use kube::runtime::watcher;
 
 pub mod kube_api;
 pub mod manifests;
+pub mod strip;
 
 /// Label that hands a Service or EndpointSlice to another proxy (kube-proxy skips it).
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
@@ -46,6 +48,13 @@ pub enum SourceEvent {
     Rejected(Rejection),
     /// `networking.k8s.io/v1` ServiceCIDR (cluster-scoped): ranges ClusterIPs come from.
     ServiceCidr(Box<watcher::Event<Arc<ServiceCIDR>>>),
+    /// Pods of every namespace (NetworkPolicy), stripped to what the policy model reads
+    /// ([`strip::pod`]).
+    Pod(Box<watcher::Event<Arc<Pod>>>),
+    /// Namespaces (their labels, for namespaceSelectors), stripped ([`strip::namespace`]).
+    Namespace(Box<watcher::Event<Arc<Namespace>>>),
+    /// `networking.k8s.io/v1` NetworkPolicies, stripped ([`strip::network_policy`]).
+    NetworkPolicy(Box<watcher::Event<Arc<NetworkPolicy>>>),
 }
 
 /// Why some input was left out.

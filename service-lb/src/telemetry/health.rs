@@ -5,8 +5,10 @@
 //! kube-proxy's rule for `/healthz`: healthy unless a change has been pending (received
 //! but not yet written) for longer than the health timeout (2x the sync period); the
 //! body is `{"lastUpdated": ..., "currentTime": ..., "nodeEligible": ...}` and the code is
-//! 200 or 503. A node that is being deleted is not eligible (503 too, as kube-proxy does,
-//! so load balancers drain it).
+//! 200 or 503. A node that is being deleted, or tainted `ToBeDeletedByClusterAutoscaler`,
+//! is not eligible (503 too, as kube-proxy does, so load balancers drain it). `/livez` is
+//! the same rule without the node (body `{"lastUpdated": ..., "currentTime": ...}`), and
+//! besides needs the daemon loop to beat.
 
 use std::{
     sync::{Mutex, PoisonError},
@@ -69,10 +71,7 @@ pub fn healthz(
     now: SystemTime,
     timeout: Duration,
 ) -> (u16, HealthzBody) {
-    let pending_too_long = snapshot
-        .oldest_pending
-        .is_some_and(|since| now.duration_since(since).unwrap_or_default() >= timeout);
-    let healthy = !pending_too_long && snapshot.node_eligible;
+    let healthy = proxy_healthy(snapshot, now, timeout) && snapshot.node_eligible;
     let body = HealthzBody {
         last_updated: snapshot
             .last_updated
@@ -83,7 +82,47 @@ pub fn healthz(
     (if healthy { 200 } else { 503 }, body)
 }
 
-/// `/livez`: the loop runs (it beat recently and has not stopped).
+/// kube-proxy's `IsHealthy()`: no change has been pending for `timeout` or longer (the
+/// Node's eligibility is not part of it).
+pub fn proxy_healthy(snapshot: &HealthSnapshot, now: SystemTime, timeout: Duration) -> bool {
+    snapshot
+        .oldest_pending
+        .is_none_or(|since| now.duration_since(since).unwrap_or_default() < timeout)
+}
+
+/// kube-proxy's `/livez` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LivezBody {
+    pub last_updated: String,
+    pub current_time: String,
+}
+
+/// HTTP status and body of `/livez`: kube-proxy's rule (the proxy is healthy, whatever
+/// the Node's state; `lastUpdated` is `currentTime` when healthy) and, besides, the daemon
+/// loop runs ([`livez`]).
+pub fn livez_answer(
+    snapshot: &HealthSnapshot,
+    now: SystemTime,
+    now_instant: Instant,
+    timeout: Duration,
+) -> (u16, LivezBody) {
+    let healthy = proxy_healthy(snapshot, now, timeout) && livez(snapshot, now_instant);
+    let last_updated = if healthy {
+        rfc3339(now)
+    } else {
+        snapshot
+            .last_updated
+            .map_or_else(|| GO_ZERO_TIME.to_owned(), rfc3339)
+    };
+    let body = LivezBody {
+        last_updated,
+        current_time: rfc3339(now),
+    };
+    (if healthy { 200 } else { 503 }, body)
+}
+
+/// The daemon loop runs (it beat recently and has not stopped).
 pub fn livez(snapshot: &HealthSnapshot, now: Instant) -> bool {
     !snapshot.stopped
         && snapshot
@@ -244,6 +283,33 @@ mod tests {
         health.synced(at(10), false);
         assert_eq!(health.snapshot().oldest_pending, None);
         assert_eq!(health.snapshot().last_updated, Some(at(10)));
+    }
+
+    #[test]
+    fn livez_answers_as_kube_proxy_and_ignores_the_node() {
+        let health = Health::new();
+        let beat = Instant::now();
+        health.beat(beat);
+        health.set_node_eligible(false);
+        let (code, body) = livez_answer(&health.snapshot(), at(0), beat, TIMEOUT);
+        assert_eq!(code, 200, "a node being deleted is still live");
+        assert_eq!(body.last_updated, body.current_time);
+        let json = serde_json::to_value(&body).expect("serializes");
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["currentTime", "lastUpdated"]);
+        health.synced(at(1), true);
+        health.change_queued(at(2));
+        let (code, body) = livez_answer(&health.snapshot(), at(2) + TIMEOUT, beat, TIMEOUT);
+        assert_eq!(code, 503, "a change pending for the whole timeout");
+        assert_eq!(body.last_updated, rfc3339(at(1)));
+        let (code, _) = livez_answer(&health.snapshot(), at(3), beat + LIVENESS_TIMEOUT, TIMEOUT);
+        assert_eq!(code, 503, "the loop stopped beating");
     }
 
     #[test]

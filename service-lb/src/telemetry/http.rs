@@ -1,5 +1,5 @@
-//! The admin HTTP servers (axum): `/metrics` on the metrics address; `/healthz`, `/livez`,
-//! `/readyz` on the health address. Both stop when the daemon's token is cancelled.
+//! The admin HTTP servers (axum): `/metrics` and `/proxyMode` on the metrics address;
+//! `/healthz`, `/livez`, `/readyz` on the health address. Both stop when the daemon's token is cancelled.
 
 use std::{
     net::SocketAddr,
@@ -21,11 +21,13 @@ use tracing::{info, warn};
 
 use super::{
     health::{self, Health},
-    metrics::{encode_text, DatapathCollector, DatapathSnapshot, TEXT_CONTENT_TYPE},
+    metrics::{encode_text, DatapathCollector, PathCounter, TEXT_CONTENT_TYPE},
 };
 
-/// Reads the data plane for a scrape (runs in a blocking task).
-pub type DatapathReader = Arc<dyn Fn() -> DatapathSnapshot + Send + Sync>;
+/// Reads the data plane's counters for a scrape (runs in a blocking task). Only the
+/// fixed-size counters: map entries are sampled elsewhere (`daemon::datapath`), so a
+/// scrape never walks a map.
+pub type DatapathReader = Arc<dyn Fn() -> Result<Vec<PathCounter>, String> + Send + Sync>;
 
 #[derive(Clone)]
 struct HealthCtx {
@@ -57,6 +59,7 @@ pub fn metrics_router(
 ) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/proxyMode", get(proxy_mode))
         .with_state(MetricsCtx {
             registry,
             collector,
@@ -84,7 +87,33 @@ fn verdict(ok: bool) -> Response {
 }
 
 async fn livez(State(ctx): State<HealthCtx>) -> Response {
-    verdict(health::livez(&ctx.health.snapshot(), Instant::now()))
+    let (code, body) = health::livez_answer(
+        &ctx.health.snapshot(),
+        SystemTime::now(),
+        Instant::now(),
+        ctx.timeout,
+    );
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    (
+        status,
+        [(header::X_CONTENT_TYPE_OPTIONS, "nosniff")],
+        Json(body),
+    )
+        .into_response()
+}
+
+/// What `/proxyMode` answers (kube-proxy prints its mode: iptables, ipvs, nftables).
+pub const PROXY_MODE: &str = "ebpf";
+
+async fn proxy_mode() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        PROXY_MODE,
+    )
+        .into_response()
 }
 
 async fn readyz(State(ctx): State<HealthCtx>) -> Response {
@@ -93,18 +122,10 @@ async fn readyz(State(ctx): State<HealthCtx>) -> Response {
 
 async fn metrics(State(ctx): State<MetricsCtx>) -> Response {
     let read = ctx.read_datapath.clone();
-    let snapshot = match tokio::task::spawn_blocking(move || read()).await {
-        Ok(snapshot) => snapshot,
-        Err(e) => DatapathSnapshot {
-            error: Some(format!("reading the data plane: {e}")),
-            ..DatapathSnapshot::default()
-        },
-    };
-    if let Some(error) = &snapshot.error {
-        warn!(%error, "scrape: could not read the data plane");
-    }
-    ctx.collector.set(snapshot);
-    match encode_text(&ctx.registry) {
+    let counters = tokio::task::spawn_blocking(move || read())
+        .await
+        .unwrap_or_else(|e| Err(format!("reading the data plane: {e}")));
+    match scrape(&ctx.registry, &ctx.collector, counters) {
         Ok(text) => ([(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)], text).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -112,6 +133,20 @@ async fn metrics(State(ctx): State<MetricsCtx>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// One scrape: the counters just read, then the whole registry encoded (the sampled map
+/// fills as they are).
+pub fn scrape(
+    registry: &Registry,
+    collector: &DatapathCollector,
+    counters: Result<Vec<PathCounter>, String>,
+) -> Result<String, std::fmt::Error> {
+    if let Err(error) = &counters {
+        warn!(%error, "scrape: could not read the data plane's counters");
+    }
+    collector.set_counters(counters);
+    encode_text(registry)
 }
 
 /// kube-proxy's metrics and health ports: a bind failure on one of them names kube-proxy.

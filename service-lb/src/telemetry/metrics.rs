@@ -4,9 +4,11 @@
 //! Two kinds of series:
 //! - updated by the daemon as things happen ([`Metrics`]: sync durations, programming
 //!   latency, skipped objects, sync failures, source events);
-//! - read from the data plane at scrape time ([`DatapathCollector`]: map entries and
-//!   capacities, the programs' per-CPU counters summed over CPUs). The HTTP handler
-//!   refreshes its [`DatapathSnapshot`] in a blocking task just before encoding.
+//! - read from the data plane ([`DatapathCollector`]): the programs' per-CPU counters
+//!   summed over CPUs are read at each scrape (a fixed-size array: hooks x reasons); map
+//!   entries are *sampled* off the scrape path (`daemon::datapath`: the service, backend
+//!   and reverse-NAT maps after each sync, the conntrack maps on a timer), so a scrape
+//!   costs the same whatever the maps hold.
 
 use std::{
     fmt,
@@ -251,13 +253,16 @@ pub struct PathCounter {
     pub bytes: u64,
 }
 
-/// What the data plane looked like at the last scrape.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What the data plane looked like: counters at the last scrape, map fills at the last
+/// sample.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct DatapathSnapshot {
     pub maps: Vec<MapFill>,
     pub counters: Vec<PathCounter>,
-    /// Why the last read failed (the series are then left out of the scrape).
+    /// Why the last read of the counters failed (the series are then left out).
     pub error: Option<String>,
+    /// When `maps` was sampled (seconds since the epoch).
+    pub maps_sampled_at: Option<f64>,
 }
 
 /// Encodes the last [`DatapathSnapshot`] on each scrape.
@@ -281,14 +286,40 @@ impl DatapathCollector {
     }
 
     pub fn set(&self, snapshot: DatapathSnapshot) {
-        *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
+        *self.lock() = snapshot;
+    }
+
+    /// The sampler's part: map fills, and when they were read.
+    pub fn set_maps(&self, maps: Vec<MapFill>, sampled_at: std::time::SystemTime) {
+        let at = sampled_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let mut snapshot = self.lock();
+        snapshot.maps = maps;
+        snapshot.maps_sampled_at = Some(at);
+    }
+
+    /// The scrape's part: the counters, or why they could not be read.
+    pub fn set_counters(&self, counters: Result<Vec<PathCounter>, String>) {
+        let mut snapshot = self.lock();
+        match counters {
+            Ok(counters) => {
+                snapshot.counters = counters;
+                snapshot.error = None;
+            }
+            Err(e) => {
+                snapshot.counters.clear();
+                snapshot.error = Some(e);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DatapathSnapshot> {
+        self.snapshot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn get(&self) -> DatapathSnapshot {
-        self.snapshot
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.lock().clone()
     }
 }
 
@@ -299,7 +330,7 @@ impl Collector for DatapathCollector {
         if !snapshot.maps.is_empty() {
             let mut family = encoder.encode_descriptor(
                 "service_lb_map_entries",
-                "Entries in each BPF map, counted at scrape time",
+                "Entries in each BPF map, as last sampled (service maps after each sync, conntrack maps every 30 s)",
                 None,
                 MetricType::Gauge,
             )?;
@@ -339,6 +370,17 @@ impl Collector for DatapathCollector {
                 let labels = [("hook", c.hook), ("reason", c.reason)];
                 ConstCounter::new(c.bytes).encode(family.encode_family(&labels)?)?;
             }
+        }
+        if let Some(at) = snapshot.maps_sampled_at {
+            let family = encoder.encode_descriptor(
+                "service_lb_map_entries_sampled_timestamp",
+                "When service_lb_map_entries was last sampled, seconds since the epoch",
+                Some(&Unit::Seconds),
+                MetricType::Gauge,
+            )?;
+            let g: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+            g.set(at);
+            g.encode(family)?;
         }
         let family = encoder.encode_descriptor(
             "service_lb_datapath_read_errors",
@@ -452,8 +494,13 @@ mod tests {
                 bytes: 900,
             }],
             error: None,
+            maps_sampled_at: Some(1_764_000_000.0),
         });
         let s = samples(&encode_text(&registry).expect("encodes"));
+        assert_eq!(
+            s["service_lb_map_entries_sampled_timestamp_seconds"],
+            1_764_000_000.0
+        );
         assert_eq!(s["service_lb_map_entries{map=\"SLB_SVC4_V1\"}"], 7.0);
         assert_eq!(
             s["service_lb_map_capacity_entries{map=\"SLB_SVC4_V1\"}"],

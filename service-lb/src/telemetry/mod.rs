@@ -1,5 +1,5 @@
 //! Telemetry: logging setup here (`tracing` to stderr, plain or JSON, level from `-v`,
-//! RUST_LOG wins); Prometheus metrics in `metrics`, health verdicts in `health`, the admin
+//! RUST_LOG wins); Prometheus metrics in `metrics` (`process_*` in `process`), health verdicts in `health`, the admin
 //! HTTP servers in `http`.
 
 use tracing_subscriber::{fmt, EnvFilter};
@@ -7,6 +7,9 @@ use tracing_subscriber::{fmt, EnvFilter};
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod policy_metrics;
+pub mod process;
+pub mod service_health;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

@@ -39,6 +39,8 @@ fn intro() {
     println!(
         "rewrite each new connection to a backend pod and the replies back to the ClusterIP.\n"
     );
+    println!("Later a NetworkPolicy in the same folder closes the backends to pods without the");
+    println!("label role=frontend, and `service-lb diff` checks the maps against the folder.\n");
     println!("What happens:");
 }
 
@@ -110,13 +112,38 @@ fn explain(outcome: &DemoOutcome) -> bool {
             outcome.change_took.as_millis()
         ),
     );
+    let policy = &outcome.policy;
+    let denied = policy.answered_while_denied == 0;
+    let allowed = policy.answered_when_allowed > 0;
+    verdict(
+        denied && allowed,
+        &format!(
+            "NetworkPolicy: a client without the label role=frontend got no answer through the ClusterIP \
+             ({} ms after the policy was written), and was answered {} ms after it got the label",
+            policy.deny_took.as_millis(),
+            policy.allow_took.as_millis()
+        ),
+    );
+    let diff_equal = policy.diff_exit == Some(0);
+    verdict(
+        diff_equal,
+        "`service-lb diff` found node n1's maps equal to what the manifests say (exit code 0)",
+    );
     verdict(
         kept_serving,
         "with the daemons stopped, the data plane kept serving (restarts never break traffic)",
     );
     println!("\nEverything the demo created (namespaces, pinned maps and links, the manifests folder) has been removed.");
     println!("Try `service-lb run --manifests DIR` yourself, and `service-lb inspect` to see a node's maps.");
-    failures == 0 && spread_evenly && removed_unused && others_used && kept_serving && graceful
+    failures == 0
+        && spread_evenly
+        && removed_unused
+        && others_used
+        && kept_serving
+        && graceful
+        && denied
+        && allowed
+        && diff_equal
 }
 
 fn verdict(ok: bool, what: &str) {

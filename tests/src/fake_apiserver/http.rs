@@ -1,4 +1,5 @@
-//! The HTTP side: list and watch of the three collections, as kube's client calls them.
+//! The HTTP side: list and watch of the three collections, as kube's client calls them;
+//! create (POST) and patch (PATCH) of `events.k8s.io/v1` Events, recorded for the test.
 
 use std::{
     convert::Infallible,
@@ -33,8 +34,21 @@ pub struct RecordedRequest {
     pub query: Query,
 }
 
+/// One Event write the server received.
+#[derive(Clone, Debug)]
+pub struct EventWrite {
+    /// `POST` (create) or `PATCH` (a series update).
+    pub method: String,
+    /// The namespace of the path.
+    pub namespace: String,
+    /// The object name of the path (PATCH), `None` for a create.
+    pub name: Option<String>,
+    pub body: Value,
+}
+
 /// State shared by the handlers and the test controls.
 pub(super) struct Shared {
+    pub(super) events: Mutex<Vec<EventWrite>>,
     pub(super) store: Mutex<Store>,
     /// `true`: new watch requests wait (the client looks disconnected).
     pub(super) watches_held: watch::Sender<bool>,
@@ -44,6 +58,7 @@ pub(super) struct Shared {
 impl Shared {
     pub(super) fn new() -> Self {
         Self {
+            events: Mutex::new(Vec::new()),
             store: Mutex::new(Store::default()),
             watches_held: watch::Sender::new(false),
             requests: Mutex::new(Vec::new()),
@@ -68,12 +83,71 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new().fallback(handle).with_state(shared)
 }
 
-async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> Response {
+/// `/apis/events.k8s.io/v1/namespaces/NS/events[/NAME]` -> namespace and name.
+fn event_route(path: &str) -> Option<(String, Option<String>)> {
+    let rest = path.strip_prefix("/apis/events.k8s.io/v1/namespaces/")?;
+    let (namespace, tail) = rest.split_once('/')?;
+    let name = tail.strip_prefix("events")?;
+    match name.strip_prefix('/') {
+        None if name.is_empty() => Some((namespace.to_owned(), None)),
+        Some(n) if !n.is_empty() && !n.contains('/') => {
+            Some((namespace.to_owned(), Some(n.to_owned())))
+        }
+        _ => None,
+    }
+}
+
+/// Records an Event write and answers as the API would (the object back).
+fn write_event(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> Option<Response> {
+    let (namespace, name) = event_route(path)?;
+    let creating = *method == Method::POST && name.is_none();
+    let patching = *method == Method::PATCH && name.is_some();
+    if !creating && !patching {
+        return Some(status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "events: POST to the collection or PATCH an event",
+        ));
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(body) else {
+        return Some(status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "body is not JSON",
+        ));
+    };
+    shared
+        .events
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push(EventWrite {
+            method: method.to_string(),
+            namespace,
+            name,
+            body: body.clone(),
+        });
+    let code = if creating {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Some((code, Json(body)).into_response())
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    body: axum::body::Bytes,
+) -> Response {
     let query = Query::parse(uri.query());
     shared.requests().push(RecordedRequest {
         path: uri.path().to_owned(),
         query: query.clone(),
     });
+    if let Some(response) = write_event(&shared, &method, uri.path(), &body) {
+        return response;
+    }
     if method != Method::GET {
         return status(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -103,6 +177,9 @@ fn route(path: &str) -> Option<(Collection, Option<String>)> {
         Collection::EndpointSlices,
         Collection::Nodes,
         Collection::ServiceCidrs,
+        Collection::Pods,
+        Collection::Namespaces,
+        Collection::NetworkPolicies,
     ]
     .into_iter()
     .find_map(|collection| {

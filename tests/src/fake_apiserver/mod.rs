@@ -1,5 +1,5 @@
-//! A small Kubernetes API server for tests of the API source: Services, EndpointSlices and
-//! Nodes over real HTTP list and watch, as kube's client speaks them.
+//! A small Kubernetes API server for tests of the API source: Services, EndpointSlices,
+//! Nodes, Pods, Namespaces and NetworkPolicies over real HTTP list and watch, as kube's client speaks them.
 //!
 //! - list with `resourceVersion` in the list metadata, `labelSelector`/`fieldSelector`
 //!   honoured, `limit`/`continue` pagination (a consistent snapshot per list);
@@ -7,6 +7,9 @@
 //!   replayed from the history after N, then live; BOOKMARK events when asked for;
 //!   `sendInitialEvents` streaming lists; ERROR 410 for a resourceVersion older than the
 //!   history kept.
+//!
+//! Events: `POST`/`PATCH` of `events.k8s.io/v1` Events are accepted and recorded
+//! ([`FakeApiServer::events`]); nothing else is writable.
 //!
 //! Test controls: create/replace/delete objects (one global resourceVersion), forget the
 //! history (`compact`), 410 on open watches (`expire_watches`), drop open watches
@@ -31,8 +34,9 @@ use std::{
 use anyhow::Context;
 use k8s_openapi::{
     api::{
-        core::v1::{Node, Service},
+        core::v1::{Namespace, Node, Pod, Service},
         discovery::v1::EndpointSlice,
+        networking::v1::NetworkPolicy,
         networking::v1::ServiceCIDR,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -41,7 +45,11 @@ use serde::Serialize;
 use tokio::{net::TcpListener, task::JoinHandle};
 
 use self::http::Shared;
-pub use self::{http::RecordedRequest, query::Query, store::Collection};
+pub use self::{
+    http::{EventWrite, RecordedRequest},
+    query::Query,
+    store::Collection,
+};
 
 /// An object kind the fake server serves.
 pub trait Served: Serialize + k8s_openapi::Metadata<Ty = ObjectMeta> {
@@ -62,6 +70,18 @@ impl Served for Node {
 
 impl Served for ServiceCIDR {
     const COLLECTION: Collection = Collection::ServiceCidrs;
+}
+
+impl Served for Pod {
+    const COLLECTION: Collection = Collection::Pods;
+}
+
+impl Served for Namespace {
+    const COLLECTION: Collection = Collection::Namespaces;
+}
+
+impl Served for NetworkPolicy {
+    const COLLECTION: Collection = Collection::NetworkPolicies;
 }
 
 /// A running fake API server; stops when dropped.
@@ -109,6 +129,15 @@ impl FakeApiServer {
         );
         std::fs::write(&path, text)?;
         Ok(path)
+    }
+
+    /// The `events.k8s.io/v1` Event writes received, in order.
+    pub fn events(&self) -> Vec<EventWrite> {
+        self.shared
+            .events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Creates or replaces `object` (by namespace and name); returns its resourceVersion.

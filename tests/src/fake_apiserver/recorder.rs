@@ -164,6 +164,9 @@ impl Recorder {
             SourceEvent::Node(e) => self.absorb_kind("Node", *e),
             SourceEvent::Rejected(r) => Ok(Seen::Rejected(r.origin, r.reason)),
             SourceEvent::ServiceCidr(e) => self.absorb_kind("ServiceCIDR", *e),
+            SourceEvent::Pod(e) => self.absorb_kind("Pod", *e),
+            SourceEvent::Namespace(e) => self.absorb_kind("Namespace", *e),
+            SourceEvent::NetworkPolicy(e) => self.absorb_kind("NetworkPolicy", *e),
         }
     }
 

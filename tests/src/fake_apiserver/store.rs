@@ -1,4 +1,4 @@
-//! The fake API server's state: objects of three collections, one global resourceVersion,
+//! The fake API server's state: objects of its collections, one global resourceVersion,
 //! the change history watches resume from, open watches, and paginated list snapshots.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -15,14 +15,19 @@ pub enum Collection {
     EndpointSlices,
     Nodes,
     ServiceCidrs,
+    Pods,
+    Namespaces,
+    NetworkPolicies,
 }
 
 impl Collection {
     pub fn api_version(self) -> &'static str {
         match self {
             Collection::Services | Collection::Nodes => "v1",
+            Collection::Pods | Collection::Namespaces => "v1",
             Collection::EndpointSlices => "discovery.k8s.io/v1",
             Collection::ServiceCidrs => "networking.k8s.io/v1",
+            Collection::NetworkPolicies => "networking.k8s.io/v1",
         }
     }
 
@@ -32,11 +37,17 @@ impl Collection {
             Collection::EndpointSlices => "EndpointSlice",
             Collection::Nodes => "Node",
             Collection::ServiceCidrs => "ServiceCIDR",
+            Collection::Pods => "Pod",
+            Collection::Namespaces => "Namespace",
+            Collection::NetworkPolicies => "NetworkPolicy",
         }
     }
 
     pub fn namespaced(self) -> bool {
-        !matches!(self, Collection::Nodes | Collection::ServiceCidrs)
+        !matches!(
+            self,
+            Collection::Nodes | Collection::ServiceCidrs | Collection::Namespaces
+        )
     }
 
     /// `(api prefix, plural)`: `/api/v1` + `services`.
@@ -46,6 +57,9 @@ impl Collection {
             Collection::EndpointSlices => ("/apis/discovery.k8s.io/v1", "endpointslices"),
             Collection::Nodes => ("/api/v1", "nodes"),
             Collection::ServiceCidrs => ("/apis/networking.k8s.io/v1", "servicecidrs"),
+            Collection::Pods => ("/api/v1", "pods"),
+            Collection::Namespaces => ("/api/v1", "namespaces"),
+            Collection::NetworkPolicies => ("/apis/networking.k8s.io/v1", "networkpolicies"),
         }
     }
 }

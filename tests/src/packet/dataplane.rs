@@ -9,7 +9,7 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
     Ebpf, EbpfLoader, Pod,
 };
-use service_lb::dataplane::object;
+use service_lb::dataplane::{object, policy_maps::BpfPolicyMaps};
 use service_lb_common::{
     affinity::{Affinity4Key, Affinity6Key, AffinityValue, MemberKey, MemberValue},
     config::CONFIG_GLOBAL,
@@ -22,7 +22,7 @@ use service_lb_common::{
 };
 
 /// Map sizes for tests: small, so many objects can be loaded at once.
-const TEST_MAP_SIZES: [(&str, u32); 15] = [
+const TEST_MAP_SIZES: [(&str, u32); 22] = [
     (maps::SERVICES4, 1024),
     (maps::SERVICES6, 1024),
     (maps::BACKENDS4, 1024),
@@ -38,6 +38,13 @@ const TEST_MAP_SIZES: [(&str, u32); 15] = [
     (maps::AFFINITY4, 1024),
     (maps::AFFINITY6, 1024),
     (maps::MEMBERS, 1024),
+    (maps::POL_PODS4, 1024),
+    (maps::POL_PODS6, 1024),
+    (maps::POL_PEERS4, 4096),
+    (maps::POL_PEERS6, 4096),
+    (maps::POL_PORTS, 4096),
+    (maps::POL_FLOWS4, 4096),
+    (maps::POL_FLOWS6, 4096),
 ];
 
 /// Environment variable that makes every `Dataplane::run` a CHECKSUM_COMPLETE run
@@ -595,6 +602,16 @@ impl Dataplane {
             }
         }
         Ok(moved)
+    }
+
+    /// The object's NetworkPolicy maps, taken out of it (the programs keep using them), for
+    /// a `PolicyWriter`.
+    pub fn take_policy_maps(&mut self) -> anyhow::Result<BpfPolicyMaps> {
+        let ebpf = &mut self.ebpf;
+        Ok(BpfPolicyMaps::from_maps(|name| {
+            ebpf.take_map(name)
+                .ok_or(service_lb::dataplane::DataplaneError::MissingMap(name))
+        })?)
     }
 
     /// Runs `packet` through `hook` once and checks the verdict and that exactly the counter

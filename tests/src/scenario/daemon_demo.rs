@@ -57,6 +57,8 @@ pub struct DemoOutcome {
     /// Who answered each request sent, after the edit, on a connection that was opened to
     /// the removed backend before it (an error's text when a request failed).
     pub kept_alive_after: Vec<std::result::Result<String, String>>,
+    /// The NetworkPolicy step and `service-lb diff`.
+    pub policy: super::demo_policy::PolicyOutcome,
 }
 
 /// Requests sent on the kept-alive connection after the edit.
@@ -213,6 +215,16 @@ fn run(
     )));
     show_inspect(cluster, binary, "backends", " after the edit", report)?;
     drop(kept);
+
+    outcome.policy = super::demo_policy::run(
+        cluster,
+        manifests,
+        binary,
+        DEMO_CLIENT,
+        &["b1", "b2"],
+        vip,
+        report,
+    )?;
 
     for (daemon, node) in daemons.iter_mut().zip(&cluster.nodes) {
         let status = daemon.stop()?;

@@ -25,6 +25,10 @@ pub fn test_map_sizes() -> MapSizes {
         revnat: 256,
         ct_tcp: 16_384,
         ct_any: 16_384,
+        policy_pods: 1024,
+        policy_peers: 16_384,
+        policy_ports: 4096,
+        policy_flows: 16_384,
     }
 }
 

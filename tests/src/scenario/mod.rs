@@ -10,6 +10,7 @@
 
 pub mod daemon_demo;
 pub mod dataplane;
+pub mod demo_policy;
 pub mod http;
 pub mod outcome;
 pub mod traffic;

@@ -219,3 +219,48 @@ fn describe(command: &Command) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// `ipset`, when installed.
+pub fn find_ipset() -> Option<PathBuf> {
+    find_program("ipset")
+}
+
+/// `ipset list -n`: the names of the sets in this network namespace.
+pub fn ipset_names(ipset: &Path) -> Result<String, ToolError> {
+    output(Command::new(ipset).args(["list", "-n"]))
+}
+
+/// `ipset destroy <name>`.
+pub fn ipset_destroy(ipset: &Path, name: &str) -> Result<(), ToolError> {
+    output(Command::new(ipset).args(["destroy", name])).map(|_| ())
+}
+
+fn ip_program() -> PathBuf {
+    find_program("ip").unwrap_or_else(|| PathBuf::from("ip"))
+}
+
+/// Whether the interface `name` exists in this network namespace (asked with netlink
+/// through `ip`: /sys may show another namespace's interfaces).
+pub fn link_exists(name: &str) -> bool {
+    output(
+        Command::new(ip_program())
+            .args(["-o", "link", "show", "dev", name])
+            .stderr(Stdio::null()),
+    )
+    .is_ok_and(|out| !out.trim().is_empty())
+}
+
+/// `ip link delete <name>`.
+pub fn link_delete(name: &str) -> Result<(), ToolError> {
+    output(Command::new(ip_program()).args(["link", "delete", name])).map(|_| ())
+}
+
+/// Whether this kernel has IPVS loaded (`/proc/net/ip_vs`).
+pub fn ipvs_loaded() -> bool {
+    Path::new("/proc/net/ip_vs").exists()
+}
+
+/// `ipvsadm -Sn` (the virtual servers), when ipvsadm is installed.
+pub fn ipvs_save() -> Option<Result<String, ToolError>> {
+    find_program("ipvsadm").map(|p| output(Command::new(p).arg("-Sn")))
+}

@@ -1,16 +1,109 @@
-//! `inspect services`: one row per frontend (master entry), backends resolved by id.
+//! `inspect services`: one row per frontend (master entry), backends resolved by id, named
+//! from the names map (`SLB_SVCNAME_V1`: namespace/name, port name, kind), filtered by
+//! Service and kind.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{collections::BTreeMap, fmt, net::SocketAddr};
 
+use clap::Args;
 use serde::Serialize;
+use service_lb_common::{
+    names::{SvcName, KIND_CLUSTER_IP},
+    service::SVC_FLAG_CLUSTER_IP,
+};
 
 use crate::{
     cli::output::TableRow,
     dataplane::{Family, MapStore, StoreError, SvcKey},
 };
 
+/// The kind of a frontend. Grows with the kinds the daemon programs (NodePort,
+/// LoadBalancer, externalIPs: issue 11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum FrontendKind {
+    #[value(name = "clusterip")]
+    ClusterIp,
+}
+
+impl FrontendKind {
+    /// From the names map's `kind`, else from the master entry's flags.
+    pub fn of(name: Option<&SvcName>, flags: u16) -> Option<Self> {
+        match name.map(|n| n.kind) {
+            Some(KIND_CLUSTER_IP) => Some(Self::ClusterIp),
+            Some(_) => None,
+            None if flags & SVC_FLAG_CLUSTER_IP != 0 => Some(Self::ClusterIp),
+            None => None,
+        }
+    }
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ClusterIp => "clusterip",
+        })
+    }
+}
+
+/// `--service ns/name`: a Service's namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::str::FromStr for ServiceRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(Self {
+                    namespace: ns.to_owned(),
+                    name: name.to_owned(),
+                })
+            }
+            _ => Err(format!("{s:?} is not namespace/name")),
+        }
+    }
+}
+
+impl fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Which frontends `inspect services` shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Args)]
+pub struct ServiceFilter {
+    /// Only the frontends of this Service (`namespace/name`).
+    #[arg(long = "service", value_name = "NAMESPACE/NAME")]
+    pub service: Option<ServiceRef>,
+    /// Only frontends of this kind.
+    #[arg(long, value_enum)]
+    pub kind: Option<FrontendKind>,
+}
+
+impl ServiceFilter {
+    pub fn keeps(&self, row: &ServiceRow) -> bool {
+        let service_ok = self
+            .service
+            .as_ref()
+            .is_none_or(|s| row.service.as_deref() == Some(s.to_string().as_str()));
+        let kind_ok = self
+            .kind
+            .is_none_or(|k| row.kind.as_deref() == Some(k.to_string().as_str()));
+        service_ok && kind_ok
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ServiceRow {
+    /// `namespace/name` of the Service it was programmed for (`None`: no name recorded).
+    pub service: Option<String>,
+    /// The Service port's name ("" when unnamed or unknown).
+    pub port_name: String,
+    /// `clusterip`, ... (`None`: unknown).
+    pub kind: Option<String>,
     /// `vip:port/proto`.
     pub frontend: String,
     pub scope: u8,
@@ -23,10 +116,15 @@ pub struct ServiceRow {
 }
 
 impl TableRow for ServiceRow {
-    const HEADER: &'static [&'static str] =
-        &["frontend", "scope", "id", "count", "flags", "backends"];
+    const HEADER: &'static [&'static str] = &[
+        "service", "port", "kind", "frontend", "scope", "id", "count", "flags", "backends",
+    ];
     fn cells(&self) -> Vec<String> {
+        let or_dash = |s: Option<&str>| s.filter(|s| !s.is_empty()).unwrap_or("-").to_owned();
         vec![
+            or_dash(self.service.as_deref()),
+            or_dash(Some(&self.port_name)),
+            or_dash(self.kind.as_deref()),
             self.frontend.clone(),
             self.scope.to_string(),
             self.service_id.to_string(),
@@ -69,6 +167,7 @@ pub fn proto_name(proto: u8) -> String {
 }
 
 pub fn rows(store: &impl MapStore) -> Result<Vec<ServiceRow>, StoreError> {
+    let names: BTreeMap<u32, SvcName> = store.list_names()?.into_iter().collect();
     let mut rows = Vec::new();
     for family in Family::ALL {
         let entries: BTreeMap<SvcKey, _> = store.list_services(family)?.into_iter().collect();
@@ -83,7 +182,11 @@ pub fn rows(store: &impl MapStore) -> Result<Vec<ServiceRow>, StoreError> {
                     },
                 })
                 .collect();
+            let name = names.get(&master.service_id);
             rows.push(ServiceRow {
+                service: name.map(|n| format!("{}/{}", n.namespace(), n.name())),
+                port_name: name.map(|n| n.port_name().to_owned()).unwrap_or_default(),
+                kind: FrontendKind::of(name, master.flags).map(|k| k.to_string()),
                 frontend: format!(
                     "{}/{}",
                     SocketAddr::new(key.addr(), key.port()),
@@ -178,6 +281,163 @@ mod tests {
                 "missing(backend 9)".to_string(),
                 "missing(slot 2)".to_string()
             ]
+        );
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+    use crate::{
+        cli::output::{render, Format},
+        dataplane::{FakeMaps, ServiceWriter, Syncer},
+        model::{DesiredBackend, DesiredFrontend, Protocol, Scope, ServiceDesired, ServiceName},
+    };
+
+    fn service(ns: &str, name: &str, vip: &str, port: u16, port_name: &str) -> ServiceDesired {
+        ServiceDesired {
+            name: ServiceName {
+                namespace: ns.into(),
+                name: name.into(),
+            },
+            frontends: vec![DesiredFrontend {
+                addr: vip.parse().expect("vip"),
+                port,
+                protocol: Protocol::Tcp,
+                scope: Scope::External,
+                port_name: port_name.into(),
+                backends: vec![DesiredBackend {
+                    addr: "198.18.1.2:8080".parse().expect("addr"),
+                    terminating: false,
+                    local: false,
+                }],
+                serving: vec!["198.18.1.2:8080".parse().expect("addr")],
+                affinity_timeout_s: 0,
+                no_endpoints: Default::default(),
+            }],
+            skipped: vec![],
+            external: Vec::new(),
+            health_check: None,
+            last_change_trigger_time: None,
+        }
+    }
+
+    fn maps() -> FakeMaps {
+        let mut s = Syncer::new(ServiceWriter::open(FakeMaps::new()).expect("opens"));
+        s.full_sync(&[
+            service("default", "web", "198.19.0.10", 80, "http"),
+            service("kube-system", "kube-dns", "198.19.0.53", 53, ""),
+        ]);
+        let mut maps = s.writer().store().clone();
+        // A frontend with no name (written by hand, as an older daemon would have).
+        let master = SvcKey::new("198.19.0.99".parse().expect("ip"), 99, 6, 0, 0);
+        maps.put_service(&master, &service_lb_common::SvcValue::master(0, 4242, 0, 0))
+            .expect("puts");
+        maps
+    }
+
+    #[test]
+    fn rows_carry_the_service_names_and_filters_select_them() {
+        let rows = rows(&maps()).expect("reads");
+        let by_frontend: BTreeMap<&str, &ServiceRow> =
+            rows.iter().map(|r| (r.frontend.as_str(), r)).collect();
+        let web = by_frontend["198.19.0.10:80/tcp"];
+        assert_eq!(web.service.as_deref(), Some("default/web"));
+        assert_eq!(web.port_name, "http");
+        assert_eq!(web.kind.as_deref(), Some("clusterip"));
+        let dns = by_frontend["198.19.0.53:53/tcp"];
+        assert_eq!(dns.service.as_deref(), Some("kube-system/kube-dns"));
+        assert_eq!(dns.port_name, "");
+        let unnamed = by_frontend["198.19.0.99:99/tcp"];
+        assert_eq!(unnamed.service, None);
+        assert_eq!(unnamed.kind, None, "no name and no cluster-ip flag");
+
+        let only = |filter: ServiceFilter| -> Vec<String> {
+            rows.iter()
+                .filter(|r| filter.keeps(r))
+                .map(|r| r.frontend.clone())
+                .collect()
+        };
+        let dns_ref: ServiceRef = "kube-system/kube-dns".parse().expect("parses");
+        assert_eq!(
+            only(ServiceFilter {
+                service: Some(dns_ref),
+                kind: None
+            }),
+            vec!["198.19.0.53:53/tcp".to_string()]
+        );
+        assert_eq!(
+            only(ServiceFilter {
+                service: None,
+                kind: Some(FrontendKind::ClusterIp)
+            }),
+            vec![
+                "198.19.0.10:80/tcp".to_string(),
+                "198.19.0.53:53/tcp".to_string()
+            ]
+        );
+        assert_eq!(
+            only(ServiceFilter {
+                service: Some("default/nope".parse().expect("parses")),
+                kind: None
+            }),
+            Vec::<String>::new()
+        );
+        assert!("no-slash".parse::<ServiceRef>().is_err());
+        assert!("a/b/c".parse::<ServiceRef>().is_err());
+    }
+
+    #[test]
+    fn every_output_format_names_the_service() {
+        let rows: Vec<ServiceRow> = rows(&maps())
+            .expect("reads")
+            .into_iter()
+            .filter(|r| r.service.is_some())
+            .collect();
+        let table = render(&rows, Format::Table).expect("renders");
+        assert!(
+            table.contains("default/web") && table.contains("http"),
+            "{table}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&rows, Format::Json).expect("renders")).expect("json");
+        assert_eq!(json[0]["service"], "default/web");
+        assert_eq!(json[0]["port_name"], "http");
+        assert_eq!(json[0]["kind"], "clusterip");
+        let yaml = render(&rows, Format::Yaml).expect("renders");
+        let back: Vec<BTreeMap<String, serde_json::Value>> =
+            serde_saphyr::from_str(&yaml).expect("yaml parses");
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0]["service"], "default/web");
+        assert_eq!(back[1]["service"], "kube-system/kube-dns");
+    }
+
+    #[test]
+    fn the_command_line_takes_the_filters() {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from([
+            "service-lb",
+            "inspect",
+            "services",
+            "--service",
+            "default/web",
+            "--kind",
+            "clusterip",
+            "-o",
+            "yaml",
+        ])
+        .expect("parses");
+        let crate::cli::Command::Inspect(args) = cli.command else {
+            panic!("not inspect")
+        };
+        assert_eq!(args.output, Format::Yaml);
+        let crate::cli::inspect::What::Services { filter } = args.what else {
+            panic!("not services")
+        };
+        assert_eq!(filter.kind, Some(FrontendKind::ClusterIp));
+        assert_eq!(
+            filter.service.map(|s| s.to_string()).as_deref(),
+            Some("default/web")
         );
     }
 }

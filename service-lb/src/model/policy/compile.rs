@@ -3,6 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    hash::{Hash, Hasher},
     sync::Arc,
 };
 
@@ -29,13 +30,54 @@ pub(super) struct CachedRule {
     atoms: Vec<Atom>,
 }
 
-/// Compiles `pod` (a local, active pod) against the stores, filling `cache`.
-pub(super) fn compile_pod(stores: &Stores, cache: &mut RuleCache, pod: &PodView) -> PodPolicy {
+/// A resolved rule list, compared and hashed by identity: within one recompute, two pods
+/// whose directions are made of the same rule lists (and the same ingress named-port
+/// resolutions) compile to the same view.
+#[derive(Clone, Debug)]
+pub(super) struct ByPtr(Arc<Vec<CachedRule>>);
+
+impl PartialEq for ByPtr {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ByPtr {}
+
+impl Hash for ByPtr {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state);
+    }
+}
+
+/// Everything one direction's compiled view depends on: the rule lists of the policies
+/// selecting the pod (in order) and, per rule, the ports its ingress named ports resolve to
+/// on the pod.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct MemoKey {
+    rules: Vec<ByPtr>,
+    extra: Vec<Vec<PortSet>>,
+}
+
+/// Compiled directions shared by the pods of one recompute (pods of one Deployment, or any
+/// pods selected by the same policies, flatten once). Holds the rule lists it is keyed by,
+/// so their identities stay valid; it must not outlive the recompute (the rule cache is
+/// invalidated between recomputes).
+pub(super) type Memo = HashMap<MemoKey, DirectionPolicy>;
+
+/// Compiles `pod` (a local, active pod) against the stores, filling `cache` and, when
+/// given, sharing flattened directions through `memo`.
+pub(super) fn compile_pod(
+    stores: &Stores,
+    cache: &mut RuleCache,
+    mut memo: Option<&mut Memo>,
+    pod: &PodView,
+) -> PodPolicy {
     PodPolicy {
         pod: pod.key.clone(),
         ips: pod.ips.clone(),
-        ingress: compile_direction(stores, cache, pod, Direction::Ingress),
-        egress: compile_direction(stores, cache, pod, Direction::Egress),
+        ingress: compile_direction(stores, cache, memo.as_deref_mut(), pod, Direction::Ingress),
+        egress: compile_direction(stores, cache, memo, pod, Direction::Egress),
     }
 }
 
@@ -51,6 +93,7 @@ struct Atom {
 fn compile_direction(
     stores: &Stores,
     cache: &mut RuleCache,
+    memo: Option<&mut Memo>,
     pod: &PodView,
     dir: Direction,
 ) -> DirectionPolicy {
@@ -87,6 +130,15 @@ fn compile_direction(
                 .collect(),
         );
     }
+    let key = memo.as_ref().map(|_| MemoKey {
+        rules: rules.iter().cloned().map(ByPtr).collect(),
+        extra: extra.clone(),
+    });
+    if let (Some(memo), Some(key)) = (memo.as_deref(), key.as_ref()) {
+        if let Some(hit) = memo.get(key) {
+            return hit.clone();
+        }
+    }
     let mut atoms: Vec<(Prefix, &[Prefix], &PortSet, Option<&PortSet>)> = Vec::new();
     for (policy_rules, extra) in rules.iter().zip(&extra) {
         for (rule, extra) in policy_rules.iter().zip(extra) {
@@ -96,10 +148,14 @@ fn compile_direction(
             }
         }
     }
-    DirectionPolicy {
+    let compiled = DirectionPolicy {
         isolated,
         entries: flatten(&atoms),
+    };
+    if let (Some(memo), Some(key)) = (memo, key) {
+        memo.insert(key, compiled.clone());
     }
+    compiled
 }
 
 fn resolve_rules(stores: &Stores, policy: &PolicyView, dir: Direction) -> Vec<CachedRule> {
@@ -178,17 +234,21 @@ fn resolve_rule(stores: &Stores, namespace: &str, dir: Direction, rule: &Rule) -
                 namespaces,
                 pods: pod_sel,
             } => {
-                // Only the policy's namespace's pods when no namespaceSelector is set.
+                // The policy's namespace without a namespaceSelector, else every namespace
+                // it matches (each namespace's labels are checked once, not per pod).
                 let candidates: Box<dyn Iterator<Item = &PodView>> = match namespaces {
-                    None => Box::new(stores.pods_in(namespace).filter(|p| p.is_active())),
-                    Some(_) => Box::new(stores.active_pods()),
+                    None => Box::new(stores.pods_in(namespace)),
+                    Some(sel) => Box::new(
+                        stores
+                            .pods_by_ns
+                            .keys()
+                            .filter(|ns| sel.matches(stores.namespace_labels(ns)))
+                            .flat_map(|ns| stores.pods_in(ns)),
+                    ),
                 };
                 for dst in candidates {
-                    let ns_ok = match namespaces {
-                        None => dst.key.namespace == namespace,
-                        Some(sel) => sel.matches(stores.namespace_labels(&dst.key.namespace)),
-                    };
-                    if !ns_ok || !pod_sel.as_ref().is_none_or(|s| s.matches(&dst.labels)) {
+                    if !dst.is_active() || !pod_sel.as_ref().is_none_or(|s| s.matches(&dst.labels))
+                    {
                         continue;
                     }
                     let ports = resolved(dst);
@@ -215,19 +275,27 @@ type AtomRef<'a> = (Prefix, &'a [Prefix], &'a PortSet, Option<&'a PortSet>);
 
 fn flatten(atoms: &[AtomRef<'_>]) -> BTreeMap<Prefix, PortSet> {
     // Atoms without excepts (pod addresses, mostly) merge per prefix first.
-    let mut plain: BTreeMap<Prefix, PortSet> = BTreeMap::new();
+    let mut plain: HashMap<Prefix, PortSet> = HashMap::new();
     let mut excepting: BTreeMap<Prefix, Vec<(&[Prefix], PortSet)>> = BTreeMap::new();
-    let mut keys: BTreeSet<Prefix> = BTreeSet::new();
     for &(prefix, except, ports, extra) in atoms {
-        keys.insert(prefix);
-        let mut set = ports.clone();
-        if let Some(extra) = extra {
-            set.union_with(extra);
-        }
         if except.is_empty() {
-            plain.entry(prefix).or_default().union_with(&set);
+            let set = plain.entry(prefix).or_default();
+            set.union_with(ports);
+            if let Some(extra) = extra {
+                set.union_with(extra);
+            }
         } else {
+            let mut set = ports.clone();
+            if let Some(extra) = extra {
+                set.union_with(extra);
+            }
             excepting.entry(prefix).or_default().push((except, set));
+        }
+    }
+    let mut keys: BTreeSet<Prefix> = plain.keys().copied().collect();
+    for (prefix, list) in &excepting {
+        keys.insert(*prefix);
+        for (except, _) in list {
             keys.extend(except.iter().copied());
         }
     }

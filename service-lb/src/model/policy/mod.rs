@@ -68,6 +68,7 @@ mod ports;
 pub mod reference;
 mod selector;
 pub mod sink;
+pub mod snapshot;
 mod state;
 mod view;
 
@@ -107,7 +108,7 @@ impl PodPolicy {
 
 /// One direction of a local pod: not isolated (everything allowed, `entries` empty), or
 /// isolated and allowed exactly what the longest matching entry allows.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DirectionPolicy {
     pub isolated: bool,
     /// Peer prefix (the source for ingress, the destination for egress) -> allowed ports.

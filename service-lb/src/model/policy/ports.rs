@@ -32,20 +32,36 @@ impl PortSet {
         let ranges = self.ranges.entry(proto).or_default();
         ranges.push((lo, hi));
         ranges.sort_unstable();
-        let mut merged: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
-        for &(l, h) in ranges.iter() {
-            match merged.last_mut() {
-                Some(last) if u32::from(l) <= u32::from(last.1) + 1 => last.1 = last.1.max(h),
-                _ => merged.push((l, h)),
-            }
-        }
-        *ranges = merged;
+        coalesce(ranges);
     }
 
+    /// Adds every port of `other` (one merge per protocol; nothing to do for ranges
+    /// already equal).
     pub fn union_with(&mut self, other: &PortSet) {
-        for (&proto, ranges) in &other.ranges {
-            for &(lo, hi) in ranges {
-                self.insert(proto, lo, hi);
+        for (&proto, theirs) in &other.ranges {
+            match self.ranges.get_mut(&proto) {
+                None => {
+                    self.ranges.insert(proto, theirs.clone());
+                }
+                Some(ours) if ours == theirs => {}
+                Some(ours) => {
+                    let mut merged = Vec::with_capacity(ours.len() + theirs.len());
+                    let (mut a, mut b) = (ours.iter().peekable(), theirs.iter().peekable());
+                    loop {
+                        let next = match (a.peek(), b.peek()) {
+                            (Some(x), Some(y)) if x <= y => a.next(),
+                            (Some(_), Some(_)) => b.next(),
+                            (Some(_), None) => a.next(),
+                            (None, _) => b.next(),
+                        };
+                        match next {
+                            Some(&r) => merged.push(r),
+                            None => break,
+                        }
+                    }
+                    coalesce(&mut merged);
+                    *ours = merged;
+                }
             }
         }
     }
@@ -89,6 +105,21 @@ impl PortSet {
     }
 }
 
+/// Merges overlapping and adjacent ranges of a sorted list, in place.
+fn coalesce(ranges: &mut Vec<(u16, u16)>) {
+    let mut out = 0;
+    for i in 0..ranges.len() {
+        let (l, h) = ranges[i];
+        if out > 0 && u32::from(l) <= u32::from(ranges[out - 1].1) + 1 {
+            ranges[out - 1].1 = ranges[out - 1].1.max(h);
+        } else {
+            ranges[out] = (l, h);
+            out += 1;
+        }
+    }
+    ranges.truncate(out);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +135,43 @@ mod tests {
         assert_eq!(s.ranges(Proto::Udp), &[(53, 53)]);
         assert!(s.contains(Proto::Tcp, 85) && !s.contains(Proto::Tcp, 91));
         assert!(!s.contains(Proto::Sctp, 53));
+    }
+
+    #[test]
+    fn union_merges_like_inserting_each_range() {
+        let sets: Vec<Vec<(Proto, u16, u16)>> = vec![
+            vec![],
+            vec![(Proto::Tcp, 80, 80)],
+            vec![
+                (Proto::Tcp, 79, 79),
+                (Proto::Tcp, 81, 90),
+                (Proto::Udp, 53, 53),
+            ],
+            vec![(Proto::Tcp, 0, u16::MAX)],
+            vec![
+                (Proto::Tcp, 10, 20),
+                (Proto::Tcp, 40, 50),
+                (Proto::Sctp, 1, 1),
+            ],
+            vec![(Proto::Tcp, 21, 39), (Proto::Udp, 54, 60)],
+            vec![(Proto::Tcp, 5, 100)],
+        ];
+        let build = |v: &[(Proto, u16, u16)]| {
+            let mut s = PortSet::default();
+            for &(p, lo, hi) in v {
+                s.insert(p, lo, hi);
+            }
+            s
+        };
+        for a in &sets {
+            for b in &sets {
+                let mut merged = build(a);
+                merged.union_with(&build(b));
+                let mut both = a.clone();
+                both.extend(b.iter().copied());
+                assert_eq!(merged, build(&both), "{a:?} + {b:?}");
+            }
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use k8s_openapi::api::{
 };
 
 use super::{
-    compile::{compile_pod, RuleCache},
+    compile::{compile_pod, Memo, RuleCache},
     selector::Labels,
     view::{Direction, NamespaceView, ObjectKey, Peer, PodView, PolicyView, PortMatch, RulePort},
     PodPolicy, PolicyChanges,
@@ -190,11 +190,12 @@ impl PolicyModel {
     /// whose compiled view changed or went away.
     pub fn recompute(&mut self) -> PolicyChanges {
         let mut changes = PolicyChanges::default();
+        let mut memo = Memo::new();
         for key in std::mem::take(&mut self.dirty) {
             let pod = self.stores.pods.get(&key).filter(|p| self.is_local(p));
             match pod {
                 Some(pod) => {
-                    let new = compile_pod(&self.stores, &mut self.rules, pod);
+                    let new = compile_pod(&self.stores, &mut self.rules, Some(&mut memo), pod);
                     if self.compiled.get(&key) != Some(&new) {
                         self.compiled.insert(key.clone(), new);
                         changes.updated.push(key);
@@ -210,15 +211,21 @@ impl PolicyModel {
         changes
     }
 
-    /// Compiles every local pod from scratch, ignoring the incremental state (a full
-    /// resync check, and the tests' reference for the incremental path).
+    /// Compiles every local pod from scratch, ignoring the incremental state and sharing
+    /// nothing between pods (a full resync check, and the tests' reference for the
+    /// incremental path).
     pub fn compile_all(&self) -> BTreeMap<ObjectKey, PodPolicy> {
         let mut rules = RuleCache::new();
         self.stores
             .pods
             .values()
             .filter(|p| self.is_local(p))
-            .map(|p| (p.key.clone(), compile_pod(&self.stores, &mut rules, p)))
+            .map(|p| {
+                (
+                    p.key.clone(),
+                    compile_pod(&self.stores, &mut rules, None, p),
+                )
+            })
             .collect()
     }
 
@@ -240,6 +247,14 @@ impl PolicyModel {
 
     pub fn pods(&self) -> impl Iterator<Item = &PodView> {
         self.stores.pods.values()
+    }
+
+    pub fn pod(&self, key: &ObjectKey) -> Option<&PodView> {
+        self.stores.pods.get(key)
+    }
+
+    pub fn namespaces(&self) -> impl Iterator<Item = &NamespaceView> {
+        self.stores.namespaces.values()
     }
 
     pub fn policies(&self) -> impl Iterator<Item = &PolicyView> {

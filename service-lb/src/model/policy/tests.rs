@@ -1193,6 +1193,15 @@ spec:
         changed.updated.len(),
         start.elapsed()
     );
+    // A local pod (on n0) changes labels.
+    let start = Instant::now();
+    m.apply_pod(&pod_at(300, 5));
+    let changed = m.recompute();
+    println!(
+        "local pod relabel: {} local pods recompiled in {:?}",
+        changed.updated.len(),
+        start.elapsed()
+    );
     let start = Instant::now();
     m.apply_namespace(&namespace("ns3", &[("team", "t0")]));
     let changed = m.recompute();

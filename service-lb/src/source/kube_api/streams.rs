@@ -4,8 +4,9 @@ use std::{fmt::Debug, sync::Arc};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
-    core::v1::{Node, Service},
+    core::v1::{Namespace, Node, Pod, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::NetworkPolicy,
     networking::v1::ServiceCIDR,
 };
 use kube::{
@@ -16,7 +17,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, trace, warn};
 
-use crate::source::{shared, SourceEvent, LABEL_SERVICE_PROXY_NAME};
+use crate::source::{shared, strip, SourceEvent, LABEL_SERVICE_PROXY_NAME};
 
 /// Services and EndpointSlices handed to another proxy are not ours (kube-proxy's selector).
 pub(crate) fn not_other_proxy() -> String {
@@ -36,10 +37,18 @@ pub(crate) fn node_config(node_name: &str) -> watcher::Config {
     watcher::Config::default().fields(&format!("metadata.name={node_name}"))
 }
 
-/// Runs every watcher until the receiver is gone.
+/// Pods, Namespaces and NetworkPolicies: every object (policies select by labels, on any
+/// node; finished pods are left to the model).
+pub(crate) fn policy_config() -> watcher::Config {
+    watcher::Config::default()
+}
+
+/// Runs every watcher until the receiver is gone. `network_policy`: also Pods, Namespaces
+/// and NetworkPolicies.
 pub(super) async fn forward_all(
     client: Client,
     node_name: Option<String>,
+    network_policy: bool,
     events: mpsc::Sender<SourceEvent>,
 ) {
     let services = forward(
@@ -77,12 +86,51 @@ pub(super) async fn forward_all(
         events.clone(),
         SourceEvent::ServiceCidr,
     );
+    let policy = async {
+        if network_policy {
+            forward_policy_kinds(client.clone(), events.clone()).await;
+        } else {
+            info!("network policy off: Pods, Namespaces and NetworkPolicies are not watched");
+        }
+    };
     // Each ends only when the receiver is gone; then all do.
     tokio::select! {
         () = services => {}
         () = slices => {}
         () = service_cidrs => {}
         () = async { node.await; std::future::pending::<()>().await } => {}
+        () = async { policy.await; std::future::pending::<()>().await } => {}
+    }
+}
+
+/// The NetworkPolicy kinds, each stripped to what the policy model reads before it is
+/// forwarded (nothing else of a Pod travels or is kept).
+async fn forward_policy_kinds(client: Client, events: mpsc::Sender<SourceEvent>) {
+    let pods = forward(
+        "Pod",
+        watch_stream(Api::<Pod>::all(client.clone()), policy_config())
+            .modify(|p: &mut Pod| *p = strip::pod(std::mem::take(p))),
+        events.clone(),
+        SourceEvent::Pod,
+    );
+    let namespaces = forward(
+        "Namespace",
+        watch_stream(Api::<Namespace>::all(client.clone()), policy_config())
+            .modify(|n: &mut Namespace| *n = strip::namespace(std::mem::take(n))),
+        events.clone(),
+        SourceEvent::Namespace,
+    );
+    let policies = forward(
+        "NetworkPolicy",
+        watch_stream(Api::<NetworkPolicy>::all(client), policy_config())
+            .modify(|n: &mut NetworkPolicy| *n = strip::network_policy(std::mem::take(n))),
+        events,
+        SourceEvent::NetworkPolicy,
+    );
+    tokio::select! {
+        () = pods => {}
+        () = namespaces => {}
+        () = policies => {}
     }
 }
 

@@ -221,6 +221,9 @@ fn metadata_mut(object: &mut Object) -> &mut ObjectMeta {
         Object::EndpointSlice(o) => &mut Arc::make_mut(o).metadata,
         Object::Node(o) => &mut Arc::make_mut(o).metadata,
         Object::ServiceCidr(o) => &mut Arc::make_mut(o).metadata,
+        Object::Pod(o) => &mut Arc::make_mut(o).metadata,
+        Object::Namespace(o) => &mut Arc::make_mut(o).metadata,
+        Object::NetworkPolicy(o) => &mut Arc::make_mut(o).metadata,
     }
 }
 
@@ -230,6 +233,9 @@ fn metadata(object: &Object) -> &ObjectMeta {
         Object::EndpointSlice(o) => &o.metadata,
         Object::Node(o) => &o.metadata,
         Object::ServiceCidr(o) => &o.metadata,
+        Object::Pod(o) => &o.metadata,
+        Object::Namespace(o) => &o.metadata,
+        Object::NetworkPolicy(o) => &o.metadata,
     }
 }
 
@@ -245,9 +251,10 @@ pub(crate) fn key_of(object: &Object) -> Option<ObjectKey> {
     let kind = Kind::of(object);
     let meta = metadata(object);
     let name = meta.name.clone().filter(|n| !n.is_empty())?;
-    let namespace = match kind {
-        Kind::Node | Kind::ServiceCidr => String::new(),
-        Kind::Service | Kind::EndpointSlice => meta.namespace.clone().unwrap_or_default(),
+    let namespace = if kind.namespaced() {
+        meta.namespace.clone().unwrap_or_default()
+    } else {
+        String::new()
     };
     Some(ObjectKey {
         kind,

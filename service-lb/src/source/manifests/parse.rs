@@ -10,6 +10,9 @@
 //!
 //! Kinds used: `v1` Service, `discovery.k8s.io/v1` EndpointSlice, `v1` Node,
 //! `networking.k8s.io/v1` ServiceCIDR. Other kinds go
+//! Kinds used: `v1` Service, `discovery.k8s.io/v1` EndpointSlice, `v1` Node, and for
+//! NetworkPolicy `v1` Pod, `v1` Namespace, `networking.k8s.io/v1` NetworkPolicy (these three
+//! stripped to what the policy model reads, `source::strip`). Other kinds go
 //! to [`ParsedFile::ignored`]. A known kind with another `apiVersion`, a document without a
 //! `kind`, or an object that does not deserialize makes the whole file an error.
 
@@ -17,12 +20,15 @@ use std::sync::Arc;
 
 use k8s_openapi::{
     api::{
-        core::v1::{Node, Service},
+        core::v1::{Namespace, Node, Pod, Service},
         discovery::v1::EndpointSlice,
+        networking::v1::NetworkPolicy,
         networking::v1::ServiceCIDR,
     },
     Resource,
 };
+
+use crate::source::strip;
 
 /// One object of a kind service-lb uses.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +37,26 @@ pub enum Object {
     EndpointSlice(Arc<EndpointSlice>),
     Node(Arc<Node>),
     ServiceCidr(Arc<ServiceCIDR>),
+    Pod(Arc<Pod>),
+    Namespace(Arc<Namespace>),
+    NetworkPolicy(Arc<NetworkPolicy>),
+}
+
+impl Object {
+    /// A Pod, Namespace or NetworkPolicy stripped to what the policy model reads (right
+    /// after parsing: the `Arc` is unique then, nothing is copied).
+    fn stripped(self) -> Self {
+        fn take<K: Clone + Default>(mut o: Arc<K>, f: fn(K) -> K) -> Arc<K> {
+            let inner = std::mem::take(Arc::make_mut(&mut o));
+            Arc::new(f(inner))
+        }
+        match self {
+            Self::Pod(o) => Self::Pod(take(o, strip::pod)),
+            Self::Namespace(o) => Self::Namespace(take(o, strip::namespace)),
+            Self::NetworkPolicy(o) => Self::NetworkPolicy(take(o, strip::network_policy)),
+            other => other,
+        }
+    }
 }
 
 /// What one file held.
@@ -66,6 +92,9 @@ enum Kind {
     EndpointSlice,
     Node,
     ServiceCidr,
+    Pod,
+    Namespace,
+    NetworkPolicy,
 }
 
 impl Kind {
@@ -75,6 +104,9 @@ impl Kind {
             k if k == EndpointSlice::KIND => Some(Self::EndpointSlice),
             k if k == Node::KIND => Some(Self::Node),
             k if k == ServiceCIDR::KIND => Some(Self::ServiceCidr),
+            k if k == Pod::KIND => Some(Self::Pod),
+            k if k == Namespace::KIND => Some(Self::Namespace),
+            k if k == NetworkPolicy::KIND => Some(Self::NetworkPolicy),
             _ => None,
         }
     }
@@ -85,6 +117,9 @@ impl Kind {
             Self::EndpointSlice => EndpointSlice::API_VERSION,
             Self::Node => Node::API_VERSION,
             Self::ServiceCidr => ServiceCIDR::API_VERSION,
+            Self::Pod => Pod::API_VERSION,
+            Self::Namespace => Namespace::API_VERSION,
+            Self::NetworkPolicy => NetworkPolicy::API_VERSION,
         }
     }
 }
@@ -182,6 +217,9 @@ impl YamlDocument {
             Kind::EndpointSlice => Object::EndpointSlice(Arc::new(self.parse()?)),
             Kind::Node => Object::Node(Arc::new(self.parse()?)),
             Kind::ServiceCidr => Object::ServiceCidr(Arc::new(self.parse()?)),
+            Kind::Pod => Object::Pod(Arc::new(self.parse()?)).stripped(),
+            Kind::Namespace => Object::Namespace(Arc::new(self.parse()?)).stripped(),
+            Kind::NetworkPolicy => Object::NetworkPolicy(Arc::new(self.parse()?)).stripped(),
         })
     }
 
@@ -376,6 +414,17 @@ fn add_json_object(
         Classified::Use(Kind::ServiceCidr) => parsed.objects.push(Object::ServiceCidr(Arc::new(
             serde_json::from_value(value).map_err(json_error)?,
         ))),
+        Classified::Use(Kind::Pod) => parsed.objects.push(
+            Object::Pod(Arc::new(serde_json::from_value(value).map_err(json_error)?)).stripped(),
+        ),
+        Classified::Use(Kind::Namespace) => parsed.objects.push(
+            Object::Namespace(Arc::new(serde_json::from_value(value).map_err(json_error)?))
+                .stripped(),
+        ),
+        Classified::Use(Kind::NetworkPolicy) => parsed.objects.push(
+            Object::NetworkPolicy(Arc::new(serde_json::from_value(value).map_err(json_error)?))
+                .stripped(),
+        ),
     }
     Ok(())
 }

@@ -20,20 +20,21 @@ pub(crate) enum Kind {
     EndpointSlice,
     Node,
     ServiceCidr,
+    Pod,
+    Namespace,
+    NetworkPolicy,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 4] = [
+    pub(crate) const ALL: [Kind; 7] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Node,
         Kind::ServiceCidr,
+        Kind::Pod,
+        Kind::Namespace,
+        Kind::NetworkPolicy,
     ];
-
-    /// Objects of this kind live in a namespace (Nodes and ServiceCIDRs are cluster-scoped).
-    pub(crate) fn namespaced(self) -> bool {
-        matches!(self, Kind::Service | Kind::EndpointSlice)
-    }
 
     pub(crate) fn of(object: &Object) -> Kind {
         match object {
@@ -41,7 +42,15 @@ impl Kind {
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Node(_) => Kind::Node,
             Object::ServiceCidr(_) => Kind::ServiceCidr,
+            Object::Pod(_) => Kind::Pod,
+            Object::Namespace(_) => Kind::Namespace,
+            Object::NetworkPolicy(_) => Kind::NetworkPolicy,
         }
+    }
+
+    /// Whether objects of this kind live in a namespace (Nodes and Namespaces do not).
+    pub(crate) fn namespaced(self) -> bool {
+        !matches!(self, Kind::Node | Kind::Namespace | Kind::ServiceCidr)
     }
 }
 
@@ -108,6 +117,9 @@ impl Stored {
             Object::EndpointSlice(o) => serde_json::to_vec(&**o),
             Object::Node(o) => serde_json::to_vec(&**o),
             Object::ServiceCidr(o) => serde_json::to_vec(&**o),
+            Object::Pod(o) => serde_json::to_vec(&**o),
+            Object::Namespace(o) => serde_json::to_vec(&**o),
+            Object::NetworkPolicy(o) => serde_json::to_vec(&**o),
         };
         match json {
             Ok(bytes) => Self::Json(bytes.into_boxed_slice()),
@@ -132,6 +144,13 @@ impl Stored {
             Kind::Node => serde_json::from_slice(bytes).map(|o| Object::Node(Arc::new(o))),
             Kind::ServiceCidr => {
                 serde_json::from_slice(bytes).map(|o| Object::ServiceCidr(Arc::new(o)))
+            }
+            Kind::Pod => serde_json::from_slice(bytes).map(|o| Object::Pod(Arc::new(o))),
+            Kind::Namespace => {
+                serde_json::from_slice(bytes).map(|o| Object::Namespace(Arc::new(o)))
+            }
+            Kind::NetworkPolicy => {
+                serde_json::from_slice(bytes).map(|o| Object::NetworkPolicy(Arc::new(o)))
             }
         };
         object

@@ -25,6 +25,14 @@ fn names(parsed: &ParsedFile) -> Vec<String> {
                     .and_then(|s| s.cidrs.clone())
                     .unwrap_or_default()
             ),
+            Object::Pod(p) => format!("Pod {}", p.metadata.name.clone().unwrap_or_default()),
+            Object::Namespace(n) => {
+                format!("Namespace {}", n.metadata.name.clone().unwrap_or_default())
+            }
+            Object::NetworkPolicy(n) => format!(
+                "NetworkPolicy {}",
+                n.metadata.name.clone().unwrap_or_default()
+            ),
         })
         .collect()
 }
