@@ -36,6 +36,7 @@ fn exported() -> BTreeSet<String> {
     metrics.count_interface_failure();
     metrics.set_services(1);
     metrics.observe_conntrack(1, Some(&Garbage::default()));
+    metrics.count_udp_sockets_destroyed(1);
     let policy = PolicyMetrics::register(&mut registry);
     policy.observe_compile(0.01);
     policy.set_programmed(1);

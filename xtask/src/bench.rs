@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use crate::{setup, shell};
 
-pub fn run(quick: bool) -> Result<()> {
+pub fn run(quick: bool, only: Option<&str>) -> Result<()> {
     setup::run()?;
     let mut cmd = shell::cargo();
     // A stub eBPF object must never be benchmarked.
@@ -21,6 +21,9 @@ pub fn run(quick: bool) -> Result<()> {
     ]);
     if quick {
         cmd.arg("--quick");
+    }
+    if let Some(only) = only {
+        cmd.args(["--only", only]);
     }
     shell::run(&mut cmd)
 }

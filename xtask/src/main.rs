@@ -49,6 +49,10 @@ enum Command {
         /// Smaller sizes (about 3 minutes instead of 20).
         #[arg(long)]
         quick: bool,
+        /// Only one group of rows, printed and not written (`socket-lb`: the socket LB's
+        /// end-to-end rows against the floor and the tc path at 1k/10k/100k services).
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -61,7 +65,7 @@ fn main() -> Result<()> {
         Command::Demo => demo(),
         Command::Lint => lint(),
         Command::Image(args) => image::run(&args),
-        Command::Bench { quick } => bench::run(quick),
+        Command::Bench { quick, only } => bench::run(quick, only.as_deref()),
     }
 }
 

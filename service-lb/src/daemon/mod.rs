@@ -204,24 +204,25 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
     crate::dataplane::program_service_cidrs(&mut maps, &config.service_cidrs)
         .map_err(DaemonError::ServiceCidrs)?;
     let writer = ServiceWriter::open(maps)?;
+    let mut syncer = Syncer::new(writer);
+    if config.socket_lb_cgroup.is_some() {
+        syncer = syncer.with_socket_reaper(Box::new(
+            crate::dataplane::sock_destroy::SockReaper::new(config.dataplane.bpffs.clone()),
+        ));
+    }
     let service_health = ServiceHealthServers::new(
         None,
         health.clone(),
         config.health_timeout(),
         cancel.clone(),
     );
-    let mut reconciler = Reconciler::new(
-        Syncer::new(writer),
-        config.node_name.clone(),
-        metrics,
-        health.clone(),
-    )
-    .with_service_cidr_flag(&config.service_cidrs)
-    .notify_on_sync(synced.clone())
-    .with_events(event_sink(&config).await)
-    .with_nodeport_addresses(config.nodeport_addresses.clone())
-    .with_service_health(service_health)
-    .with_interface_addresses(interface_address_reader(&config)?);
+    let mut reconciler = Reconciler::new(syncer, config.node_name.clone(), metrics, health.clone())
+        .with_service_cidr_flag(&config.service_cidrs)
+        .notify_on_sync(synced.clone())
+        .with_events(event_sink(&config).await)
+        .with_nodeport_addresses(config.nodeport_addresses.clone())
+        .with_service_health(service_health)
+        .with_interface_addresses(interface_address_reader(&config)?);
     // Map entries for /metrics, sampled off the scrape path (after syncs, and on a timer
     // for conntrack); the maps exist from here on.
     tasks.push(tokio::spawn(datapath::run_sampler(

@@ -379,6 +379,8 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
             report.udp_conntrack_flushed,
             (kind == SyncKind::Full).then_some(&report.garbage),
         );
+        self.metrics
+            .count_udp_sockets_destroyed(report.udp_sockets_destroyed);
         let now = SystemTime::now();
         if kind == SyncKind::Incremental {
             self.observe_programming_latency(&desired, &report, now);
@@ -426,6 +428,7 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
                 upserted = report.frontends_upserted,
                 removed = report.frontends_removed,
                 udp_conntrack_flushed = report.udp_conntrack_flushed,
+                udp_sockets_destroyed = report.udp_sockets_destroyed,
                 draining_backends = report.garbage.backends_kept,
                 collected_backends = report.garbage.backends,
                 failed = report.failed.len(),

@@ -25,6 +25,7 @@ pub mod pin;
 pub mod policy_maps;
 pub mod policy_writer;
 pub mod sock;
+pub mod sock_destroy;
 pub mod sync;
 pub mod vips;
 pub mod writer;

@@ -34,8 +34,9 @@ use service_lb_common::{
 use tracing::{debug, error, warn};
 
 use super::{
-    writer::Garbage, BackendSpec, Family, FrontendKey, FrontendSpec, L4Proto, MapStore,
-    ServiceWriter, WriteError,
+    sock_destroy::{ServingBackends, UdpSocketReaper},
+    writer::Garbage,
+    BackendSpec, Family, FrontendKey, FrontendSpec, L4Proto, MapStore, ServiceWriter, WriteError,
 };
 use crate::model::{DesiredFrontend, Protocol, Scope, ServiceDesired, ServiceName};
 
@@ -49,6 +50,9 @@ pub struct SyncReport {
     pub frontends_removed: usize,
     /// UDP conntrack entries flushed because their backend stopped serving the frontend.
     pub udp_conntrack_flushed: usize,
+    /// Connected UDP sockets (socket LB) destroyed because their backend stopped serving
+    /// the frontend.
+    pub udp_sockets_destroyed: usize,
     /// What garbage collection deleted and kept (full syncs only).
     pub garbage: Garbage,
     /// Services left at their last good state, with the error (full map, kernel error).
@@ -125,6 +129,8 @@ pub struct Syncer<M: MapStore> {
     owners: HashMap<FrontendKey, ServiceName>,
     /// The serving endpoints of each UDP frontend, as last applied.
     udp_serving: HashMap<FrontendKey, BTreeSet<SocketAddr>>,
+    /// Destroys connected UDP sockets whose backend stopped serving (socket LB on).
+    sock_reaper: Option<Box<dyn UdpSocketReaper>>,
     /// The names map entries written for each Service's frontends, by service id.
     named: BTreeMap<ServiceName, BTreeMap<u32, SvcName>>,
 }
@@ -136,8 +142,18 @@ impl<M: MapStore> Syncer<M> {
             owned: BTreeMap::new(),
             owners: HashMap::new(),
             udp_serving: HashMap::new(),
+            sock_reaper: None,
             named: BTreeMap::new(),
         }
+    }
+
+    /// With socket LB on: after each batch, the connected UDP sockets whose backend left
+    /// the serving endpoints of their frontend are destroyed by `reaper` (the same
+    /// frontends as the UDP conntrack clean-up, and also those left with no endpoint).
+    #[must_use]
+    pub fn with_socket_reaper(mut self, reaper: Box<dyn UdpSocketReaper>) -> Self {
+        self.sock_reaper = Some(reaper);
+        self
     }
 
     /// Applies the desired state of the given Services (an empty `frontends` removes
@@ -478,18 +494,25 @@ impl<M: MapStore> Syncer<M> {
     fn flush_udp(&mut self, desired: &[ServiceDesired], mode: Mode, report: &mut SyncReport) {
         let failed: BTreeSet<&ServiceName> = report.failed.iter().map(|(n, _)| n).collect();
         let mut rules: BTreeMap<Family, BTreeMap<u32, BTreeSet<u32>>> = BTreeMap::new();
+        let mut sockets = ServingBackends::new();
         for d in desired.iter().filter(|d| !failed.contains(&d.name)) {
             for frontend in d.frontends.iter().filter(|f| f.protocol == Protocol::Udp) {
                 let spec = frontend_spec(frontend);
                 let serving: BTreeSet<SocketAddr> = frontend.serving.iter().copied().collect();
                 let previous = self.udp_serving.insert(spec.key, serving.clone());
                 let lost = previous.is_some_and(|p| p.difference(&serving).next().is_some());
-                if serving.is_empty() || (mode == Mode::Incremental && !lost) {
+                if mode == Mode::Incremental && !lost {
                     continue;
                 }
                 let Some(service_id) = self.writer.service_id(&spec.key) else {
                     continue;
                 };
+                if self.sock_reaper.is_some() {
+                    sockets.insert(service_id, serving.clone());
+                }
+                if serving.is_empty() {
+                    continue;
+                }
                 let ids: BTreeSet<u32> = serving
                     .iter()
                     .filter_map(|addr| self.writer.backend_id(*addr, L4Proto::Udp))
@@ -505,6 +528,15 @@ impl<M: MapStore> Syncer<M> {
                 Ok(n) => report.udp_conntrack_flushed += n,
                 Err(e) => {
                     error!(error = %e, "flushing UDP conntrack of endpoints that stopped serving");
+                    report.errors.push(e.to_string());
+                }
+            }
+        }
+        if let (Some(reaper), false) = (self.sock_reaper.as_mut(), sockets.is_empty()) {
+            match reaper.reap(&sockets) {
+                Ok(n) => report.udp_sockets_destroyed += n,
+                Err(e) => {
+                    error!(error = %e, "destroying connected UDP sockets of endpoints that stopped serving");
                     report.errors.push(e.to_string());
                 }
             }

@@ -681,6 +681,91 @@ fn full_sync_repairs_drift_and_deletes_orphan_backends() {
         .contains_key(&(Family::V4, 4242)));
 }
 
+/// Records what the Syncer asks to reap; answers with a count per call.
+struct FakeReaper {
+    calls: std::sync::Arc<std::sync::Mutex<Vec<super::ServingBackends>>>,
+    destroyed: usize,
+}
+
+impl super::UdpSocketReaper for FakeReaper {
+    fn reap(
+        &mut self,
+        serving: &super::ServingBackends,
+    ) -> Result<usize, crate::dataplane::sock_destroy::SockDestroyError> {
+        self.calls.lock().expect("test mutex").push(serving.clone());
+        Ok(self.destroyed)
+    }
+}
+
+#[test]
+fn connected_udp_sockets_are_reaped_for_frontends_that_lost_a_serving_endpoint() {
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut s = syncer(FakeMaps::new()).with_socket_reaper(Box::new(FakeReaper {
+        calls: calls.clone(),
+        destroyed: 3,
+    }));
+    let taken = || std::mem::take(&mut *calls.lock().expect("test mutex"));
+    let addr = |a: &str| a.parse::<SocketAddr>().expect("test backend");
+    let both = ["198.18.1.2:53", "198.18.1.3:53"];
+    let b_only = ["198.18.1.3:53"];
+    let services = |a_backends: &[&str]| {
+        vec![
+            desired(
+                "a",
+                vec![udp_frontend("198.19.0.10", 53, a_backends, a_backends)],
+            ),
+            desired("b", vec![udp_frontend("198.19.0.20", 53, &b_only, &b_only)]),
+        ]
+    };
+    let report = s.apply(&services(&both));
+    assert_eq!(report.udp_sockets_destroyed, 0);
+    assert!(taken().is_empty(), "nothing was lost on the first apply");
+    let udp = |a: &str| FrontendKey {
+        proto: L4Proto::Udp,
+        ..key(a, 53)
+    };
+    let (a, b) = (
+        service_id(&s, &udp("198.19.0.10")),
+        service_id(&s, &udp("198.19.0.20")),
+    );
+
+    // .2 leaves a: only a is checked, against its one serving backend.
+    let report = s.apply(&services(&b_only));
+    assert_eq!(report.udp_sockets_destroyed, 3);
+    assert_eq!(
+        taken(),
+        [[(a, [addr("198.18.1.3:53")].into_iter().collect())]
+            .into_iter()
+            .collect::<super::ServingBackends>()]
+    );
+
+    // Unchanged: no call at all.
+    s.apply(&services(&b_only));
+    assert!(taken().is_empty());
+
+    // No endpoint left: unlike the conntrack flush, the sockets still go (their next
+    // connect is refused).
+    s.apply(&services(&[]));
+    assert_eq!(
+        taken(),
+        [[(a, Default::default())]
+            .into_iter()
+            .collect::<super::ServingBackends>()]
+    );
+
+    // A full sync checks every UDP frontend.
+    let report = s.full_sync(&services(&both));
+    assert_eq!(report.udp_sockets_destroyed, 3);
+    assert_eq!(
+        taken(),
+        [[
+            (a, both.iter().map(|b| addr(b)).collect()),
+            (b, [addr("198.18.1.3:53")].into_iter().collect()),
+        ]
+        .into_iter()
+        .collect::<super::ServingBackends>()]
+    );
+}
 /// The names map: what `inspect` and `diff` read without the daemon.
 mod names {
     use service_lb_common::names::KIND_CLUSTER_IP;

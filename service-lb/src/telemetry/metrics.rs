@@ -74,6 +74,7 @@ pub struct Metrics {
     services: Gauge,
     interface_failures: Counter,
     udp_conntrack_flushed: Counter,
+    udp_sockets_destroyed: Counter,
     backends_draining: Gauge,
     revnat_retired: Gauge,
     garbage_collected: Family<KindLabel, Counter>,
@@ -97,6 +98,7 @@ impl Metrics {
             services: Gauge::default(),
             interface_failures: Counter::default(),
             udp_conntrack_flushed: Counter::default(),
+            udp_sockets_destroyed: Counter::default(),
             backends_draining: Gauge::default(),
             revnat_retired: Gauge::default(),
             garbage_collected: Family::default(),
@@ -149,6 +151,11 @@ impl Metrics {
             metrics.udp_conntrack_flushed.clone(),
         );
         registry.register(
+            "service_lb_udp_sockets_destroyed",
+            "Connected UDP sockets of the node's network namespace destroyed (netlink SOCK_DESTROY) because the backend the socket LB gave them stopped serving their Service",
+            metrics.udp_sockets_destroyed.clone(),
+        );
+        registry.register(
             "service_lb_backends_draining",
             "Backends in no frontend's slots kept for the connections conntrack still holds on them (at the last full sync)",
             metrics.backends_draining.clone(),
@@ -167,6 +174,12 @@ impl Metrics {
     }
 
     /// The conntrack side of a sync: UDP flushes, and (full syncs) garbage collection.
+    /// Connected UDP sockets destroyed by a sync (socket LB).
+    pub fn count_udp_sockets_destroyed(&self, n: usize) {
+        self.udp_sockets_destroyed
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
     pub fn observe_conntrack(&self, flushed: usize, garbage: Option<&Garbage>) {
         self.udp_conntrack_flushed
             .inc_by(u64::try_from(flushed).unwrap_or(u64::MAX));

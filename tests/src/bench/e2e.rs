@@ -13,7 +13,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -23,10 +23,11 @@ use anyhow::{bail, ensure, Context as _};
 use super::{
     config::{self, BACKENDS_PER_SERVICE},
     control_plane::quantile,
-    per_packet::ServiceSet,
+    per_packet::{ServiceSet, VIPS},
     rule_load::{self, Layout, LoadTime},
 };
 use crate::{
+    cgroup::TestCgroup,
     daemon::{
         Daemon, DaemonOptions, EndpointSpec, ManifestDir, PortSpec, ServiceManifest, SliceManifest,
     },
@@ -54,16 +55,24 @@ pub enum Target {
     /// kube-proxy's iptables mode, legacy back end (`iptables-legacy`).
     IptablesLegacy,
     Nftables,
+    /// service-lb with socket LB on (`--socket-lb=on`): the client's `connect()` is
+    /// translated at the socket (cgroup programs on a folder of this run), not per packet.
+    SocketLb,
 }
 
 impl Target {
-    pub const ALL: [Target; 5] = [
+    pub const ALL: [Target; 6] = [
         Target::Direct,
         Target::ServiceLb,
         Target::Iptables,
         Target::IptablesLegacy,
         Target::Nftables,
+        Target::SocketLb,
     ];
+
+    /// The socket-LB rows (`slb-bench --only socket-lb`): the floor, the tc path and the
+    /// socket path.
+    pub const SOCKET_LB: [Target; 3] = [Target::Direct, Target::ServiceLb, Target::SocketLb];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -72,13 +81,14 @@ impl Target {
             Target::Iptables => "ClusterIP via kube-proxy iptables (nft back end)",
             Target::IptablesLegacy => "ClusterIP via kube-proxy iptables (legacy back end)",
             Target::Nftables => "ClusterIP via kube-proxy nftables",
+            Target::SocketLb => "ClusterIP via service-lb socket LB",
         }
     }
 
     /// The kube-proxy layout of this target, if it is one.
     pub fn layout(self) -> Option<Layout> {
         match self {
-            Target::Direct | Target::ServiceLb => None,
+            Target::Direct | Target::ServiceLb | Target::SocketLb => None,
             Target::Iptables => Some(Layout::Iptables),
             Target::IptablesLegacy => Some(Layout::IptablesLegacy),
             Target::Nftables => Some(Layout::Nftables),
@@ -114,6 +124,10 @@ pub struct E2eRow {
 /// The cluster of one measurement; dropped in field order (daemon first).
 struct Fixture {
     daemon: Option<Daemon>,
+    /// Socket LB: the cgroup folder the programs are attached to; this process is moved
+    /// in only while the target's own client runs (the other targets' clients run
+    /// outside it, one target at a time).
+    cgroup: Option<Mutex<TestCgroup>>,
     _bulk: Vec<BulkSink>,
     _servers: Vec<Servers>,
     _manifests: Option<ManifestDir>,
@@ -262,6 +276,7 @@ fn prepare(target: Target, services: u32, bounds: LoopBounds) -> anyhow::Result<
     }
     let mut fixture = Fixture {
         daemon: None,
+        cgroup: None,
         _bulk: bulk,
         _servers: servers,
         _manifests: None,
@@ -276,8 +291,8 @@ fn prepare(target: Target, services: u32, bounds: LoopBounds) -> anyhow::Result<
             SocketAddr::new(backends[0].into(), TARGET_PORT),
             Some(SocketAddr::new(backends[0].into(), BULK_PORT)),
         ),
-        Target::ServiceLb => {
-            let vip = start_service_lb(&mut fixture, services, &backends)?;
+        Target::ServiceLb | Target::SocketLb => {
+            let vip = start_service_lb(&mut fixture, services, &backends, target)?;
             (
                 SocketAddr::V4(vip),
                 Some(SocketAddr::V4(SocketAddrV4::new(*vip.ip(), BULK_PORT))),
@@ -307,6 +322,7 @@ fn start_service_lb(
     fixture: &mut Fixture,
     services: u32,
     backends: &[Ipv4Addr],
+    target: Target,
 ) -> anyhow::Result<SocketAddrV4> {
     let set = ServiceSet { services };
     let manifests = ManifestDir::create(fixture.cluster.prefix())?;
@@ -328,14 +344,23 @@ fn start_service_lb(
     if !file.is_empty() {
         manifests.write("fill-last.yaml", &file)?;
     }
-    let vip = SocketAddrV4::new(*set.vip(measured).ip(), SERVICE_PORT);
+    // Past 32k services the fill reuses VIPs on further ports: the measured frontend takes
+    // a port no fill service has on its address (else it is refused as owned by another).
+    let ip = *set.vip(measured).ip();
+    let taken: Vec<u16> = (measured % VIPS..measured)
+        .step_by(VIPS as usize)
+        .map(|i| set.vip(i))
+        .filter(|v| *v.ip() == ip)
+        .map(|v| v.port())
+        .collect();
+    let port = (SERVICE_PORT..)
+        .find(|p| !taken.contains(p))
+        .context("no free port for the measured service")?;
+    let vip = SocketAddrV4::new(ip, port);
     let measured_doc = service_doc(
         measured,
         *vip.ip(),
-        &[
-            ("http", SERVICE_PORT, TARGET_PORT),
-            ("bulk", BULK_PORT, BULK_PORT),
-        ],
+        &[("http", port, TARGET_PORT), ("bulk", BULK_PORT, BULK_PORT)],
     ) + &slice_doc(
         measured,
         backends,
@@ -351,13 +376,37 @@ fn start_service_lb(
         manifests.log_path(NODE_NAME),
     );
     options.extra_args = config::daemon_map_args(services, 65536);
+    if target == Target::SocketLb {
+        let cgroup = TestCgroup::create()?;
+        options.extra_args.push("--socket-lb=on".into());
+        options
+            .extra_args
+            .push(format!("--cgroup={}", cgroup.path().display()));
+        fixture.cgroup = Some(Mutex::new(cgroup));
+    }
     let mut daemon = Daemon::start(&node.ns, options)?;
     daemon.wait_ready(READY_BOUND)?;
     fixture._manifests = Some(manifests);
     fixture.daemon = Some(daemon);
     // Ready means synced; still, wait (bounded) until the measured service answers.
     let client = fixture.cluster.pod("client")?;
-    wait_answer(client, SocketAddr::V4(vip))?;
+    in_cgroup(fixture, || wait_answer(client, SocketAddr::V4(vip)))?;
+    if target == Target::SocketLb {
+        // The row measures the socket path only if connect() really was translated there.
+        let translated: u64 = service_lb::dataplane::BpfMaps::open_pinned(node.bpffs.path())?
+            .counters()?
+            .iter()
+            .filter(|c| {
+                c.hook == service_lb_common::Hook::SockConnect
+                    && c.reason == service_lb_common::Reason::SockTranslated
+            })
+            .map(|c| c.packets)
+            .sum();
+        ensure!(
+            translated > 0,
+            "socket LB on, yet no connect() was translated at the socket"
+        );
+    }
     Ok(vip)
 }
 
@@ -487,18 +536,34 @@ fn wait_answer(client: &Pod, addr: SocketAddr) -> anyhow::Result<()> {
     })
 }
 
+/// Runs `f` with this process in the fixture's cgroup folder (socket LB), if it has one.
+fn in_cgroup<T>(fixture: &Fixture, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let Some(cgroup) = &fixture.cgroup else {
+        return f();
+    };
+    let mut cgroup = cgroup
+        .lock()
+        .map_err(|_| anyhow::anyhow!("cgroup lock poisoned"))?;
+    cgroup.enter()?;
+    let result = f();
+    cgroup.leave()?;
+    result
+}
+
 /// The warm-up connections of a target (bounded in time), not measured.
 fn warm_up(p: &Prepared, bounds: LoopBounds) -> anyhow::Result<()> {
     let client = p.fixture.cluster.pod("client")?;
-    run_in(&client.ns, || {
-        let started = Instant::now();
-        for _ in 0..bounds.warmup {
-            if started.elapsed() > bounds.time {
-                break;
+    in_cgroup(&p.fixture, || {
+        run_in(&client.ns, || {
+            let started = Instant::now();
+            for _ in 0..bounds.warmup {
+                if started.elapsed() > bounds.time {
+                    break;
+                }
+                let _ = one_exchange(p.vip);
             }
-            let _ = one_exchange(p.vip);
-        }
-        Ok(())
+            Ok(())
+        })
     })
 }
 
@@ -509,18 +574,20 @@ fn latency_loop(
     count: u32,
 ) -> anyhow::Result<(Vec<Duration>, u32, Duration)> {
     let client = fixture.cluster.pod("client")?;
-    run_in(&client.ns, || {
-        let mut latencies = Vec::with_capacity(count as usize);
-        let mut errors = 0;
-        let measured = Instant::now();
-        for _ in 0..count {
-            let t = Instant::now();
-            match one_exchange(addr) {
-                Ok(()) => latencies.push(t.elapsed()),
-                Err(_) => errors += 1,
+    in_cgroup(fixture, || {
+        run_in(&client.ns, || {
+            let mut latencies = Vec::with_capacity(count as usize);
+            let mut errors = 0;
+            let measured = Instant::now();
+            for _ in 0..count {
+                let t = Instant::now();
+                match one_exchange(addr) {
+                    Ok(()) => latencies.push(t.elapsed()),
+                    Err(_) => errors += 1,
+                }
             }
-        }
-        Ok((latencies, errors, measured.elapsed()))
+            Ok((latencies, errors, measured.elapsed()))
+        })
     })
 }
 
@@ -531,29 +598,31 @@ const BULK_RUNS: usize = 3;
 /// acknowledged the end (it answers one byte after reading everything).
 fn bulk_stream(fixture: &Fixture, addr: SocketAddr, bounds: LoopBounds) -> anyhow::Result<f64> {
     let client = fixture.cluster.pod("client")?;
-    run_in(&client.ns, || {
-        let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-            .with_context(|| format!("bulk connect to {addr}"))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        stream.set_read_timeout(Some(bounds.time))?;
-        let chunk = vec![0x5au8; 256 * 1024];
-        let started = Instant::now();
-        let mut sent = 0u64;
-        while sent < bounds.bulk_bytes {
-            if started.elapsed() > bounds.time {
-                bail!("bulk stream not done within {:?}", bounds.time);
+    in_cgroup(fixture, || {
+        run_in(&client.ns, || {
+            let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+                .with_context(|| format!("bulk connect to {addr}"))?;
+            stream.set_write_timeout(Some(IO_TIMEOUT))?;
+            stream.set_read_timeout(Some(bounds.time))?;
+            let chunk = vec![0x5au8; 256 * 1024];
+            let started = Instant::now();
+            let mut sent = 0u64;
+            while sent < bounds.bulk_bytes {
+                if started.elapsed() > bounds.time {
+                    bail!("bulk stream not done within {:?}", bounds.time);
+                }
+                let n = chunk.len().min(usize::try_from(bounds.bulk_bytes - sent)?);
+                stream.write_all(&chunk[..n])?;
+                sent += n as u64;
             }
-            let n = chunk.len().min(usize::try_from(bounds.bulk_bytes - sent)?);
-            stream.write_all(&chunk[..n])?;
-            sent += n as u64;
-        }
-        stream.shutdown(std::net::Shutdown::Write)?;
-        let mut ack = [0u8; 1];
-        stream
-            .read_exact(&mut ack)
-            .context("bulk sink acknowledgement")?;
-        let secs = started.elapsed().as_secs_f64();
-        Ok(sent as f64 * 8.0 / secs / 1e9)
+            stream.shutdown(std::net::Shutdown::Write)?;
+            let mut ack = [0u8; 1];
+            stream
+                .read_exact(&mut ack)
+                .context("bulk sink acknowledgement")?;
+            let secs = started.elapsed().as_secs_f64();
+            Ok(sent as f64 * 8.0 / secs / 1e9)
+        })
     })
 }
 

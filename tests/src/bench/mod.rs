@@ -10,7 +10,8 @@
 //!   change -> map latency; `process_memory`: VmRSS and BPF map memlock of a pid.
 //! - `rule_load`: `iptables-restore` / `nft -f` of kube-proxy's layout for N services.
 //! - `e2e`: connect + request/response latency, connections/s and bulk throughput from a
-//!   client pod: pod IP, ClusterIP via service-lb, via kube-proxy's iptables and nftables.
+//!   client pod: pod IP, ClusterIP via service-lb (tc path and socket LB), via kube-proxy's
+//!   iptables and nftables.
 //! - `run`: runs every section in order and writes the report and the chart.
 pub mod chart;
 pub mod config;
@@ -24,4 +25,4 @@ pub mod rule_load;
 pub mod run;
 
 pub use config::BenchConfig;
-pub use run::{run, Outcome};
+pub use run::{run, run_socket_lb, Outcome};

@@ -30,7 +30,8 @@ use crate::packet::{PacketSpec, L4};
 
 /// ClusterIPs used: 198.19.0.16 .. 198.19.125.15 (inside 198.19.0.0/17); past that the
 /// port changes.
-const VIPS: u32 = 32_000;
+/// Distinct VIPs; past this many services they repeat on the next port.
+pub const VIPS: u32 = 32_000;
 const VIP_BASE: u32 = u32::from_be_bytes([198, 19, 0, 16]);
 const SERVICE_PORT_BASE: u16 = 80;
 /// Backend addresses: 198.18.0.2 .. 198.18.255.251 (250 a /24); past that the port changes.

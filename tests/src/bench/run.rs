@@ -356,6 +356,28 @@ fn per_packet_chart(rows: &[PerPacketRow]) -> Chart {
     }
 }
 
+/// `slb-bench --only socket-lb`: only the end-to-end rows of the socket LB (the pod-IP
+/// floor, the tc path, the socket path) at each N of `services`; printed, not written.
+pub fn run_socket_lb(services: &[u32], bounds: e2e::LoopBounds) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    for &n in services {
+        for (target, result) in e2e::measure_all(&Target::SOCKET_LB, n, bounds) {
+            match result {
+                Ok(row) => rows.push(row),
+                Err(e) => failures.push(note(&e, &format!("{} with {n} services", target.name()))),
+            }
+        }
+        // Printed after each N, so a long run shows what it has.
+        e2e_table(&rows);
+    }
+    for f in &failures {
+        println!("failed: {f}");
+    }
+    anyhow::ensure!(failures.is_empty(), "{} rows failed", failures.len());
+    Ok(())
+}
+
 fn e2e_section(config: &BenchConfig, failures: &mut Vec<String>) -> anyhow::Result<Vec<E2eRow>> {
     let mut rows = Vec::new();
     for &services in &config.e2e_services {

@@ -10,15 +10,17 @@ use service_lb_tests::{
     privileges::require_root,
 };
 
-const USAGE: &str = "usage: slb-bench [--quick] [--out FILE.md]";
+const USAGE: &str = "usage: slb-bench [--quick] [--out FILE.md] [--only socket-lb]";
 
 fn main() -> anyhow::Result<()> {
     let mut quick = false;
+    let mut only: Option<String> = None;
     let mut out = PathBuf::from("docs/benchmarks.md");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--only" => only = Some(args.next().context(USAGE)?),
             "--out" => out = PathBuf::from(args.next().context(USAGE)?),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -29,6 +31,23 @@ fn main() -> anyhow::Result<()> {
     }
     if !require_root("slb-bench") {
         bail!("slb-bench needs root (BPF_PROG_TEST_RUN, network namespaces)");
+    }
+    match only.as_deref() {
+        None => {}
+        Some("socket-lb") => {
+            // The socket LB's rows (issue 10): floor, tc path, socket path at each N.
+            let (services, bounds) = if quick {
+                (vec![1_000], BenchConfig::quick().e2e_bounds)
+            } else {
+                (vec![1_000, 10_000, 100_000], BenchConfig::full().e2e_bounds)
+            };
+            let bounds = bench::e2e::LoopBounds {
+                bulk_bytes: 0,
+                ..bounds
+            };
+            return bench::run_socket_lb(&services, bounds);
+        }
+        Some(other) => bail!("unknown --only {other:?}\n{USAGE}"),
     }
     let (config, command) = if quick {
         (BenchConfig::quick(), "cargo xtask bench --quick")
