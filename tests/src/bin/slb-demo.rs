@@ -119,7 +119,7 @@ fn explain(outcome: &DemoOutcome) -> bool {
         denied && allowed,
         &format!(
             "NetworkPolicy: a client without the label role=frontend got no answer through the ClusterIP \
-             ({} ms after the policy was written), and was answered {} ms after it got the label",
+             (seen by a probe that ended {} ms after the policy was written; an unanswered request waits 2 s), and was answered {} ms after it got the label",
             policy.deny_took.as_millis(),
             policy.allow_took.as_millis()
         ),

@@ -319,26 +319,31 @@ fn show_inspect(
     report: &mut dyn FnMut(Step),
 ) -> Result<()> {
     let node = cluster.node(1)?;
+    let table = inspect_table(binary, what, node.bpffs.path())?;
+    report(Step::Seen(format!(
+        "`service-lb inspect {what} --bpffs {}` (node {}{when}, read from its pinned maps):\n{table}",
+        node.bpffs.path().display(),
+        node.name,
+    )));
+    Ok(())
+}
+
+/// `service-lb inspect <what> --bpffs <bpffs>`'s output, indented for a demo step.
+pub(super) fn inspect_table(binary: &Path, what: &str, bpffs: &Path) -> Result<String> {
     let out = Command::new(binary)
         .args(["inspect", what, "--bpffs"])
-        .arg(node.bpffs.path())
+        .arg(bpffs)
         .output()
         .with_context(|| format!("running service-lb inspect {what}"))?;
     if !out.status.success() {
         bail!(
-            "service-lb inspect failed: {}",
+            "service-lb inspect {what} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let table: Vec<String> = String::from_utf8_lossy(&out.stdout)
+    Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| format!("             {l}"))
-        .collect();
-    report(Step::Seen(format!(
-        "`service-lb inspect {what} --bpffs {}` (node {}{when}, read from its pinned maps):\n{}",
-        node.bpffs.path().display(),
-        node.name,
-        table.join("\n")
-    )));
-    Ok(())
+        .collect::<Vec<_>>()
+        .join("\n"))
 }

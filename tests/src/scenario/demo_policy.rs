@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use super::http::get_name;
 use super::outcome::Step;
@@ -185,26 +185,11 @@ fn show_policy(
         return Ok(());
     };
     let node = cluster.node(cluster.pod(first)?.node)?;
-    let out = Command::new(binary)
-        .args(["inspect", "policy", "--bpffs"])
-        .arg(node.bpffs.path())
-        .output()
-        .context("running service-lb inspect policy")?;
-    if !out.status.success() {
-        bail!(
-            "service-lb inspect policy failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let table: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| format!("             {l}"))
-        .collect();
+    let table = super::daemon_demo::inspect_table(binary, "policy", node.bpffs.path())?;
     report(Step::Seen(format!(
-        "`service-lb inspect policy --bpffs {}` (node {}: its local pods' effective rules):\n{}",
+        "`service-lb inspect policy --bpffs {}` (node {}: its local pods' effective rules):\n{table}",
         node.bpffs.path().display(),
         node.name,
-        table.join("\n")
     )));
     Ok(())
 }
