@@ -693,6 +693,90 @@ pub fn start_per_node(
     Ok(daemons)
 }
 
+/// A dual-stack Service with one port and one endpoint, as the end-to-end tests that
+/// exercise a single backend publish it.
+pub struct OneBackendService<'a> {
+    pub name: &'a str,
+    /// The IPv4 and the IPv6 ClusterIP.
+    pub vips: [IpAddr; 2],
+    pub port_name: &'a str,
+    pub port: u16,
+    /// `TCP` or `UDP`.
+    pub protocol: &'static str,
+    pub backend: &'a crate::topology::Pod,
+    pub backend_port: u16,
+}
+
+/// Writes `service` and its two EndpointSlices (one per family) into `manifests`, starts
+/// one daemon per node (see [`start_per_node`]) and waits until every node's maps hold
+/// both frontends with the backend.
+pub fn serve_one_backend(
+    cluster: &crate::topology::Cluster,
+    manifests: &ManifestDir,
+    service: &OneBackendService,
+    extra_args: &[String],
+    ready_bound: Duration,
+    change_bound: Duration,
+) -> Result<Vec<Daemon>> {
+    let backend = service.backend;
+    let manifest = ServiceManifest {
+        namespace: "default".into(),
+        name: service.name.into(),
+        cluster_ips: service.vips.to_vec(),
+        ports: vec![(
+            PortSpec::new(service.port_name, service.port, service.protocol),
+            service.backend_port,
+        )],
+    };
+    manifests.write(&format!("{}-service.yaml", service.name), &manifest.yaml())?;
+    let slices: Vec<String> = [false, true]
+        .into_iter()
+        .map(|v6| {
+            SliceManifest {
+                namespace: "default".into(),
+                name: format!("{}-{}", service.name, if v6 { "v6" } else { "v4" }),
+                service: service.name.into(),
+                ipv6: v6,
+                ports: vec![PortSpec::new(
+                    service.port_name,
+                    service.backend_port,
+                    service.protocol,
+                )],
+                endpoints: vec![EndpointSpec {
+                    addr: backend.addr(v6),
+                    node: format!("n{}", backend.node),
+                    ready: true,
+                    terminating: false,
+                }],
+                trigger_time: None,
+            }
+            .yaml()
+        })
+        .collect();
+    manifests.write(
+        &format!("{}-slices.yaml", service.name),
+        &slices.join("---\n"),
+    )?;
+    let daemons = start_per_node(cluster, manifests, extra_args, ready_bound)?;
+    let wanted: Vec<(String, Vec<String>)> = service
+        .vips
+        .iter()
+        .map(|vip| {
+            (
+                frontend_key(SocketAddr::new(*vip, service.port), service.protocol),
+                vec![
+                    SocketAddr::new(backend.addr(vip.is_ipv6()), service.backend_port).to_string(),
+                ],
+            )
+        })
+        .collect();
+    for node in &cluster.nodes {
+        let took = wait_frontends(node.bpffs.path(), &wanted, change_bound)?;
+        eprintln!("node {}: the Service in the maps after {took:?}", node.name);
+    }
+    Ok(daemons)
+}
+
 /// Parses Prometheus text samples: `name{labels}` -> value.
 pub fn metric_samples(text: &str) -> BTreeMap<String, f64> {
     text.lines()

@@ -22,10 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use service_lb::dataplane::CounterTotal;
 use service_lb_common::{Hook, Reason};
-use service_lb_tests::daemon::{
-    frontend_key, start_per_node, wait_frontends, EndpointSpec, ManifestDir, PortSpec,
-    ServiceManifest, SliceManifest,
-};
+use service_lb_tests::daemon::{serve_one_backend, ManifestDir, OneBackendService};
 use service_lb_tests::netns::{run_in, sweep_leftovers};
 use service_lb_tests::privileges::require_root;
 use service_lb_tests::scenario::dataplane::counters;
@@ -73,53 +70,22 @@ fn e2e_pmtu_through_a_clusterip() -> Result<()> {
     let backend = cluster.pod("backend")?;
 
     let manifests = ManifestDir::create(cluster.prefix())?;
-    let service = ServiceManifest {
-        namespace: "default".into(),
-        name: "upload".into(),
-        cluster_ips: vec![ip(VIP4), ip(VIP6)],
-        ports: vec![(PortSpec::new("data", PORT, "TCP"), BACKEND_PORT)],
-    };
-    manifests.write("upload-service.yaml", &service.yaml())?;
-    let slices: Vec<String> = [false, true]
-        .into_iter()
-        .map(|v6| {
-            SliceManifest {
-                namespace: "default".into(),
-                name: format!("upload-{}", if v6 { "v6" } else { "v4" }),
-                service: "upload".into(),
-                ipv6: v6,
-                ports: vec![PortSpec::new("data", BACKEND_PORT, "TCP")],
-                endpoints: vec![EndpointSpec {
-                    addr: backend.addr(v6),
-                    node: format!("n{}", backend.node),
-                    ready: true,
-                    terminating: false,
-                }],
-                trigger_time: None,
-            }
-            .yaml()
-        })
-        .collect();
-    manifests.write("upload-slices.yaml", &slices.join("---\n"))?;
-    let mut daemons = start_per_node(
+    let mut daemons = serve_one_backend(
         &cluster,
         &manifests,
+        &OneBackendService {
+            name: "upload",
+            vips: [ip(VIP4), ip(VIP6)],
+            port_name: "data",
+            port: PORT,
+            protocol: "TCP",
+            backend,
+            backend_port: BACKEND_PORT,
+        },
         &[format!("--service-cidrs={SERVICE_CIDRS}")],
         READY_BOUND,
+        CHANGE_BOUND,
     )?;
-    let wanted: Vec<(String, Vec<String>)> = [(false, VIP4), (true, VIP6)]
-        .into_iter()
-        .map(|(v6, vip)| {
-            (
-                frontend_key(SocketAddr::new(ip(vip), PORT), "tcp"),
-                vec![SocketAddr::new(backend.addr(v6), BACKEND_PORT).to_string()],
-            )
-        })
-        .collect();
-    for node in &cluster.nodes {
-        let took = wait_frontends(node.bpffs.path(), &wanted, CHANGE_BOUND)?;
-        eprintln!("node {}: the Service in the maps after {took:?}", node.name);
-    }
 
     let mut translated_total = 0;
     for (v6, vip) in [(false, VIP4), (true, VIP6)] {

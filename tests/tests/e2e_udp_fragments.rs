@@ -21,10 +21,7 @@ use anyhow::{ensure, Context, Result};
 use service_lb::dataplane::CounterTotal;
 use service_lb_common::{Hook, Reason};
 use service_lb_tests::capture::{Capture, Seen};
-use service_lb_tests::daemon::{
-    frontend_key, start_per_node, wait_frontends, EndpointSpec, ManifestDir, PortSpec,
-    ServiceManifest, SliceManifest,
-};
+use service_lb_tests::daemon::{serve_one_backend, ManifestDir, OneBackendService};
 use service_lb_tests::netns::{run_in, sweep_leftovers};
 use service_lb_tests::privileges::require_root;
 use service_lb_tests::scenario::dataplane::counters;
@@ -70,53 +67,22 @@ fn e2e_udp_fragments_through_a_clusterip() -> Result<()> {
     let backend = cluster.pod("backend")?;
 
     let manifests = ManifestDir::create(cluster.prefix())?;
-    let service = ServiceManifest {
-        namespace: "default".into(),
-        name: "big-dns".into(),
-        cluster_ips: vec![ip(VIP4), ip(VIP6)],
-        ports: vec![(PortSpec::new("dns", PORT, "UDP"), BACKEND_PORT)],
-    };
-    manifests.write("big-dns-service.yaml", &service.yaml())?;
-    let slices: Vec<String> = [false, true]
-        .into_iter()
-        .map(|v6| {
-            SliceManifest {
-                namespace: "default".into(),
-                name: format!("big-dns-{}", if v6 { "v6" } else { "v4" }),
-                service: "big-dns".into(),
-                ipv6: v6,
-                ports: vec![PortSpec::new("dns", BACKEND_PORT, "UDP")],
-                endpoints: vec![EndpointSpec {
-                    addr: backend.addr(v6),
-                    node: format!("n{}", backend.node),
-                    ready: true,
-                    terminating: false,
-                }],
-                trigger_time: None,
-            }
-            .yaml()
-        })
-        .collect();
-    manifests.write("big-dns-slices.yaml", &slices.join("---\n"))?;
-    let mut daemons = start_per_node(
+    let mut daemons = serve_one_backend(
         &cluster,
         &manifests,
+        &OneBackendService {
+            name: "big-dns",
+            vips: [ip(VIP4), ip(VIP6)],
+            port_name: "dns",
+            port: PORT,
+            protocol: "UDP",
+            backend,
+            backend_port: BACKEND_PORT,
+        },
         &[format!("--service-cidrs={SERVICE_CIDRS}")],
         READY_BOUND,
+        CHANGE_BOUND,
     )?;
-    let wanted: Vec<(String, Vec<String>)> = [(false, VIP4), (true, VIP6)]
-        .into_iter()
-        .map(|(v6, vip)| {
-            (
-                frontend_key(SocketAddr::new(ip(vip), PORT), "udp"),
-                vec![SocketAddr::new(backend.addr(v6), BACKEND_PORT).to_string()],
-            )
-        })
-        .collect();
-    for node in &cluster.nodes {
-        let took = wait_frontends(node.bpffs.path(), &wanted, CHANGE_BOUND)?;
-        eprintln!("node {}: the Service in the maps after {took:?}", node.name);
-    }
 
     for (v6, vip) in [(false, VIP4), (true, VIP6)] {
         let family = if v6 { "IPv6" } else { "IPv4" };
