@@ -18,6 +18,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod frag;
 pub mod hairpin;
+pub mod maglev;
 pub mod maps;
 pub mod meta;
 pub mod names;

@@ -63,8 +63,12 @@ pub const POL_CONFIG: &str = "SLB_POLCFG_V1";
 /// the daemon only, read by `inspect` and `diff`.
 pub const SERVICE_NAMES: &str = "SLB_SVCNAME_V1";
 
+/// Maglev lookup tables (`maglev`): (service id, scope) -> backend ids, one per frontend
+/// with `SVC_FLAG_MAGLEV`.
+pub const MAGLEV: &str = "SLB_MAGLEV_V1";
+
 /// Every map the object defines, in the order `inspect` and the layout check list them.
-pub const ALL: [&str; 34] = [
+pub const ALL: [&str; 35] = [
     SERVICES4,
     SERVICES6,
     BACKENDS4,
@@ -99,6 +103,7 @@ pub const ALL: [&str; 34] = [
     POL_FLOWS6,
     POL_CONFIG,
     SERVICE_NAMES,
+    MAGLEV,
 ];
 
 /// Default capacity of each services map: master + slot entries of all frontends.

@@ -45,3 +45,5 @@ unsafe impl aya::Pod for crate::policy::PolPeer6 {}
 unsafe impl aya::Pod for crate::policy::PolPort {}
 unsafe impl aya::Pod for crate::policy::PolFlow {}
 unsafe impl aya::Pod for crate::names::SvcName {}
+unsafe impl aya::Pod for crate::maglev::MaglevKey {}
+unsafe impl aya::Pod for crate::maglev::MaglevTable {}

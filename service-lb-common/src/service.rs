@@ -17,6 +17,9 @@ pub const SCOPE_INTERNAL: u8 = 1;
 pub const SVC_FLAG_TWO_SCOPES: u16 = 1 << 0;
 /// ClusterIP frontend (set for every frontend this version programs).
 pub const SVC_FLAG_CLUSTER_IP: u16 = 1 << 1;
+/// Backends are chosen by Maglev consistent hashing (`maglev`): the frontend has a table
+/// in `SLB_MAGLEV_V1`, written before this flag is set.
+pub const SVC_FLAG_MAGLEV: u16 = 1 << 8;
 
 /// Key of the IPv4 services map.
 #[repr(C)]

@@ -15,6 +15,7 @@
 //! - `view`: the compact part of each object the model keeps.
 
 mod endpoints;
+pub mod maglev;
 mod north_south;
 mod service;
 mod state;
