@@ -1,16 +1,18 @@
-//! Frontend lookup and backend choice (random slot of the frontend's backend list, or the
+//! Frontend lookup and backend choice (random slot of the frontend's backend list, the
+//! frontend's Maglev table (`maglev`) when its master has `SVC_FLAG_MAGLEV`, or the
 //! client's remembered backend with sessionAffinity ClientIP, see `affinity`).
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, maps::HashMap};
 use service_lb_common::{
     proto::{IPPROTO_TCP, TCP_FLAG_SYN},
-    service::{SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_TWO_SCOPES},
+    service::{SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_MAGLEV, SVC_FLAG_TWO_SCOPES},
     Hook, Reason, SvcValue,
 };
 
 use crate::{
     affinity::{self, Sticky},
     family::{Endpoint, Family},
+    maglev,
     packet::Headers,
     verdict::{Step, Verdict},
 };
@@ -36,6 +38,10 @@ pub struct Target<A> {
     /// A TCP segment without SYN that no conntrack entry knows (tc path only; a socket's
     /// `connect()` always starts a connection).
     pub mid_flow: bool,
+    /// The client's source port, for the Maglev flow hash (tc path). `None` at the socket
+    /// LB's `connect()`/`sendmsg()`, where no source port is bound yet: a Maglev frontend
+    /// then gets a random backend, as any other.
+    pub sport_be: Option<u16>,
 }
 
 /// Looks up the frontend the packet is sent to and picks one of its backends.
@@ -54,6 +60,7 @@ pub fn choose<F: Sticky>(hook: Hook, h: &Headers<F::Addr>) -> Step<Choice<F::Add
         proto: h.proto,
         internal: hook == Hook::FromPod,
         mid_flow: h.proto == IPPROTO_TCP && h.tcp_flags & TCP_FLAG_SYN == 0,
+        sport_be: Some(h.sport_be),
     })
 }
 
@@ -81,7 +88,7 @@ pub fn choose_for<F: Sticky>(t: &Target<F::Addr>) -> Step<Choice<F::Addr>> {
         return Err(Verdict::Pass(Reason::PassMidFlow));
     }
     if master.affinity_timeout_s == 0 {
-        return random_choice::<F>(t, scope, &master);
+        return hashed_or_random::<F>(t, scope, &master);
     }
     // sessionAffinity ClientIP: the remembered backend while it is fresh and still a
     // member, else a random one, remembered.
@@ -95,9 +102,41 @@ pub fn choose_for<F: Sticky>(t: &Target<F::Addr>) -> Step<Choice<F::Addr>> {
             });
         }
     }
-    let choice = random_choice::<F>(t, scope, &master)?;
+    let choice = hashed_or_random::<F>(t, scope, &master)?;
     affinity::remember::<F>(t.client, &master, choice.backend_id, now);
     Ok(choice)
+}
+
+/// The frontend's Maglev table's backend for this flow when the master has
+/// `SVC_FLAG_MAGLEV` and the client's port is known, else a random one.
+#[inline(always)]
+fn hashed_or_random<F: Family>(
+    t: &Target<F::Addr>,
+    scope: u8,
+    master: &SvcValue,
+) -> Step<Choice<F::Addr>> {
+    if master.flags & SVC_FLAG_MAGLEV != 0 {
+        if let Some(sport_be) = t.sport_be {
+            let hashed = maglev::backend_id(
+                &t.client,
+                sport_be,
+                t.dport_be,
+                t.proto,
+                master.service_id,
+                scope,
+            );
+            if let Some(backend_id) = hashed {
+                let backend = get(F::backends(), &backend_id)
+                    .ok_or(Verdict::Drop(Reason::DropBackendGone))?;
+                return Ok(Choice {
+                    service_id: master.service_id,
+                    backend_id,
+                    backend: F::backend_endpoint(&backend),
+                });
+            }
+        }
+    }
+    random_choice::<F>(t, scope, master)
 }
 
 /// A backend of the frontend (`scope`, `master`) picked uniformly at random.

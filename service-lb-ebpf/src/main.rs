@@ -16,6 +16,7 @@ mod frag;
 mod hairpin;
 mod icmp;
 mod lb;
+mod maglev;
 mod maps;
 mod nat;
 mod packet;

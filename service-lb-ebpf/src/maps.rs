@@ -3,6 +3,7 @@
 //! (and pinned by path from userspace, so no `pinned()` here).
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -11,6 +12,7 @@ use service_lb_common::{
         Affinity4Key, Affinity6Key, AffinityValue, MemberKey, MemberValue, DEFAULT_AFFINITY_MAX,
     },
     counters::COUNTERS_LEN,
+    maglev::{MaglevKey, MaglevTable, DEFAULT_MAGLEV_MAX},
     frag::{FragKey4, FragKey6, FragNat4, FragNat6, FragPending, FRAG_MAX},
     maps::{
         DEFAULT_BACKENDS_MAX, DEFAULT_CT_ANY_MAX, DEFAULT_CT_TCP_MAX, DEFAULT_REVNAT_MAX,
@@ -143,3 +145,9 @@ pub static SLB_POLCFG_V1: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static SLB_SVCNAME_V1: HashMap<u32, SvcName> =
     HashMap::with_max_entries(2 * DEFAULT_REVNAT_MAX, 0);
+
+/// Maglev tables (`common::maglev`), one per frontend with `SVC_FLAG_MAGLEV`; not
+/// preallocated: a 64 KiB value costs memory only once a table is written.
+#[map]
+pub static SLB_MAGLEV_V1: HashMap<MaglevKey, MaglevTable> =
+    HashMap::with_max_entries(DEFAULT_MAGLEV_MAX, BPF_F_NO_PREALLOC);

@@ -78,6 +78,8 @@ pub fn decide<F: SockFamily>(sa: &SockAddrContext, dst: Endpoint<F::Addr>) -> De
         proto: proto as u8,
         internal: true,
         mid_flow: false,
+        // No source port at connect(): Maglev frontends get a random backend here.
+        sport_be: None,
     };
     match lb::choose_for::<F>(&target) {
         Ok(choice) => {

@@ -158,6 +158,11 @@ pub fn wanted(name: &str, sizes: &MapSizes) -> Option<MapLayout> {
         maps::POL_CONFIG => layout::<u32, u32>(Array, 1),
         // One entry per frontend of either family.
         maps::SERVICE_NAMES => layout::<u32, SvcName>(Hash, sizes.revnat.saturating_mul(2)),
+        // One table per Maglev frontend (not preallocated: 64 KiB per table written).
+        maps::MAGLEV => layout::<
+            service_lb_common::maglev::MaglevKey,
+            service_lb_common::maglev::MaglevTable,
+        >(Hash, service_lb_common::maglev::DEFAULT_MAGLEV_MAX),
         _ => return None,
     };
     Some(l)
@@ -178,7 +183,8 @@ pub fn sized_by_options(name: &str, sizes: &MapSizes) -> Option<u32> {
         | maps::FRAG_PENDING
         | maps::SOCK_REV4
         | maps::SOCK_REV6
-        | maps::POL_CONFIG => None,
+        | maps::POL_CONFIG
+        | maps::MAGLEV => None,
         _ => wanted(name, sizes).map(|l| l.max_entries),
     }
 }

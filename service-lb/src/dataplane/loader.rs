@@ -222,6 +222,10 @@ fn typed_check(name: &'static str, map: &Map) -> Result<(), MapError> {
         maps::POL_FLOWS6 => hash::<CtKey6, PolFlow>(map),
         maps::POL_CONFIG => Array::<&MapData, u32>::try_from(map).map(drop),
         maps::SERVICE_NAMES => hash::<u32, service_lb_common::SvcName>(map),
+        maps::MAGLEV => hash::<
+            service_lb_common::maglev::MaglevKey,
+            service_lb_common::maglev::MaglevTable,
+        >(map),
         _ => Ok(()),
     }
 }
