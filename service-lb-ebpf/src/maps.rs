@@ -12,8 +12,8 @@ use service_lb_common::{
         Affinity4Key, Affinity6Key, AffinityValue, MemberKey, MemberValue, DEFAULT_AFFINITY_MAX,
     },
     counters::COUNTERS_LEN,
-    maglev::{MaglevKey, MaglevTable, DEFAULT_MAGLEV_MAX},
     frag::{FragKey4, FragKey6, FragNat4, FragNat6, FragPending, FRAG_MAX},
+    maglev::{MaglevKey, MaglevTable, DEFAULT_MAGLEV_MAX},
     maps::{
         DEFAULT_BACKENDS_MAX, DEFAULT_CT_ANY_MAX, DEFAULT_CT_TCP_MAX, DEFAULT_REVNAT_MAX,
         DEFAULT_SERVICES_MAX,

@@ -11,6 +11,7 @@ use aya::maps::{lpm_trie, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCp
 use service_lb_common::{
     affinity::{Affinity4Key, Affinity6Key, AffinityValue, MemberKey, MemberValue},
     counters::counter_index,
+    maglev::{MaglevKey, MaglevTable, MAGLEV_TABLE_MAX},
     maps,
     vip::SERVICE_CIDR_ALLOCATED,
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Hook, Meta, Reason, RevNat4, RevNat6,
@@ -54,6 +55,8 @@ pub struct BpfMaps {
     members: Hash<MemberKey, MemberValue>,
     /// `None` when the pins predate the names map (read as "no names").
     names: Option<Hash<u32, SvcName>>,
+    /// `None` when the pins predate the Maglev map (read as "no tables").
+    maglev: Option<Hash<MaglevKey, MaglevTable>>,
 }
 
 /// One sessionAffinity entry (`inspect affinity`).
@@ -107,6 +110,11 @@ impl BpfMaps {
             members: open_hash(bpffs, maps::MEMBERS)?,
             names: if pin::map_pin_path(bpffs, maps::SERVICE_NAMES).exists() {
                 Some(open_hash(bpffs, maps::SERVICE_NAMES)?)
+            } else {
+                None
+            },
+            maglev: if pin::map_pin_path(bpffs, maps::MAGLEV).exists() {
+                Some(open_hash(bpffs, maps::MAGLEV)?)
             } else {
                 None
             },
@@ -693,5 +701,49 @@ impl MapStore for BpfMaps {
             Some(names) => list(names, maps::SERVICE_NAMES),
             None => Ok(Vec::new()),
         }
+    }
+
+    fn put_maglev(&mut self, key: &MaglevKey, slots: &[u32]) -> Result<(), StoreError> {
+        let size = u32::try_from(slots.len())
+            .ok()
+            .filter(|n| *n <= MAGLEV_TABLE_MAX)
+            .ok_or_else(|| StoreError::Failed {
+                map: maps::MAGLEV,
+                op: StoreOp::Put,
+                source: format!(
+                    "a table of {} slots does not fit (at most {MAGLEV_TABLE_MAX})",
+                    slots.len()
+                )
+                .into(),
+            })?;
+        let map = self.maglev.as_mut().ok_or_else(|| StoreError::Failed {
+            map: maps::MAGLEV,
+            op: StoreOp::Put,
+            source: "the map is not pinned (a data plane older than Maglev: restart the \
+                     daemon of this version to create it)"
+                .into(),
+        })?;
+        // 64 KiB: built on the heap, not the stack.
+        let mut table = Box::new(MaglevTable::ZERO);
+        table.size = size;
+        table.slots[..slots.len()].copy_from_slice(slots);
+        put(map, maps::MAGLEV, key, &*table)
+    }
+
+    fn delete_maglev(&mut self, key: &MaglevKey) -> Result<(), StoreError> {
+        match &mut self.maglev {
+            Some(map) => delete(map, maps::MAGLEV, key),
+            None => Ok(()),
+        }
+    }
+
+    fn get_maglev(&self, key: &MaglevKey) -> Result<Option<Vec<u32>>, StoreError> {
+        let Some(map) = &self.maglev else {
+            return Ok(None);
+        };
+        Ok(get(map, maps::MAGLEV, key)?.map(|table| {
+            let size = (table.size as usize).min(table.slots.len());
+            table.slots[..size].to_vec()
+        }))
     }
 }

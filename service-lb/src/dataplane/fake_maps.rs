@@ -9,6 +9,7 @@ use std::{
 
 use service_lb_common::{
     affinity::{MemberKey, MemberValue},
+    maglev::MaglevKey,
     proto::IPPROTO_TCP,
     CtEntry, SvcName, SvcValue, VipValue,
 };
@@ -39,6 +40,15 @@ pub enum Op {
     FlushConntrack {
         service_id: u32,
         backend_id: u32,
+    },
+    /// A Maglev table of (service id, scope) was written / deleted.
+    PutMaglev {
+        service_id: u32,
+        scope: u8,
+    },
+    DeleteMaglev {
+        service_id: u32,
+        scope: u8,
     },
 }
 
@@ -79,6 +89,8 @@ pub struct FakeMaps {
     pub members: BTreeMap<MemberKey, MemberValue>,
     /// The names map (writes are not in `ops`).
     pub names: BTreeMap<u32, SvcName>,
+    /// The Maglev map (writes are in `ops`).
+    pub maglev: BTreeMap<MaglevKey, Vec<u32>>,
 }
 
 impl FakeMaps {
@@ -361,5 +373,27 @@ impl MapStore for FakeMaps {
     fn list_names(&self) -> Result<Vec<(u32, SvcName)>, StoreError> {
         self.list_calls.set(self.list_calls.get() + 1);
         Ok(self.names.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn put_maglev(&mut self, key: &MaglevKey, slots: &[u32]) -> Result<(), StoreError> {
+        self.ops.push(Op::PutMaglev {
+            service_id: key.service_id,
+            scope: key.scope,
+        });
+        self.maglev.insert(*key, slots.to_vec());
+        Ok(())
+    }
+
+    fn delete_maglev(&mut self, key: &MaglevKey) -> Result<(), StoreError> {
+        self.ops.push(Op::DeleteMaglev {
+            service_id: key.service_id,
+            scope: key.scope,
+        });
+        self.maglev.remove(key);
+        Ok(())
+    }
+
+    fn get_maglev(&self, key: &MaglevKey) -> Result<Option<Vec<u32>>, StoreError> {
+        Ok(self.maglev.get(key).cloned())
     }
 }

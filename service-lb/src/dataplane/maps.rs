@@ -9,6 +9,7 @@ use std::{
 
 use service_lb_common::{
     affinity::{MemberKey, MemberValue},
+    maglev::MaglevKey,
     maps, Backend4, Backend6, RevNat4, RevNat6, Svc4Key, Svc6Key, SvcName, SvcValue, VipValue,
 };
 
@@ -306,6 +307,13 @@ pub trait MapStore {
     fn delete_name(&mut self, service_id: u32) -> Result<(), StoreError>;
     fn get_name(&self, service_id: u32) -> Result<Option<SvcName>, StoreError>;
     fn list_names(&self) -> Result<Vec<(u32, SvcName)>, StoreError>;
+
+    /// Maglev map (`SLB_MAGLEV_V1`): a frontend's table, `slots.len()` entries (the table
+    /// size) of backend ids.
+    fn put_maglev(&mut self, key: &MaglevKey, slots: &[u32]) -> Result<(), StoreError>;
+    fn delete_maglev(&mut self, key: &MaglevKey) -> Result<(), StoreError>;
+    /// The stored table's first `size` slots.
+    fn get_maglev(&self, key: &MaglevKey) -> Result<Option<Vec<u32>>, StoreError>;
 }
 
 /// What live conntrack entries name (see `MapStore::conntrack_references`).

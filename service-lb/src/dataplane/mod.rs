@@ -33,6 +33,8 @@ pub mod writer;
 #[cfg(test)]
 mod policy_writer_tests;
 #[cfg(test)]
+mod writer_maglev_tests;
+#[cfg(test)]
 mod writer_tests;
 
 pub use attach::{cleanup, detach_all, Attachment, Cleaned};

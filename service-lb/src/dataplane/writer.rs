@@ -36,6 +36,7 @@ use tracing::{debug, error, warn};
 
 use super::maps::{BackendValue, Family, MapStore, RevNatValue, StoreError, SvcKey};
 
+mod maglev;
 mod members;
 mod vips;
 
@@ -179,6 +180,12 @@ pub enum WriteError {
         slot: u16,
         backend_id: u32,
     },
+    #[error("frontend {frontend}: building its Maglev table: {source}")]
+    Maglev {
+        frontend: FrontendKey,
+        #[source]
+        source: crate::model::maglev::MaglevError,
+    },
 }
 
 /// A backend is the same backend (same id) when address, port and protocol are equal.
@@ -199,6 +206,10 @@ enum Undo {
     Service {
         key: SvcKey,
         previous: Option<SvcValue>,
+    },
+    Maglev {
+        key: service_lb_common::maglev::MaglevKey,
+        previous: Option<Vec<u32>>,
     },
 }
 
@@ -268,6 +279,8 @@ pub struct ServiceWriter<M: MapStore> {
     cluster_ips: BTreeMap<IpAddr, BTreeSet<FrontendKey>>,
     /// Backend ids in each service id's slots: what the membership map holds (`members`).
     members: BTreeMap<u32, BTreeSet<u32>>,
+    /// Maglev tables written, and the table size (`maglev`).
+    maglev: maglev::MaglevTables,
 }
 
 impl<M: MapStore> ServiceWriter<M> {
@@ -376,6 +389,7 @@ impl<M: MapStore> ServiceWriter<M> {
             writes: 0,
             cluster_ips,
             members,
+            maglev: maglev::MaglevTables::default(),
         };
         writer.recover_vips()?;
         writer.recover_members()?;
@@ -502,6 +516,7 @@ impl<M: MapStore> ServiceWriter<M> {
             Ok(ids) => ids,
             Err(e) => {
                 self.roll_back(&key, undo);
+                self.maglev_forget(&key);
                 let service_id = old_master.map(|m| m.service_id).or(new_service_id);
                 self.members_after_failure(&key, service_id, &old_slots);
                 if let Some(id) = new_service_id {
@@ -541,6 +556,12 @@ impl<M: MapStore> ServiceWriter<M> {
                 .map_err(store_err)?;
             self.drop_ref(old_slots[slot - 1], &mut dropped);
         }
+        self.maglev_after_master(
+            spec,
+            old_master.map_or(0, |m| m.flags),
+            ids.service_id,
+            &ids.backend_ids,
+        )?;
         self.drain_unused_backends(&key, family, dropped)?;
         self.keep_members(&key, ids.service_id, &ids.backend_ids)?;
         self.vip_upserted(spec)?;
@@ -574,6 +595,7 @@ impl<M: MapStore> ServiceWriter<M> {
                 .map_err(store_err)?;
             self.drop_ref(id, &mut dropped);
         }
+        self.maglev_delete(key, master.flags, master.service_id)?;
         self.services.remove(key);
         self.retired.insert(master.service_id, key.family());
         self.retired_by_key.insert(*key, master.service_id);
@@ -807,6 +829,7 @@ impl<M: MapStore> ServiceWriter<M> {
             self.put_if_changed(key, slot_key, SvcValue::slot(*id, service_id), undo)?;
         }
 
+        self.maglev_before_master(spec, service_id, &backend_ids, undo)?;
         let master = SvcValue::master(
             backend_ids.len() as u32,
             service_id,
@@ -875,6 +898,14 @@ impl<M: MapStore> ServiceWriter<M> {
                     id,
                     previous: None,
                 } => self.store.delete_backend(family, id),
+                Undo::Maglev {
+                    key,
+                    previous: Some(table),
+                } => self.store.put_maglev(&key, &table),
+                Undo::Maglev {
+                    key,
+                    previous: None,
+                } => self.store.delete_maglev(&key),
             };
             if let Err(e) = result {
                 error!(%frontend, error = %e, "rolling back a failed frontend write");
