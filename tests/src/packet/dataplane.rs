@@ -604,6 +604,22 @@ impl Dataplane {
         Ok(moved)
     }
 
+    /// Pins every map of the object under `bpffs` in the daemon's layout
+    /// (`<bpffs>/maps/<name>`), so `BpfMaps::open_pinned(bpffs)` and a `ServiceWriter` on
+    /// it program the maps these test runs read. `bpffs` must be a folder on a bpf
+    /// filesystem the test owns and removes.
+    pub fn pin_maps(&self, bpffs: &std::path::Path) -> anyhow::Result<()> {
+        let dir = service_lb::dataplane::pin::maps_dir(bpffs);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for name in maps::ALL {
+            let path = service_lb::dataplane::pin::map_pin_path(bpffs, name);
+            self.map(name)?
+                .pin(&path)
+                .with_context(|| format!("pinning {name} at {}", path.display()))?;
+        }
+        Ok(())
+    }
+
     /// The object's NetworkPolicy maps, taken out of it (the programs keep using them), for
     /// a `PolicyWriter`.
     pub fn take_policy_maps(&mut self) -> anyhow::Result<BpfPolicyMaps> {
