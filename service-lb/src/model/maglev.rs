@@ -17,6 +17,45 @@ use std::net::SocketAddr;
 
 use service_lb_common::maglev::{MAGLEV_TABLE_MAX, MAGLEV_TABLE_MIN};
 
+/// Annotation choosing a Service's backend selection for its north-south frontends
+/// (`maglev` or `random`), over the daemon's `--lb-algorithm`.
+pub const ANNOTATION_LB_ALGORITHM: &str = "service-lb.io/lb-algorithm";
+
+/// How a north-south frontend picks a backend for a new flow. ClusterIP frontends are
+/// always `Random` (their clients are on this node: no other node must agree).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LbAlgorithm {
+    /// A uniformly random backend (kube-proxy's behaviour).
+    #[default]
+    Random,
+    /// Maglev consistent hashing of the client's address and port: the same backend
+    /// through every node, and about 1/N of the flows move when a backend changes.
+    Maglev,
+}
+
+impl std::str::FromStr for LbAlgorithm {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "random" => Ok(Self::Random),
+            "maglev" => Ok(Self::Maglev),
+            other => Err(format!("{other:?} is not an lb algorithm (random, maglev)")),
+        }
+    }
+}
+
+impl LbAlgorithm {
+    /// The Service's algorithm: its annotation when it names one, else `default` (an
+    /// unknown value falls back to `default` too; the caller reports it).
+    pub fn for_service(annotation: Option<&str>, default: Self) -> Result<Self, String> {
+        match annotation {
+            None => Ok(default),
+            Some(value) => value.parse(),
+        }
+    }
+}
+
 /// A backend's identity for Maglev: the same on every node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MaglevBackend {

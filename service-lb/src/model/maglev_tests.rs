@@ -49,6 +49,16 @@ fn size(m: u32) -> TableSize {
 }
 
 #[test]
+fn the_annotation_overrides_the_daemon_default() {
+    use LbAlgorithm::*;
+    assert_eq!(LbAlgorithm::for_service(None, Random), Ok(Random));
+    assert_eq!(LbAlgorithm::for_service(None, Maglev), Ok(Maglev));
+    assert_eq!(LbAlgorithm::for_service(Some("maglev"), Random), Ok(Maglev));
+    assert_eq!(LbAlgorithm::for_service(Some("random"), Maglev), Ok(Random));
+    assert!(LbAlgorithm::for_service(Some("Maglev2"), Random).is_err());
+}
+
+#[test]
 fn sizes_are_checked() {
     assert_eq!(TableSize::new(16_381).map(TableSize::get), Ok(16_381));
     assert_eq!(TableSize::new(251).map(TableSize::get), Ok(251));

@@ -25,6 +25,8 @@ mod view;
 pub mod policy;
 
 #[cfg(test)]
+mod lb_algorithm_tests;
+#[cfg(test)]
 mod north_south_tests;
 #[cfg(test)]
 mod tests;
@@ -155,4 +157,7 @@ pub mod reason {
     pub const INVALID_AFFINITY_TIMEOUT: &str = "invalid_affinity_timeout";
     /// A loadBalancerSourceRanges entry that is not a CIDR (left out, as kube-proxy does).
     pub const INVALID_SOURCE_RANGE: &str = "invalid_source_range";
+    /// A `service-lb.io/lb-algorithm` annotation that names no algorithm (the daemon's
+    /// `--lb-algorithm` is used).
+    pub const INVALID_LB_ALGORITHM: &str = "invalid_lb_algorithm";
 }

@@ -157,6 +157,10 @@ pub struct ExternalFrontend {
     pub source_ranges: Vec<SourceRange>,
     /// sessionAffinity ClientIP timeout in seconds, 0 = none.
     pub affinity_timeout_s: u32,
+    /// Backends chosen by Maglev consistent hashing (`model::maglev`; the writer sets
+    /// `SVC_FLAG_MAGLEV` and writes the table): the `service-lb.io/lb-algorithm`
+    /// annotation, else `--lb-algorithm`.
+    pub maglev: bool,
 }
 
 /// The health check node port of a LoadBalancer Service with eTP=Local.

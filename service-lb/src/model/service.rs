@@ -11,6 +11,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 
+use super::maglev::{LbAlgorithm, ANNOTATION_LB_ALGORITHM};
 use super::{
     endpoints,
     north_south::{
@@ -41,6 +42,8 @@ pub(super) struct NodeContext<'a> {
     /// This node's addresses (Node object and external interfaces).
     pub addresses: &'a [IpAddr],
     pub nodeport: &'a NodePortAddresses,
+    /// `--lb-algorithm`.
+    pub lb_algorithm: super::maglev::LbAlgorithm,
 }
 
 /// The Service-wide inputs of its north-south frontends.
@@ -51,6 +54,24 @@ struct External {
     source_ranges: Vec<SourceRange>,
     internal_local: bool,
     external_local: bool,
+}
+
+/// The Service's north-south backend selection: its `service-lb.io/lb-algorithm`
+/// annotation, else the daemon's default (an unknown value: the default, reported).
+fn lb_algorithm(
+    name: &ServiceName,
+    view: &ServiceView,
+    default: LbAlgorithm,
+    skipped: &mut Vec<Skip>,
+) -> LbAlgorithm {
+    LbAlgorithm::for_service(view.lb_algorithm.as_deref(), default).unwrap_or_else(|detail| {
+        skipped.push(Skip {
+            object: format!("Service {name} annotation {ANNOTATION_LB_ALGORITHM}"),
+            reason: reason::INVALID_LB_ALGORITHM,
+            detail,
+        });
+        default
+    })
 }
 
 /// The desired state of `name`: `service` is `None` when it is gone (or not ours); `slices`
@@ -83,6 +104,7 @@ pub(super) fn desired(
     let affinity_timeout_s = affinity_timeout(name, spec, skipped);
     let ports = service_ports(name, spec, skipped);
     let external = external_inputs(name, view, skipped);
+    let maglev = lb_algorithm(name, view, node.lb_algorithm, skipped) == LbAlgorithm::Maglev;
     let accessible =
         service_externally_accessible(external.type_.as_deref(), !external.external_ips.is_empty());
     let external_local = accessible && external.external_local;
@@ -189,6 +211,7 @@ pub(super) fn desired(
                         snat,
                         source_ranges: source_ranges.clone(),
                         affinity_timeout_s,
+                        maglev,
                     };
                 if external_local {
                     desired.external.push(frontend(

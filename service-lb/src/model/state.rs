@@ -98,6 +98,8 @@ pub struct ClusterState {
     nodeport: NodePortAddresses,
     /// Addresses of this node's external interfaces (besides the Node object's).
     interface_addresses: Vec<IpAddr>,
+    /// `--lb-algorithm`: the north-south frontends' default (`maglev`).
+    lb_algorithm: super::maglev::LbAlgorithm,
 }
 
 impl ClusterState {
@@ -175,6 +177,14 @@ impl ClusterState {
                 }
                 self.slices_synced = true;
             }
+        }
+    }
+
+    /// `--lb-algorithm` (every Service is recomputed).
+    pub fn set_lb_algorithm(&mut self, algorithm: super::maglev::LbAlgorithm) {
+        if self.lb_algorithm != algorithm {
+            self.lb_algorithm = algorithm;
+            self.all_dirty();
         }
     }
 
@@ -307,6 +317,7 @@ impl ClusterState {
                 zone: node.as_ref().and_then(|n| n.zone.as_deref()),
                 addresses: &addresses,
                 nodeport: &self.nodeport,
+                lb_algorithm: self.lb_algorithm,
             },
         )
     }

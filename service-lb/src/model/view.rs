@@ -28,6 +28,8 @@ pub(super) struct ServiceView {
     /// is VIP; `Proxy` ingresses are left to the load balancer, as kube-proxy does), as
     /// written, in order.
     pub lb_ingress_ips: Vec<String>,
+    /// The `service-lb.io/lb-algorithm` annotation, as written.
+    pub lb_algorithm: Option<String>,
 }
 
 impl ServiceView {
@@ -35,6 +37,7 @@ impl ServiceView {
         Self {
             spec: spec.map(trim_spec),
             lb_ingress_ips: Vec::new(),
+            lb_algorithm: None,
         }
     }
 
@@ -49,8 +52,15 @@ impl ServiceView {
             .filter(|ing| ing.ip_mode.as_deref() != Some(IP_MODE_PROXY))
             .filter_map(|ing| ing.ip.clone().filter(|ip| !ip.is_empty()))
             .collect();
+        let lb_algorithm = svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(super::maglev::ANNOTATION_LB_ALGORITHM))
+            .cloned();
         Self {
             lb_ingress_ips,
+            lb_algorithm,
             ..Self::of(svc.spec.as_ref())
         }
     }
