@@ -64,6 +64,17 @@ pub struct RunArgs {
     /// (its Node object's InternalIP/ExternalIP), never a loopback one.
     #[arg(long, env = "SERVICE_LB_NODEPORT_ADDRESSES")]
     pub nodeport_addresses: Option<String>,
+    /// Backend choice of north-south frontends (NodePort, externalIPs, LoadBalancer IPs):
+    /// `random` (as kube-proxy) or `maglev` (consistent hashing of the client's address
+    /// and port: the same backend through every node). A Service's
+    /// `service-lb.io/lb-algorithm` annotation overrides it. ClusterIP stays random.
+    #[arg(long, env = "SERVICE_LB_LB_ALGORITHM", default_value = "random")]
+    pub lb_algorithm: crate::model::maglev::LbAlgorithm,
+    /// Entries of each Maglev table (a prime, 251..=16381): about 100 times the largest
+    /// backend count keeps Maglev's balance within 1%. 64 KiB per Maglev frontend
+    /// whatever the size (the map's value is sized for the maximum).
+    #[arg(long, env = "SERVICE_LB_MAGLEV_TABLE_SIZE", default_value = "16381")]
+    pub maglev_table_size: crate::model::maglev::TableSize,
     /// Quiet time after a change in the manifests folder before it is read again.
     #[arg(long, env = "SERVICE_LB_MANIFESTS_DEBOUNCE", default_value = "50ms", value_parser = parse_duration)]
     pub manifests_debounce: Duration,

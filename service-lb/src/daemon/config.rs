@@ -50,6 +50,10 @@ pub struct DaemonConfig {
     pub network_policy: bool,
     /// `--nodeport-addresses`.
     pub nodeport_addresses: crate::model::NodePortAddresses,
+    /// `--lb-algorithm`.
+    pub lb_algorithm: crate::model::maglev::LbAlgorithm,
+    /// `--maglev-table-size`.
+    pub maglev_table_size: crate::model::maglev::TableSize,
 }
 
 impl DaemonConfig {
@@ -209,6 +213,8 @@ impl DaemonConfig {
             nodeport_addresses: crate::model::NodePortAddresses::parse(
                 args.nodeport_addresses.as_deref().unwrap_or_default(),
             )?,
+            lb_algorithm: args.lb_algorithm,
+            maglev_table_size: args.maglev_table_size,
         })
     }
 }
@@ -352,6 +358,30 @@ mod tests {
         for (argv, expected) in cases {
             let err = DaemonConfig::from_args(&args(argv), named("n1")).unwrap_err();
             assert!(expected(&err), "{argv:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn lb_algorithm_and_maglev_table_size() {
+        use crate::model::maglev::LbAlgorithm;
+        let d = DaemonConfig::from_args(&args(&[]), named("n1")).expect("valid");
+        assert_eq!(d.lb_algorithm, LbAlgorithm::Random);
+        assert_eq!(d.maglev_table_size.get(), 16_381);
+        let m = DaemonConfig::from_args(
+            &args(&["--lb-algorithm", "maglev", "--maglev-table-size", "4093"]),
+            named("n1"),
+        )
+        .expect("valid");
+        assert_eq!(m.lb_algorithm, LbAlgorithm::Maglev);
+        assert_eq!(m.maglev_table_size.get(), 4093);
+        for bad in [
+            ["--maglev-table-size", "4096"],
+            ["--maglev-table-size", "65521"],
+            ["--lb-algorithm", "roundrobin"],
+        ] {
+            let mut argv = vec!["probe"];
+            argv.extend_from_slice(&bad);
+            assert!(Probe::try_parse_from(argv).is_err(), "{bad:?} accepted");
         }
     }
 }

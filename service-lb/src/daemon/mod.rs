@@ -203,7 +203,8 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
     let mut maps = BpfMaps::open_pinned(&config.dataplane.bpffs)?;
     crate::dataplane::program_service_cidrs(&mut maps, &config.service_cidrs)
         .map_err(DaemonError::ServiceCidrs)?;
-    let writer = ServiceWriter::open(maps)?;
+    let mut writer = ServiceWriter::open(maps)?;
+    writer.set_maglev_table_size(config.maglev_table_size);
     let mut syncer = Syncer::new(writer);
     if config.socket_lb_cgroup.is_some() {
         syncer = syncer.with_socket_reaper(Box::new(
@@ -221,6 +222,7 @@ pub async fn run_until(config: DaemonConfig, cancel: CancellationToken) -> Resul
         .notify_on_sync(synced.clone())
         .with_events(event_sink(&config).await)
         .with_nodeport_addresses(config.nodeport_addresses.clone())
+        .with_lb_algorithm(config.lb_algorithm)
         .with_service_health(service_health)
         .with_interface_addresses(interface_address_reader(&config)?);
     // Map entries for /metrics, sampled off the scrape path (after syncs, and on a timer

@@ -146,6 +146,12 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
         self
     }
 
+    /// `--lb-algorithm`.
+    pub fn with_lb_algorithm(mut self, algorithm: crate::model::maglev::LbAlgorithm) -> Self {
+        self.state.set_lb_algorithm(algorithm);
+        self
+    }
+
     /// `--nodeport-addresses`.
     pub fn with_nodeport_addresses(mut self, nodeport: NodePortAddresses) -> Self {
         self.state.set_nodeport_addresses(nodeport);
