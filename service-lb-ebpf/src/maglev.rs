@@ -38,7 +38,7 @@ pub fn backend_id<A: Copy>(
     service_id: u32,
     scope: u8,
 ) -> Option<u32> {
-    let table = SLB_MAGLEV_V1.get_ptr(&MaglevKey::new(service_id, scope))?;
+    let table = SLB_MAGLEV_V1.get_ptr(MaglevKey::new(service_id, scope))?;
     // SAFETY: a pointer to a live map value from a successful lookup; only the size and
     // one slot are read, never the whole 64 KiB value.
     let size = unsafe { (*table).size };
@@ -53,5 +53,5 @@ pub fn backend_id<A: Copy>(
         return None;
     }
     // SAFETY: as above, `index` is within the slots.
-    unsafe { (&(*table).slots).get(index).copied() }
+    unsafe { (*table).slots.get(index).copied() }
 }

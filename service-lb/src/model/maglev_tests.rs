@@ -181,7 +181,7 @@ proptest! {
         }
         let n = set.len();
         let low = m.get() as usize / n;
-        let high = low + usize::from(m.get() as usize % n != 0);
+        let high = low + usize::from(!(m.get() as usize).is_multiple_of(n));
         for c in counts {
             prop_assert!((low..=high).contains(&c), "{} not in {}..={}", c, low, high);
         }
