@@ -366,6 +366,13 @@ fn journey(mode: ProxyMode) -> Result<()> {
                 let expected = f.streams_to_hand_over(load)?;
                 let listed =
                     f.service_lb(&["cleanup", "--handover-conntrack", "--dry-run", &bpffs_arg])?;
+                if expected
+                    .iter()
+                    .any(|line| !listed.lines().any(|l| l.contains(line.as_str())))
+                {
+                    // What our conntrack holds at the failure (printed by `service_lb`).
+                    f.service_lb(&["inspect", "conntrack", &bpffs_arg])?;
+                }
                 for line in &expected {
                     ensure!(
                         listed
@@ -486,13 +493,17 @@ fn e2e_switchover_iptables_alongside_switch_rollback_under_load() -> Result<()> 
     run_mode("e2e_switchover_iptables", ProxyMode::Iptables)
 }
 
-/// Ignored: in its runs here one new connection in ~20,000 failed right after the
-/// roll-back (no greeting within 2 s): a new kube-proxy flow whose reply tuple clashes
-/// with a netfilter conntrack entry left by a flow service-lb translated (same client
-/// port, same backend). Not understood well enough yet to call inherent; see the report
-/// and docs/operations.md. Run with `--ignored`.
+/// Ignored: a rare new-connection failure after the roll-back in nftables mode only. On
+/// 2026-12-03, with `cleanup --handover-conntrack`, 4 runs in a row: 0 streams broken in
+/// each, but in 3 of them one new TCP connection opened *after* the roll-back (under
+/// kube-proxy's nftables rules alone) connected and then got no greeting within 2 s (1 in
+/// ~14,000-22,000); the iptables variant passed 6 runs of 6. The earlier guess (a new
+/// kube-proxy flow whose reply tuple clashes with a netfilter entry a service-lb flow
+/// left) is not confirmed: the hand-over deletes those entries of every live flow it
+/// hands over, and the failure stayed. Not understood yet; see the report and
+/// docs/operations.md. Run with `--ignored`.
 #[test]
-#[ignore = "finding under investigation: a rare new-connection failure after the roll-back"]
+#[ignore = "finding under investigation: in nftables mode, 1 new TCP connection in ~20,000 after the roll-back gets no greeting"]
 fn e2e_switchover_nftables_alongside_switch_rollback_under_load() -> Result<()> {
     run_mode("e2e_switchover_nftables", ProxyMode::Nftables)
 }

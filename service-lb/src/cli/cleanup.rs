@@ -38,7 +38,7 @@ fn print_flows(sel: &ct_handover::Selection, verb: &str) {
             f.client,
             f.backend,
             f.frontend,
-            std::net::SocketAddr::new(f.client.ip(), f.wire_port),
+            std::net::SocketAddr::new(f.client.ip(), f.reply_port),
             f.timeout_s
         );
     }
@@ -52,17 +52,38 @@ fn print_flows(sel: &ct_handover::Selection, verb: &str) {
 
 pub fn run(args: &CleanupArgs) -> Result<(), Failure> {
     if args.handover_conntrack {
-        let sel = ct_handover::live_flows(&args.bpffs)
+        let mut sel = ct_handover::live_flows(&args.bpffs)
             .context("reading the live flows of the conntrack maps")?;
+        // The port on the wire as netfilter's own entry of the flow has it (netfilter may
+        // have moved it), so the listing and the hand-over agree with what the backend sees.
+        if let Ok(nl) = ct_handover::Ctnetlink::open() {
+            for flow in &mut sel.flows {
+                if let Some(port) = nl.netfilter_wire_port(flow) {
+                    flow.reply_port = port;
+                }
+            }
+        }
         if args.dry_run {
             print_flows(&sel, "would hand over");
         } else {
-            let frozen = ct_handover::freeze(&args.bpffs, &sel.flows)
-                .context("marking the flows being handed over")?;
-            tracing::debug!(frozen, "forward entries marked for the hand-over");
-            let report = ct_handover::hand_over(&sel.flows)
-                .context("handing the live flows over to netfilter's conntrack")?;
             print_flows(&sel, "hand over");
+            // UDP first (not held back), then TCP held back for as short as possible:
+            // its hand-over, then the detach below.
+            let (tcp, udp): (Vec<_>, Vec<_>) = sel
+                .flows
+                .iter()
+                .copied()
+                .partition(|f| f.proto_name() == "tcp");
+            let mut report = ct_handover::hand_over(&udp)
+                .context("handing the live UDP flows over to netfilter's conntrack")?;
+            let frozen = ct_handover::freeze(&args.bpffs, &tcp)
+                .context("marking the TCP flows being handed over")?;
+            tracing::debug!(frozen, "TCP forward entries held back for the hand-over");
+            let tcp_report = ct_handover::hand_over(&tcp)
+                .context("handing the live TCP flows over to netfilter's conntrack")?;
+            report.handed_over += tcp_report.handed_over;
+            report.replaced += tcp_report.replaced;
+            report.failed.extend(tcp_report.failed);
             for (flow, e) in &report.failed {
                 warn!(client = %flow.client, frontend = %flow.frontend, error = %e, "flow not handed over");
                 println!(

@@ -19,8 +19,9 @@
 //!   `CTA_TIMEOUT` the entry's remaining lifetime, TCP `CTA_PROTOINFO` state ESTABLISHED
 //!   with window tracking liberal in both directions (the windows were never seen).
 //!
-//! Netfilter's own entries of these flows (client -> backend, and frontend -> client when
-//! it saw our reverse-NATed replies) hold the same tuples, so they are deleted first.
+//! Netfilter's own entry of each flow (client -> backend: it saw the packets after our
+//! DNAT) holds the same reply tuple, so it is deleted first. UDP flows are handed over
+//! first, then the TCP ones (held back meanwhile, see `freeze`), then the programs go.
 //!
 //! Which flows: forward (`CT_DIR_SERVICE`) entries that have not expired, TCP established
 //! and UDP (any live entry), with a known backend. Not handed over (counted): closing or
@@ -59,8 +60,12 @@ pub struct HandoverFlow {
     pub client: SocketAddr,
     pub frontend: SocketAddr,
     pub backend: SocketAddr,
-    /// The client's port on the wire (differs from `client`'s with `CT_FLAG_PORT_NAT`).
+    /// The client's port after our programs (differs from `client`'s with
+    /// `CT_FLAG_PORT_NAT`): netfilter's own entry of the flow has it as source.
     pub wire_port: u16,
+    /// The client port the backend sees and answers to: `wire_port`, unless netfilter
+    /// moved it (`Ctnetlink::netfilter_wire_port`).
+    pub reply_port: u16,
     /// Seconds left, at least 1.
     pub timeout_s: u32,
     /// A reply was seen (always for established TCP).
@@ -130,6 +135,7 @@ pub fn select(
             frontend: SocketAddr::new(r.daddr, r.dport),
             backend,
             wire_port,
+            reply_port: wire_port,
             timeout_s: u32::try_from(left_s).unwrap_or(u32::MAX).max(1),
             seen_reply: flags & CT_FLAG_SEEN_REPLY != 0,
         });
@@ -161,9 +167,14 @@ pub fn live_flows(bpffs: &Path) -> Result<Selection, DataplaneError> {
     }))
 }
 
-/// Marks the forward entries of `flows` `CT_FLAG_BACKEND_GONE`: until the programs are
-/// detached, the clients' packets of these flows are dropped (counted
-/// `drop_backend_gone`) instead of translated. Without this, a packet our program DNATs
+/// Marks the forward entries of the TCP flows of `flows` `CT_FLAG_BACKEND_GONE`: until
+/// the programs are detached, the clients' packets of these flows are dropped (counted
+/// `drop_backend_gone`) instead of translated. Call it just before handing the TCP flows
+/// over and detach right after: the drops last that long (TCP retransmits). UDP flows are
+/// not held back: a datagram DNATed in between starts a netfilter flow whose source port
+/// netfilter moves, and its answer still comes back through that flow and our reverse
+/// NAT; holding them would also drop new queries that reuse a held flow's port. Without
+/// this, a TCP segment our program DNATs
 /// after netfilter's entry was replaced would start a new netfilter flow whose reply
 /// tuple clashes with the handed-over one; netfilter would then move its source port, the
 /// backend would answer with a RST, and our reverse NAT would deliver that RST to the
@@ -180,12 +191,11 @@ pub fn freeze(bpffs: &Path, flows: &[HandoverFlow]) -> Result<usize, DataplaneEr
         Ok(map.insert(key, entry, 2).is_ok())
     }
     let mut marked = 0;
-    for f in flows {
-        let tcp = f.proto == IPPROTO_TCP;
+    for f in flows.iter().filter(|f| f.proto == IPPROTO_TCP) {
         let done = match (f.client.ip(), f.frontend.ip()) {
             (IpAddr::V4(c), IpAddr::V4(v)) => mark(
                 bpffs,
-                if tcp { maps::CT4_TCP } else { maps::CT4_ANY },
+                maps::CT4_TCP,
                 CtKey4::new(
                     c.octets(),
                     v.octets(),
@@ -197,7 +207,7 @@ pub fn freeze(bpffs: &Path, flows: &[HandoverFlow]) -> Result<usize, DataplaneEr
             )?,
             (c, v) => mark(
                 bpffs,
-                if tcp { maps::CT6_TCP } else { maps::CT6_ANY },
+                maps::CT6_TCP,
                 CtKey6::new(
                     v6(c).octets(),
                     v6(v).octets(),
@@ -218,6 +228,7 @@ pub fn freeze(bpffs: &Path, flows: &[HandoverFlow]) -> Result<usize, DataplaneEr
 const NETLINK_NETFILTER: i32 = 12;
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
+const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const NLA_F_NESTED: u16 = 1 << 15;
 
@@ -373,10 +384,10 @@ fn encode_new(flow: &HandoverFlow) -> Vec<u8> {
     // already has: the kernel sets IPS_CONFIRMED before reading it, and the NAT bits
     // during the NAT set-up (NAT bits in CTA_STATUS are otherwise ignored).
     let mut status = IPS_CONFIRMED | IPS_DST_NAT;
-    if flow.wire_port != flow.client.port() {
+    if flow.reply_port != flow.client.port() {
         m.nat(
             CTA_NAT_SRC,
-            SocketAddr::new(flow.client.ip(), flow.wire_port),
+            SocketAddr::new(flow.client.ip(), flow.reply_port),
         );
         status |= IPS_SRC_NAT;
     }
@@ -397,6 +408,48 @@ fn encode_new(flow: &HandoverFlow) -> Vec<u8> {
         });
     }
     m.finish()
+}
+
+/// `IPCTNL_MSG_CT_GET` of the entry holding `src -> dst`.
+fn encode_get(proto: u8, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let fam = if src.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    } as u8;
+    let mut m = Msg::new(IPCTNL_MSG_CT_GET, libc::NLM_F_REQUEST as u16, fam);
+    m.tuple(CTA_TUPLE_ORIG, proto, src, dst);
+    m.finish()
+}
+
+/// The attributes (type without flags, payload) of a netlink attribute stream.
+fn attrs(mut data: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    while data.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([data[0], data[1]]));
+        let kind = u16::from_ne_bytes([data[2], data[3]]) & 0x3fff;
+        if len < 4 || len > data.len() {
+            break;
+        }
+        out.push((kind, &data[4..len]));
+        data = &data[len.next_multiple_of(4).min(data.len())..];
+    }
+    out
+}
+
+/// The destination port of the reply tuple of a conntrack message's payload (after the
+/// netlink header): where netfilter sends the replies of the flow.
+fn reply_dst_port(payload: &[u8]) -> Option<u16> {
+    let (_, reply) = attrs(payload.get(4..)?)
+        .into_iter()
+        .find(|(k, _)| *k == CTA_TUPLE_REPLY)?;
+    let (_, proto) = attrs(reply)
+        .into_iter()
+        .find(|(k, _)| *k == CTA_TUPLE_PROTO)?;
+    let (_, port) = attrs(proto)
+        .into_iter()
+        .find(|(k, _)| *k == CTA_PROTO_DST_PORT)?;
+    Some(u16::from_be_bytes([*port.first()?, *port.get(1)?]))
 }
 
 /// `IPCTNL_MSG_CT_DELETE` of the entry holding `src -> dst` in either direction.
@@ -482,6 +535,34 @@ impl Ctnetlink {
         )))
     }
 
+    /// The client port netfilter's own entry of `flow` (client -> backend, seen after our
+    /// DNAT) uses on the wire, when it has one: netfilter moves a flow's source port when
+    /// its reply tuple clashes with an older entry (e.g. one kube-proxy's rules made from
+    /// the same client port to the same backend), and the backend knows the connection
+    /// by that port.
+    pub fn netfilter_wire_port(&self, flow: &HandoverFlow) -> Option<u16> {
+        let wire_client = SocketAddr::new(flow.client.ip(), flow.wire_port);
+        let msg = encode_get(flow.proto, wire_client, flow.backend);
+        // SAFETY: a live fd; `msg` is valid for its length; the destination is the kernel.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
+        if n < 0 {
+            return None;
+        }
+        let mut buf = [0u8; 8192];
+        // SAFETY: a live fd; `buf` is valid for writes of its length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n <= 0 {
+            return None;
+        }
+        let mut port = None;
+        for (kind, payload) in super::sock_destroy::messages(&buf[..n as usize]) {
+            if kind == NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW {
+                port = reply_dst_port(payload);
+            }
+        }
+        port
+    }
+
     /// Deletes every entry holding `src -> dst` (either direction); returns how many.
     fn delete_all(
         &self,
@@ -504,13 +585,21 @@ impl Ctnetlink {
     /// many of netfilter's entries were deleted.
     pub fn hand_over(&self, flow: &HandoverFlow) -> Result<usize, CtnetlinkError> {
         let wire_client = SocketAddr::new(flow.client.ip(), flow.wire_port);
-        let new = encode_new(flow);
+        let mut flow = *flow;
+        if let Some(port) = self.netfilter_wire_port(&flow) {
+            flow.reply_port = port;
+        }
+        let new = encode_new(&flow);
         let mut deleted = 0;
         // Packets still pass our programs meanwhile: netfilter may track the flow again
         // between the delete and the create (EEXIST); a few rounds, then the error.
         for round in 0..3 {
             deleted += self.delete_all(flow.proto, wire_client, flow.backend)?;
-            deleted += self.delete_all(flow.proto, flow.client, flow.frontend)?;
+            if round > 0 {
+                // Netfilter normally never sees client -> frontend (our DNAT comes first),
+                // but a clash says something holds it.
+                deleted += self.delete_all(flow.proto, flow.client, flow.frontend)?;
+            }
             match self.request("creating the NATed entry", &new) {
                 Ok(()) => return Ok(deleted),
                 Err(e) if e.errno() == Some(libc::EEXIST) && round < 2 => {}
@@ -622,6 +711,7 @@ mod tests {
             frontend,
             backend: be,
             wire_port,
+            reply_port: wire_port,
             timeout_s,
             seen_reply,
         };
@@ -691,6 +781,7 @@ mod tests {
             frontend: "198.19.0.10:80".parse().unwrap(),
             backend: "198.18.1.3:8080".parse().unwrap(),
             wire_port: 40001,
+            reply_port: 40001,
             timeout_s: 300,
             seen_reply: true,
         };
