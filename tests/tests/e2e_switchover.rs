@@ -15,9 +15,12 @@
 //!    already translated go on in netfilter's conntrack, untouched by service-lb.
 //! 3. (b) switch: `service-lb cleanup-kube-proxy`.
 //! 4. (c) roll back: kube-proxy's rules written again (as kube-proxy does when it starts),
-//!    the daemon stopped, `service-lb cleanup`.
+//!    the daemon stopped, `service-lb cleanup --handover-conntrack` (after its `--dry-run`
+//!    listed every stream opened under service-lb): the live flows of our conntrack maps
+//!    become NATed netfilter conntrack entries before the programs go.
 //!
-//! Throughout: zero failed connections, queries and stream pings. The counts are printed.
+//! Throughout: zero failed connections, queries and stream pings (the 12 streams opened
+//! under service-lb included). The counts are printed.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -198,6 +201,40 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// `-> <backend>:8080 via <ClusterIP>:80 wire <client on the wire>` for each stream opened under
+    /// service-lb (alongside or after the switch): what the hand-over must list.
+    fn streams_to_hand_over(&self, load: &Running) -> Result<Vec<String>> {
+        let streams = load
+            .streams
+            .lock()
+            .map_err(|_| anyhow::anyhow!("streams lock poisoned"))?;
+        let mut out = Vec::new();
+        for s in streams.iter().filter(|s| {
+            s.label.starts_with("opened alongside")
+                || s.label.starts_with("opened after the switch")
+        }) {
+            let first = s.conn.first();
+            let frontend = first.server_seen_by_client;
+            let backend = sa(
+                self.cluster.pod(&first.name)?.addr(frontend.is_ipv6()),
+                TCP_TARGET,
+            );
+            out.push(format!(
+                " -> {backend} via {frontend} wire {} ",
+                first.client_seen_by_server
+            ));
+        }
+        ensure!(
+            out.len() == 4 * STREAMS,
+            "{} streams opened under service-lb, expected {}",
+            out.len(),
+            4 * STREAMS
+        );
+        Ok(out)
+    }
+}
+
 /// Translated-new-flow packets counted by the daemon's programs.
 fn dnat_new_flows(daemon: Option<&Daemon>) -> Result<f64> {
     let daemon = daemon.context("no daemon")?;
@@ -278,9 +315,11 @@ fn journey(mode: ProxyMode) -> Result<()> {
     let bpffs = options.bpffs.clone();
     let mut alongside_hits = (0, 0);
     let mut new_flows = (0.0, 0.0);
+    let mut handed = String::new();
     let counts = {
         let f = &f;
         let daemon_slot = &mut daemon_slot;
+        let handed = &mut handed;
         under_load(
             client,
             &targets,
@@ -324,7 +363,30 @@ fn journey(mode: ProxyMode) -> Result<()> {
                 std::thread::sleep(STEP);
                 load.step(ROLLBACK_CLEANUP);
                 let bpffs_arg = format!("--bpffs={}", bpffs.display());
-                f.service_lb(&["cleanup", &bpffs_arg])?;
+                let expected = f.streams_to_hand_over(load)?;
+                let listed =
+                    f.service_lb(&["cleanup", "--handover-conntrack", "--dry-run", &bpffs_arg])?;
+                if expected
+                    .iter()
+                    .any(|line| !listed.lines().any(|l| l.contains(line.as_str())))
+                {
+                    // What our conntrack holds at the failure (printed by `service_lb`).
+                    f.service_lb(&["inspect", "conntrack", &bpffs_arg])?;
+                }
+                for line in &expected {
+                    ensure!(
+                        listed
+                            .lines()
+                            .any(|l| l.starts_with("would hand over tcp ")
+                                && l.contains(line.as_str())),
+                        "`cleanup --handover-conntrack --dry-run` does not list {line}:\n{listed}"
+                    );
+                }
+                ensure!(
+                    frontends(&bpffs).is_ok_and(|m| !m.is_empty()),
+                    "--dry-run removed the maps"
+                );
+                *handed = f.service_lb(&["cleanup", "--handover-conntrack", &bpffs_arg])?;
                 std::thread::sleep(STEP);
                 load.step("after the roll-back");
                 load.open_streams(&targets.tcp, STREAMS, "opened after the roll-back")?;
@@ -353,27 +415,25 @@ fn journey(mode: ProxyMode) -> Result<()> {
         "new connections or queries failed during the journey ({}):\n{errors}",
         counts.summary()
     );
-    // The one inherent break (docs/operations.md, "Roll back"): a connection service-lb
-    // translated has no NAT in netfilter's conntrack, so once `service-lb cleanup` removes
-    // the programs its next segment meets kube-proxy's rules as a new flow. Everything
-    // else must survive every step.
-    let (inherent, unexpected): (Vec<_>, Vec<_>) =
-        counts
-            .broken_streams()
-            .into_iter()
-            .partition(|(label, step)| {
-                step == ROLLBACK_CLEANUP
-                    && (label.starts_with("opened alongside")
-                        || label.starts_with("opened after the switch"))
-            });
+    // Roll-back keeps the connections service-lb translated: `cleanup --handover-conntrack`
+    // gave their NAT to netfilter before detaching.
+    let broken = counts.broken_streams();
     ensure!(
-        unexpected.is_empty(),
-        "streams broke ({}):\n{unexpected:#?}\n{errors}",
+        broken.is_empty(),
+        "streams broke ({}):\n{broken:#?}\n{errors}",
         counts.summary()
     );
+    let summary = handed
+        .lines()
+        .find(|l| l.starts_with("handed over "))
+        .context("`cleanup --handover-conntrack` printed no summary")?;
+    ensure!(
+        summary.ends_with(" 0 failed)") && !handed.contains("FAILED"),
+        "hand-over failures:\n{handed}"
+    );
     eprintln!(
-        "MEASURED streams service-lb translated that broke at `service-lb cleanup` (inherent): {} of {}",
-        inherent.len(),
+        "MEASURED roll-back with --handover-conntrack: {summary}; streams opened under service-lb \
+         that broke: 0 of {}",
         4 * STREAMS
     );
     let streams = counts.pings_ok.load(Ordering::Relaxed);
@@ -433,13 +493,17 @@ fn e2e_switchover_iptables_alongside_switch_rollback_under_load() -> Result<()> 
     run_mode("e2e_switchover_iptables", ProxyMode::Iptables)
 }
 
-/// Ignored: in its runs here one new connection in ~20,000 failed right after the
-/// roll-back (no greeting within 2 s): a new kube-proxy flow whose reply tuple clashes
-/// with a netfilter conntrack entry left by a flow service-lb translated (same client
-/// port, same backend). Not understood well enough yet to call inherent; see the report
-/// and docs/operations.md. Run with `--ignored`.
+/// Ignored: a rare new-connection failure after the roll-back in nftables mode only. On
+/// 2026-12-03, with `cleanup --handover-conntrack`, 4 runs in a row: 0 streams broken in
+/// each, but in 3 of them one new TCP connection opened *after* the roll-back (under
+/// kube-proxy's nftables rules alone) connected and then got no greeting within 2 s (1 in
+/// ~14,000-22,000); the iptables variant passed 6 runs of 6. The earlier guess (a new
+/// kube-proxy flow whose reply tuple clashes with a netfilter entry a service-lb flow
+/// left) is not confirmed: the hand-over deletes those entries of every live flow it
+/// hands over, and the failure stayed. Not understood yet; see the report and
+/// docs/operations.md. Run with `--ignored`.
 #[test]
-#[ignore = "finding under investigation: a rare new-connection failure after the roll-back"]
+#[ignore = "finding under investigation: in nftables mode, 1 new TCP connection in ~20,000 after the roll-back gets no greeting"]
 fn e2e_switchover_nftables_alongside_switch_rollback_under_load() -> Result<()> {
     run_mode("e2e_switchover_nftables", ProxyMode::Nftables)
 }

@@ -11,6 +11,7 @@
 pub mod attach;
 pub mod bpf_maps;
 pub mod clock;
+pub mod ct_handover;
 pub mod error;
 pub mod fake_maps;
 pub mod interfaces;

@@ -339,7 +339,7 @@ impl SockDiag {
 }
 
 /// The (type, payload) of each netlink message in `data`; stops at a malformed header.
-fn messages(mut data: &[u8]) -> Vec<(u16, &[u8])> {
+pub(super) fn messages(mut data: &[u8]) -> Vec<(u16, &[u8])> {
     let mut out = Vec::new();
     while data.len() >= NLMSG_HDRLEN {
         let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
@@ -355,7 +355,7 @@ fn messages(mut data: &[u8]) -> Vec<(u16, &[u8])> {
 }
 
 /// The positive errno of an `NLMSG_ERROR` payload (0: an acknowledgement).
-fn error_of(payload: &[u8]) -> i32 {
+pub(super) fn error_of(payload: &[u8]) -> i32 {
     payload
         .get(..4)
         .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))

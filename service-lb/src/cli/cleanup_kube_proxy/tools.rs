@@ -264,3 +264,19 @@ pub fn ipvs_loaded() -> bool {
 pub fn ipvs_save() -> Option<Result<String, ToolError>> {
     find_program("ipvsadm").map(|p| output(Command::new(p).arg("-Sn")))
 }
+
+/// `ip -o addr show dev <name>` (empty when it does not exist).
+pub fn link_addresses(name: &str) -> String {
+    output(
+        Command::new(ip_program())
+            .args(["-o", "addr", "show", "dev", name])
+            .stderr(Stdio::null()),
+    )
+    .unwrap_or_default()
+}
+
+/// `ipvsadm <args>` (e.g. `-D -t 198.19.0.10:80`).
+pub fn ipvsadm(args: &[String]) -> Result<(), ToolError> {
+    let program = find_program("ipvsadm").unwrap_or_else(|| PathBuf::from("ipvsadm"));
+    output(Command::new(program).args(args)).map(|_| ())
+}
