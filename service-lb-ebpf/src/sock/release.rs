@@ -33,7 +33,7 @@ macro_rules! field {
 fn forget<F: SockFamily>(ctx: &SockContext, peer: Endpoint<F::Addr>) -> Reason {
     // SAFETY: helper on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    match F::sock_rev().remove(&F::rev_key(cookie, peer)) {
+    match F::sock_rev().remove(F::rev_key(cookie, peer)) {
         Ok(()) => Reason::SockRevReleased,
         Err(_) => Reason::SockNoRevEntry,
     }
