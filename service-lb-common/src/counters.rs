@@ -34,11 +34,13 @@ pub enum Hook {
     SockRecvmsg = 6,
     /// cgroup `getpeername4`/`getpeername6`.
     SockGetpeername = 7,
+    /// cgroup `sock_release`: a socket of the cgroup is closed (one count per socket).
+    SockRelease = 8,
 }
 
 impl Hook {
-    pub const COUNT: u32 = 8;
-    pub const ALL: [Hook; 8] = [
+    pub const COUNT: u32 = 9;
+    pub const ALL: [Hook; 9] = [
         Hook::FromPod,
         Hook::ToPod,
         Hook::FromNet,
@@ -47,6 +49,7 @@ impl Hook {
         Hook::SockSendmsg,
         Hook::SockRecvmsg,
         Hook::SockGetpeername,
+        Hook::SockRelease,
     ];
     /// The tc hooks: each is one program, attached per interface.
     pub const TC: [Hook; 4] = [Hook::FromPod, Hook::ToPod, Hook::FromNet, Hook::ToNet];
@@ -63,6 +66,7 @@ impl Hook {
             Hook::SockSendmsg => "sock_sendmsg",
             Hook::SockRecvmsg => "sock_recvmsg",
             Hook::SockGetpeername => "sock_getpeername",
+            Hook::SockRelease => "sock_release",
         }
     }
 
@@ -166,7 +170,9 @@ pub enum Reason {
     /// address shown as the frontend.
     SockRevTranslated = 34,
     /// Socket LB: `recvmsg()` or `getpeername()` of a socket with no reverse entry for the
-    /// peer (not translated, or the LRU evicted it): left untouched.
+    /// peer (not translated, or the LRU evicted it): left untouched. At `sock_release`: a
+    /// socket closed with no reverse entry for its peer (not connected, not translated, or
+    /// the entry already gone).
     SockNoRevEntry = 35,
     /// Socket LB: a socket of another network namespace than the host's with
     /// `--socket-lb-hostns-only`: left to the tc programs.
@@ -189,11 +195,14 @@ pub enum Reason {
     /// flow, passed untouched to the kernel, whose own conntrack may hold it (a connection
     /// kube-proxy's rules translated before service-lb started: it keeps its backend).
     PassMidFlow = 42,
+    /// Socket LB, `sock_release`: a connected socket was closed and its reverse entry
+    /// (cookie, the backend it was connected to) deleted.
+    SockRevReleased = 43,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 43;
-    pub const ALL: [Reason; 43] = [
+    pub const COUNT: u32 = 44;
+    pub const ALL: [Reason; 44] = [
         Reason::PassNotIp,
         Reason::PassOtherProto,
         Reason::PassFragment,
@@ -237,6 +246,7 @@ impl Reason {
         Reason::PolicyAllowedNew,
         Reason::DropPolicyTrack,
         Reason::PassMidFlow,
+        Reason::SockRevReleased,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -284,6 +294,7 @@ impl Reason {
             Reason::PolicyAllowedNew => "policy_allowed_new",
             Reason::DropPolicyTrack => "drop_policy_track",
             Reason::PassMidFlow => "pass_mid_flow",
+            Reason::SockRevReleased => "sock_rev_released",
         }
     }
 

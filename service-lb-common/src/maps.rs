@@ -8,7 +8,8 @@
 //! pinned conntrack maps stay valid and keep their name: established flows survive an
 //! upgrade. `SLB_CNT_V4`: the fragment and hairpin reasons were appended, which moves every index
 //! `hook * Reason::COUNT + reason`. `SLB_CNT_V5`: the socket hooks, their reasons, the
-//! NetworkPolicy reasons and `pass_mid_flow` were appended. An upgrade across a counters
+//! NetworkPolicy reasons and `pass_mid_flow` were appended. `SLB_CNT_V6`: the `sock_release` hook
+//! and `sock_rev_released` were appended. An upgrade across a counters
 //! rename starts counting from zero; the old pin stays until `service-lb cleanup`, so a
 //! downgrade finds its own counters again.)
 //! The eBPF statics carry exactly these names.
@@ -26,7 +27,7 @@ pub const CT4_TCP: &str = "SLB_CT4_TCP_V1";
 pub const CT4_ANY: &str = "SLB_CT4_ANY_V1";
 pub const CT6_TCP: &str = "SLB_CT6_TCP_V1";
 pub const CT6_ANY: &str = "SLB_CT6_ANY_V1";
-pub const COUNTERS: &str = "SLB_CNT_V5";
+pub const COUNTERS: &str = "SLB_CNT_V6";
 pub const META: &str = "SLB_META_V1";
 /// ClusterIP addresses (`vip::VipValue`), one map per family.
 pub const VIPS4: &str = "SLB_VIP4_V1";

@@ -7,7 +7,7 @@ use service_lb_common::{
     Hook, Reason,
 };
 
-use crate::{maps::SLB_CNT_V5, verdict::Verdict};
+use crate::{maps::SLB_CNT_V6, verdict::Verdict};
 
 /// Counts the packet under (hook, reason) and returns the tc verdict for it.
 #[inline(always)]
@@ -36,7 +36,7 @@ pub fn finish(ctx: &TcContext, hook: Hook, verdict: Verdict) -> i32 {
 fn count(ctx: &TcContext, hook: Hook, reason: Reason) {
     // The array has COUNTERS_LEN entries and every (hook, reason) index is below it, so
     // the lookup only fails if the map itself is broken; there is nothing else to tell.
-    if let Some(counter) = SLB_CNT_V5.get_ptr_mut(counter_index(hook, reason)) {
+    if let Some(counter) = SLB_CNT_V6.get_ptr_mut(counter_index(hook, reason)) {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         unsafe {
             (*counter).packets += 1;

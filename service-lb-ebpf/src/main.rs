@@ -28,8 +28,8 @@ mod sock;
 mod verdict;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, TcContext},
+    macros::{cgroup_sock, cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, SockContext, TcContext},
 };
 use service_lb_common::{Hook, Reason};
 
@@ -99,6 +99,12 @@ pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
     sock::reverse6(&ctx, Hook::SockGetpeername)
+}
+
+/// Socket LB: a socket of the cgroup is released (`close()`): its reverse entry goes.
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    sock::release::release(&ctx)
 }
 
 #[inline(always)]

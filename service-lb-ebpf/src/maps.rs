@@ -61,7 +61,7 @@ pub static SLB_CT6_ANY_V1: LruHashMap<CtKey6, CtEntry> =
 
 /// Per-CPU (hook, reason) counters, indexed by `counter_index`.
 #[map]
-pub static SLB_CNT_V5: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+pub static SLB_CNT_V6: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
 
 /// Written by userspace only (layout version); the programs never read it.
 #[map]

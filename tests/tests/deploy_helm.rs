@@ -292,6 +292,7 @@ fn values_move_every_dependent_field_together() {
         "apiServer": {"host": "192.0.2.10", "port": "6443"},
         "image": {"repository": "registry.example.com/service-lb", "tag": "0.2.0"},
         "config": {"externalInterfaces": "eth0", "skipFeatureCheck": true},
+        "kubeProxyReplacement": true,
     }));
     let ds = &rendered["daemonset.yaml"];
     let argv = daemon_argv(ds);
@@ -321,6 +322,7 @@ fn values_move_every_dependent_field_together() {
     assert_eq!(data["KUBERNETES_SERVICE_PORT"], json!("6443"));
     assert_eq!(data["SERVICE_LB_EXTERNAL_INTERFACES"], json!("eth0"));
     assert_eq!(data["SERVICE_LB_SKIP_FEATURE_CHECK"], json!("true"));
+    assert_eq!(data["SERVICE_LB_SOCKET_LB"], json!("on"));
     // Every SERVICE_LB_* key parses with the flag that reads it.
     let flags = run_flag_envs();
     let mut argv = argv.clone();
@@ -341,6 +343,11 @@ fn values_move_every_dependent_field_together() {
         panic!("not run")
     };
     assert!(run.skip_feature_check);
+    assert_eq!(
+        run.socket_lb.socket_lb,
+        service_lb::cli::socket_lb::Switch::On,
+        "kubeProxyReplacement=true must turn socket LB on"
+    );
     assert_eq!(run.interfaces.external_interfaces, ["eth0"]);
 }
 

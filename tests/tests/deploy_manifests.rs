@@ -312,6 +312,47 @@ fn the_config_values_parse_with_the_daemons_flags() {
         .get("SERVICE_LB_MAP_CT_TCP_MAX")
         .map(|v| v.parse::<u32>().expect("a number"));
     assert_eq!(Some(run.dataplane.map_ct_tcp_max), expected_sizes);
+    // The base install runs alongside kube-proxy: nothing is translated at the socket
+    // until the switch-over turns it on (deploy/README.md step 2).
+    assert_eq!(
+        run.socket_lb.socket_lb,
+        service_lb::cli::socket_lb::Switch::Off,
+        "the base ConfigMap turns socket LB on, yet it installs alongside kube-proxy"
+    );
+    assert_eq!(
+        data.get("SERVICE_LB_SOCKET_LB").map(String::as_str),
+        Some("off"),
+        "the base ConfigMap states the socket LB setting explicitly"
+    );
+}
+
+/// The switch-over turns socket LB on with exactly the ConfigMap key the base holds, and
+/// the guide says so (the kube-proxy replacement must serve host-network clients).
+#[test]
+fn the_switch_over_turns_socket_lb_on_through_the_configmap_key() {
+    let readme = read(&deploy_dir().join("README.md"));
+    let step2 = readme
+        .split("## 2. Switch over")
+        .nth(1)
+        .and_then(|rest| rest.split("## 3.").next())
+        .expect("deploy/README.md has a step 2");
+    assert!(
+        step2.contains(r#"{"data":{"SERVICE_LB_SOCKET_LB":"on"}}"#),
+        "step 2 does not turn socket LB on through the ConfigMap"
+    );
+    assert!(
+        step2.find("SERVICE_LB_SOCKET_LB") < step2.find("cleanup-kube-proxy.yaml"),
+        "socket LB must be on before kube-proxy's rules are removed"
+    );
+    let flags = run_flag_envs();
+    assert_eq!(
+        flags.get("SERVICE_LB_SOCKET_LB").map(String::as_str),
+        Some("socket-lb")
+    );
+    assert!(config_map()
+        .data
+        .unwrap_or_default()
+        .contains_key("SERVICE_LB_SOCKET_LB"));
 }
 
 #[test]

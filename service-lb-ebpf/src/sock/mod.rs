@@ -5,12 +5,14 @@
 //!   socket's destination rewritten once, the reverse entry stored; a frontend with no
 //!   endpoint (or a ClusterIP on an undefined port) refused with ECONNREFUSED.
 //! - `rev`: `recvmsg()` and `getpeername()`: the backend shown as the frontend.
+//! - `release`: `close()`: a connected socket's reverse entry deleted (O(1)).
 //! - `ctx`: the few `bpf_sock_addr` fields the programs read and write.
 //!
 //! Every call is counted once under (socket hook, reason), with zero bytes.
 
 pub mod ctx;
 pub mod fwd;
+pub mod release;
 pub mod rev;
 
 use aya_ebpf::maps::LruHashMap;
@@ -23,7 +25,7 @@ use service_lb_common::{
 use crate::{
     affinity::Sticky,
     family::{Endpoint, V4, V6},
-    maps::{SLB_CNT_V5, SLB_SKRN4_V1, SLB_SKRN6_V1},
+    maps::{SLB_CNT_V6, SLB_SKRN4_V1, SLB_SKRN6_V1},
     reject::Refuse,
 };
 
@@ -137,7 +139,7 @@ pub fn map_v4(addr: [u8; 4]) -> [u8; 16] {
 #[inline(always)]
 pub fn finish(hook: Hook, reason: Reason, ret: i32) -> i32 {
     // Every (hook, reason) index is below the array's length: only a broken map fails.
-    if let Some(counter) = SLB_CNT_V5.get_ptr_mut(counter_index(hook, reason)) {
+    if let Some(counter) = SLB_CNT_V6.get_ptr_mut(counter_index(hook, reason)) {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         unsafe { (*counter).packets += 1 };
     }

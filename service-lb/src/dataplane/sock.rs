@@ -12,7 +12,7 @@ use std::{
 };
 
 use aya::{
-    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr},
+    programs::{links::FdLink, CgroupAttachMode, CgroupSock, CgroupSockAddr},
     Ebpf,
 };
 use tracing::{info, warn};
@@ -30,6 +30,15 @@ pub const PROGRAMS: [&str; 8] = [
     "sock_getpeername4",
     "sock_getpeername6",
 ];
+
+/// The `cgroup/sock_release` program (a cgroup sock program, not sock_addr): deletes a
+/// closed connected socket's reverse entry.
+pub const RELEASE_PROGRAM: &str = "sock_release";
+
+/// Every socket program: the sock_addr ones, then the release one.
+pub fn all_programs() -> impl Iterator<Item = &'static str> {
+    PROGRAMS.into_iter().chain([RELEASE_PROGRAM])
+}
 
 /// `<bpffs>/sock-links`.
 pub fn links_dir(bpffs: &Path) -> PathBuf {
@@ -61,7 +70,54 @@ pub(crate) fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
                 source,
             })?;
     }
+    release_program(ebpf)?
+        .load()
+        .map_err(|source| DataplaneError::Program {
+            program: RELEASE_PROGRAM,
+            what: "loading into the kernel",
+            source,
+        })?;
     Ok(())
+}
+
+fn release_program(ebpf: &mut Ebpf) -> Result<&mut CgroupSock, DataplaneError> {
+    ebpf.program_mut(RELEASE_PROGRAM)
+        .ok_or(DataplaneError::MissingProgram(RELEASE_PROGRAM))?
+        .try_into()
+        .map_err(|source| DataplaneError::Program {
+            program: RELEASE_PROGRAM,
+            what: "is not a cgroup sock program",
+            source,
+        })
+}
+
+/// Attaches program `name` to `folder`; returns its link, not yet pinned.
+fn attach_new(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    folder: &fs::File,
+) -> Result<FdLink, Box<dyn std::error::Error + Send + Sync>> {
+    if name == RELEASE_PROGRAM {
+        let prog = release_program(ebpf)?;
+        let id = prog.attach(folder, CgroupAttachMode::Single)?;
+        Ok(FdLink::try_from(prog.take_link(id)?)?)
+    } else {
+        let prog = program(ebpf, name)?;
+        let id = prog.attach(folder, CgroupAttachMode::Single)?;
+        Ok(FdLink::try_from(prog.take_link(id)?)?)
+    }
+}
+
+/// The fd of the loaded program `name`, for replacing it in a pinned link.
+fn program_fd(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<aya::programs::ProgramFd, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(if name == RELEASE_PROGRAM {
+        release_program(ebpf)?.fd()?.try_clone()?
+    } else {
+        program(ebpf, name)?.fd()?.try_clone()?
+    })
 }
 
 fn program<'a>(
@@ -128,7 +184,7 @@ impl Dataplane {
         let folder = fs::File::open(cgroup)
             .map_err(|e| DataplaneError::io("opening the cgroup folder", cgroup, e))?;
         let mut done = Vec::new();
-        for name in PROGRAMS {
+        for name in all_programs() {
             let pinned_at = dir.join(link_pin_name(id, name));
             let err = |what: &'static str| {
                 let cgroup = cgroup.to_path_buf();
@@ -139,23 +195,14 @@ impl Dataplane {
                     source,
                 }
             };
-            let prog = program(&mut self.ebpf, name)?;
             let replaced = if pinned_at.exists() {
-                let fd = prog
-                    .fd()
-                    .map_err(|e| err("reading the program fd")(e.into()))?;
+                let fd = program_fd(&mut self.ebpf, name).map_err(err("reading the program fd"))?;
                 link_detach::update_pinned(&pinned_at, fd.as_fd())
                     .map_err(|e| err("replacing the program in the pinned link")(e.into()))?;
                 true
             } else {
-                let id = prog
-                    .attach(&folder, CgroupAttachMode::Single)
-                    .map_err(|e| err("attaching")(e.into()))?;
-                let link = prog
-                    .take_link(id)
-                    .map_err(|e| err("taking the link")(e.into()))?;
                 let fd_link =
-                    FdLink::try_from(link).map_err(|e| err("not a bpf link")(e.into()))?;
+                    attach_new(&mut self.ebpf, name, &folder).map_err(err("attaching"))?;
                 fd_link
                     .pin(&pinned_at)
                     .map_err(|e| err("pinning the link")(e.into()))?;

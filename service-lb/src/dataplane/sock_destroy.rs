@@ -7,14 +7,20 @@
 //! fails with `ECONNABORTED`, the socket is disconnected, and a new `connect()` picks a
 //! serving backend.
 //!
-//! Which sockets: those of the daemon's network namespace (the host's; sock_diag sees one
-//! namespace), in state connected, whose destination is a backend that is no longer
+//! Which sockets: connected UDP sockets whose destination is a backend that is no longer
 //! serving the Service the socket LB chose it for. The socket reverse maps
 //! (`SLB_SKRN4/6_V1`, keyed by socket cookie and backend, valued with the service id) say
 //! that a socket was translated and for which Service: a socket the application connected
-//! to a pod address itself is never touched. Sockets of pods (other namespaces) are out
-//! of scope: they keep their backend until they reconnect (with
-//! `--socket-lb-hostns-only` pods use the tc path, whose UDP conntrack is flushed).
+//! to a pod address itself is never touched.
+//!
+//! Where: sock_diag sees one network namespace, the one its netlink socket was created
+//! in. The daemon's own (the host's) is searched first; while sockets are left to find,
+//! every other namespace of the node (`other_netns`: `/proc/<pid>/ns/net` and
+//! `/run/netns`, deduplicated) gets a sock_diag socket opened by a short-lived thread
+//! that `setns()`s into it (needs CAP_SYS_ADMIN; without it the pods' sockets keep their
+//! backend until they reconnect, and a warning says so). Cookies are unique across
+//! namespaces, so a socket is only ever matched by its own entry. (With
+//! `--socket-lb-hostns-only` pods use the tc path, whose UDP conntrack is flushed.)
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -136,16 +142,54 @@ impl UdpSocketReaper for SockReaper {
         if serving.is_empty() {
             return Ok(0);
         }
-        let doomed = self.doomed(serving)?;
+        let mut doomed = self.doomed(serving)?;
         if doomed.is_empty() {
             return Ok(0);
         }
-        let diag = SockDiag::open()?;
+        // The daemon's own namespace (the host's) first, then the others while sockets
+        // are left to find.
+        let mut destroyed = self.reap_in(&SockDiag::open()?, &mut doomed)?;
+        if doomed.is_empty() {
+            return Ok(destroyed);
+        }
+        let mut unreachable = Vec::new();
+        for ns in other_netns() {
+            if doomed.is_empty() {
+                break;
+            }
+            match SockDiag::open_in(&ns) {
+                Ok(diag) => match self.reap_in(&diag, &mut doomed) {
+                    Ok(n) => destroyed += n,
+                    Err(e) => unreachable.push((ns, e)),
+                },
+                Err(e) => unreachable.push((ns, e)),
+            }
+        }
+        if let Some((ns, e)) = unreachable.first() {
+            warn!(
+                namespaces = unreachable.len(),
+                first = %ns.display(),
+                error = %e,
+                "connected UDP sockets of some network namespaces not searched (setns needs CAP_SYS_ADMIN)"
+            );
+        }
+        Ok(destroyed)
+    }
+}
+
+impl SockReaper {
+    /// Destroys the sockets of `doomed` that `diag`'s namespace holds; removes each one
+    /// found from `doomed`.
+    fn reap_in(
+        &self,
+        diag: &SockDiag,
+        doomed: &mut HashSet<(u64, SocketAddr)>,
+    ) -> Result<usize, SockDestroyError> {
         let mut destroyed = 0;
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
             for sock in diag.dump_connected_udp(family)? {
                 let key = (sock.cookie(), sock.dst());
-                if !doomed.contains(&key) {
+                if !doomed.remove(&key) {
                     continue;
                 }
                 match diag.destroy(&sock) {
@@ -165,6 +209,39 @@ impl UdpSocketReaper for SockReaper {
         }
         Ok(destroyed)
     }
+}
+
+/// Every network namespace of the node other than the calling thread's, once each (by
+/// device and inode): those of processes (`/proc/<pid>/ns/net`; with the host's PID
+/// namespace, every pod's) and those pinned under `/run/netns` (where CNIs and container
+/// runtimes keep pod namespaces). Unreadable entries (processes that exited) are skipped.
+pub fn other_netns() -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |path: &std::path::Path| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    let mut seen: HashSet<(u64, u64)> = HashSet::new();
+    if let Some(own) = id(std::path::Path::new("/proc/thread-self/ns/net")) {
+        seen.insert(own);
+    }
+    let mut candidates = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/run/netns") {
+        candidates.extend(dir.flatten().map(|e| e.path()));
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        candidates.extend(
+            dir.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
+                .map(|e| e.path().join("ns/net")),
+        );
+    }
+    candidates
+        .into_iter()
+        .filter(|p| id(p).is_some_and(|key| seen.insert(key)))
+        .collect()
 }
 
 // --- sock_diag over raw netlink (no crate for it in our dependency set) ---
@@ -229,6 +306,27 @@ impl SockDiag {
         // SAFETY: a new fd nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         Ok(Self { fd })
+    }
+
+    /// A sock_diag socket of the network namespace `ns` (a netns file): opened by a
+    /// short-lived thread that enters `ns` (a netlink socket stays in the namespace it
+    /// was created in), so no thread of the daemon changes namespace.
+    fn open_in(ns: &std::path::Path) -> Result<Self, SockDestroyError> {
+        let file = std::fs::File::open(ns).map_err(netlink_err("opening the netns file"))?;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| netlink_err("entering the netns")(io::Error::from(e)))?;
+                    Self::open()
+                })
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(netlink_err("entering the netns")(io::Error::other(
+                        "the thread panicked",
+                    )))
+                })
+        })
     }
 
     fn request(kind: u16, flags: u16, family: u8, id: &[u8; SOCKID_LEN]) -> Vec<u8> {

@@ -58,6 +58,13 @@ pub enum Target {
     /// service-lb with socket LB on (`--socket-lb=on`): the client's `connect()` is
     /// translated at the socket (cgroup programs on a folder of this run), not per packet.
     SocketLb,
+    /// Diagnosis (`slb-bench --only socket-lb --diagnose`): the pod IP, from the client
+    /// of a node where service-lb runs with socket LB on and the client in its cgroup (the
+    /// tc and cgroup programs see the flow; nothing is translated).
+    PodIpOnServiceLb,
+    /// Diagnosis: socket LB with the daemon stopped once the service answers (the pinned
+    /// data plane keeps serving): what the daemon process itself costs.
+    SocketLbNoDaemon,
 }
 
 impl Target {
@@ -74,6 +81,16 @@ impl Target {
     /// socket path.
     pub const SOCKET_LB: [Target; 3] = [Target::Direct, Target::ServiceLb, Target::SocketLb];
 
+    /// `slb-bench --only socket-lb --diagnose`: the socket-LB rows and the rows that
+    /// split its cost (programs on a plain flow, the daemon process).
+    pub const SOCKET_LB_DIAGNOSE: [Target; 5] = [
+        Target::Direct,
+        Target::ServiceLb,
+        Target::SocketLb,
+        Target::PodIpOnServiceLb,
+        Target::SocketLbNoDaemon,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Target::Direct => "pod IP (floor)",
@@ -82,13 +99,19 @@ impl Target {
             Target::IptablesLegacy => "ClusterIP via kube-proxy iptables (legacy back end)",
             Target::Nftables => "ClusterIP via kube-proxy nftables",
             Target::SocketLb => "ClusterIP via service-lb socket LB",
+            Target::PodIpOnServiceLb => "pod IP, service-lb socket LB on (diagnosis)",
+            Target::SocketLbNoDaemon => "socket LB, daemon stopped (diagnosis)",
         }
     }
 
     /// The kube-proxy layout of this target, if it is one.
     pub fn layout(self) -> Option<Layout> {
         match self {
-            Target::Direct | Target::ServiceLb | Target::SocketLb => None,
+            Target::Direct
+            | Target::ServiceLb
+            | Target::SocketLb
+            | Target::PodIpOnServiceLb
+            | Target::SocketLbNoDaemon => None,
             Target::Iptables => Some(Layout::Iptables),
             Target::IptablesLegacy => Some(Layout::IptablesLegacy),
             Target::Nftables => Some(Layout::Nftables),
@@ -297,6 +320,27 @@ fn prepare(target: Target, services: u32, bounds: LoopBounds) -> anyhow::Result<
                 SocketAddr::V4(vip),
                 Some(SocketAddr::V4(SocketAddrV4::new(*vip.ip(), BULK_PORT))),
             )
+        }
+        Target::PodIpOnServiceLb => {
+            start_service_lb(&mut fixture, services, &backends, Target::SocketLb)?;
+            let addr = SocketAddr::new(backends[0].into(), TARGET_PORT);
+            let client = fixture.cluster.pod("client")?;
+            in_cgroup(&fixture, || wait_answer(client, addr))?;
+            (addr, None)
+        }
+        Target::SocketLbNoDaemon => {
+            let vip = SocketAddr::V4(start_service_lb(
+                &mut fixture,
+                services,
+                &backends,
+                Target::SocketLb,
+            )?);
+            if let Some(mut daemon) = fixture.daemon.take() {
+                daemon.stop().context("stopping the daemon")?;
+            }
+            let client = fixture.cluster.pod("client")?;
+            in_cgroup(&fixture, || wait_answer(client, vip))?;
+            (vip, None)
         }
         Target::Iptables | Target::IptablesLegacy | Target::Nftables => {
             let layout = target

@@ -358,11 +358,15 @@ fn per_packet_chart(rows: &[PerPacketRow]) -> Chart {
 
 /// `slb-bench --only socket-lb`: only the end-to-end rows of the socket LB (the pod-IP
 /// floor, the tc path, the socket path) at each N of `services`; printed, not written.
-pub fn run_socket_lb(services: &[u32], bounds: e2e::LoopBounds) -> anyhow::Result<()> {
+pub fn run_socket_lb(
+    services: &[u32],
+    bounds: e2e::LoopBounds,
+    targets: &[Target],
+) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     for &n in services {
-        for (target, result) in e2e::measure_all(&Target::SOCKET_LB, n, bounds) {
+        for (target, result) in e2e::measure_all(targets, n, bounds) {
             match result {
                 Ok(row) => rows.push(row),
                 Err(e) => failures.push(note(&e, &format!("{} with {n} services", target.name()))),

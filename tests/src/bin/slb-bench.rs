@@ -10,16 +10,29 @@ use service_lb_tests::{
     privileges::require_root,
 };
 
-const USAGE: &str = "usage: slb-bench [--quick] [--out FILE.md] [--only socket-lb]";
+const USAGE: &str =
+    "usage: slb-bench [--quick] [--out FILE.md] [--only socket-lb [--diagnose] [--services N,N..]]";
 
 fn main() -> anyhow::Result<()> {
     let mut quick = false;
     let mut only: Option<String> = None;
+    let mut diagnose = false;
+    let mut sizes: Option<Vec<u32>> = None;
     let mut out = PathBuf::from("docs/benchmarks.md");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--diagnose" => diagnose = true,
+            "--services" => {
+                let list = args.next().context(USAGE)?;
+                sizes = Some(
+                    list.split(',')
+                        .map(|n| n.trim().parse::<u32>())
+                        .collect::<Result<_, _>>()
+                        .with_context(|| format!("--services {list:?}\n{USAGE}"))?,
+                );
+            }
             "--only" => only = Some(args.next().context(USAGE)?),
             "--out" => out = PathBuf::from(args.next().context(USAGE)?),
             "-h" | "--help" => {
@@ -36,16 +49,26 @@ fn main() -> anyhow::Result<()> {
         None => {}
         Some("socket-lb") => {
             // The socket LB's rows (issue 10): floor, tc path, socket path at each N.
-            let (services, bounds) = if quick {
+            let (default_services, bounds) = if quick {
                 (vec![1_000], BenchConfig::quick().e2e_bounds)
             } else {
                 (vec![1_000, 10_000, 100_000], BenchConfig::full().e2e_bounds)
             };
+            let services = sizes.unwrap_or(default_services);
+            anyhow::ensure!(
+                services.iter().all(|&n| n >= 2),
+                "--services: at least 2 services per size"
+            );
             let bounds = bench::e2e::LoopBounds {
                 bulk_bytes: 0,
                 ..bounds
             };
-            return bench::run_socket_lb(&services, bounds);
+            let targets: &[bench::e2e::Target] = if diagnose {
+                &bench::e2e::Target::SOCKET_LB_DIAGNOSE
+            } else {
+                &bench::e2e::Target::SOCKET_LB
+            };
+            return bench::run_socket_lb(&services, bounds, targets);
         }
         Some(other) => bail!("unknown --only {other:?}\n{USAGE}"),
     }
