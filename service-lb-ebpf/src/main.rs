@@ -136,3 +136,12 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[link_section = "license"]
 #[no_mangle]
 static LICENSE: [u8; 4] = *b"GPL\0";
+
+/// The benchmark's baseline (never attached, never loaded by the daemon): does nothing
+/// and passes. BPF_PROG_TEST_RUN of it with the same packet and run count as a real
+/// program measures the harness's own cost (skb set-up, timer, the call), which the
+/// per-packet benchmark subtracts to report net figures.
+#[classifier]
+pub fn tc_empty(_ctx: TcContext) -> i32 {
+    service_lb_common::proto::VERDICT_PASS
+}

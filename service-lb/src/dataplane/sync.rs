@@ -50,6 +50,9 @@ pub struct SyncReport {
     pub frontends_removed: usize,
     /// UDP conntrack entries flushed because their backend stopped serving the frontend.
     pub udp_conntrack_flushed: usize,
+    /// UDP backends that stopped serving and left every slot, deleted from the backends
+    /// map so the kernel re-balances their flows (no conntrack pass).
+    pub udp_backends_retired: usize,
     /// Connected UDP sockets (socket LB) destroyed because their backend stopped serving
     /// the frontend.
     pub udp_sockets_destroyed: usize,
@@ -489,8 +492,12 @@ impl<M: MapStore> Syncer<M> {
     /// kube-proxy's UDP conntrack clean-up for the frontends of `desired` that were
     /// applied: entries whose backend is not a serving endpoint of their frontend go, for
     /// frontends with a serving endpoint left. Incremental: only frontends that lost a
-    /// serving endpoint since the last apply (no pass at all when none did); full: every
-    /// UDP frontend (repairs what a restart missed).
+    /// serving endpoint since the last apply (nothing at all when none did), and without
+    /// walking conntrack when every lost backend left all slots: such a backend is deleted
+    /// from the backends map and the kernel re-balances its flows
+    /// (`ServiceWriter::retire_connectionless_backend`); a pass over the UDP conntrack map
+    /// only when one is still in another frontend's slots. Full: a pass for every UDP
+    /// frontend (repairs what a restart missed).
     fn flush_udp(&mut self, desired: &[ServiceDesired], mode: Mode, report: &mut SyncReport) {
         let failed: BTreeSet<&ServiceName> = report.failed.iter().map(|(n, _)| n).collect();
         let mut rules: BTreeMap<Family, BTreeMap<u32, BTreeSet<u32>>> = BTreeMap::new();
@@ -500,7 +507,10 @@ impl<M: MapStore> Syncer<M> {
                 let spec = frontend_spec(frontend);
                 let serving: BTreeSet<SocketAddr> = frontend.serving.iter().copied().collect();
                 let previous = self.udp_serving.insert(spec.key, serving.clone());
-                let lost = previous.is_some_and(|p| p.difference(&serving).next().is_some());
+                let lost_addrs: Vec<SocketAddr> = previous
+                    .map(|p| p.difference(&serving).copied().collect())
+                    .unwrap_or_default();
+                let lost = !lost_addrs.is_empty();
                 if mode == Mode::Incremental && !lost {
                     continue;
                 }
@@ -512,6 +522,29 @@ impl<M: MapStore> Syncer<M> {
                 }
                 if serving.is_empty() {
                     continue;
+                }
+                if mode == Mode::Incremental {
+                    // Backends that left every slot go from the backends map: the kernel
+                    // re-balances their flows itself, no conntrack pass is needed. Only
+                    // one still in another frontend's slots needs the pass.
+                    let mut needs_pass = false;
+                    for addr in lost_addrs.iter() {
+                        let Some(id) = self.writer.backend_id(*addr, L4Proto::Udp) else {
+                            continue;
+                        };
+                        match self.writer.retire_connectionless_backend(id) {
+                            Ok(true) => report.udp_backends_retired += 1,
+                            Ok(false) => needs_pass = true,
+                            Err(e) => {
+                                error!(error = %e, "deleting a UDP backend that stopped serving");
+                                report.errors.push(e.to_string());
+                                needs_pass = true;
+                            }
+                        }
+                    }
+                    if !needs_pass {
+                        continue;
+                    }
                 }
                 let ids: BTreeSet<u32> = serving
                     .iter()

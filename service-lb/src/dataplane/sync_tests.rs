@@ -359,7 +359,9 @@ fn udp_flows_are_flushed_per_frontend_for_endpoints_that_stopped_serving() {
     // A TCP flow with the same ids (another table) is never flushed.
     track(&mut s, 5, IPPROTO_TCP, a, b2);
 
-    // .2 stops serving (not ready, not terminating: gone from a's serving set).
+    // .2 stops serving (not ready, not terminating: gone from a's serving set) and no
+    // slot names it any more: it leaves the backends map and the kernel re-balances its
+    // flows (`dnat_reselect`); conntrack is not walked. Its id stays reserved.
     let report = s.apply(&[desired(
         "a",
         vec![udp_frontend(
@@ -369,8 +371,31 @@ fn udp_flows_are_flushed_per_frontend_for_endpoints_that_stopped_serving() {
             &["198.18.1.3:53"],
         )],
     )]);
-    assert_eq!(report.udp_conntrack_flushed, 2, "{report:?}");
-    assert_eq!(flows(&s), [2, 3, 5], "only a's UDP flows to .2 go");
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(report.udp_backends_retired, 1, "{report:?}");
+    assert_eq!(report.udp_conntrack_flushed, 0, "{report:?}");
+    assert_eq!(s.writer().store().conntrack_passes, 0, "no conntrack pass");
+    assert_eq!(backend_state(&s, b2), None, "the backend entry is gone");
+    assert!(s.writer().draining_backends().contains(&b2));
+    assert_eq!(flows(&s), [1, 2, 3, 4, 5]);
+
+    // .2 comes back (same id, active) and .3 stops serving a while b's slot still names
+    // it: one pass, a's UDP flows to .3 go, b's and the TCP flow stay.
+    let report = s.apply(&[desired(
+        "a",
+        vec![udp_frontend(
+            "198.19.0.10",
+            53,
+            &["198.18.1.2:53"],
+            &["198.18.1.2:53"],
+        )],
+    )]);
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(backend_id_of(&s, "198.18.1.2:53"), b2);
+    assert_eq!(backend_state(&s, b2), Some(BACKEND_STATE_ACTIVE));
+    assert_eq!(report.udp_backends_retired, 0, "{report:?}");
+    assert_eq!(report.udp_conntrack_flushed, 1, "{report:?}");
+    assert_eq!(flows(&s), [1, 3, 4, 5], "only a's UDP flow to .3 goes");
     assert_eq!(
         s.writer_mut()
             .store_mut()
@@ -380,16 +405,16 @@ fn udp_flows_are_flushed_per_frontend_for_endpoints_that_stopped_serving() {
             .collect::<Vec<_>>(),
         [Op::FlushConntrack {
             service_id: a,
-            backend_id: b2
+            backend_id: b3
         }]
     );
 
     // A serving endpoint that is not eligible (terminating while ready ones exist) keeps
     // its UDP flows, like kube-proxy.
-    track(&mut s, 6, IPPROTO_UDP, a, b2);
+    track(&mut s, 6, IPPROTO_UDP, a, b3);
     let report = s.apply(&[desired(
         "a",
-        vec![udp_frontend("198.19.0.10", 53, &["198.18.1.3:53"], &both)],
+        vec![udp_frontend("198.19.0.10", 53, &["198.18.1.2:53"], &both)],
     )]);
     assert_eq!(report.udp_conntrack_flushed, 0);
     assert!(flows(&s).contains(&6));
@@ -400,11 +425,12 @@ fn udp_flows_are_flushed_per_frontend_for_endpoints_that_stopped_serving() {
         vec![udp_frontend("198.19.0.10", 53, &[], &[])],
     )]);
     assert_eq!(report.udp_conntrack_flushed, 0);
-    assert_eq!(flows(&s), [2, 3, 5, 6]);
+    assert_eq!(report.udp_backends_retired, 0);
+    assert_eq!(flows(&s), [1, 3, 4, 5, 6]);
     assert_eq!(
         s.writer().store().conntrack_passes,
         1,
-        "one pass, for the one loss"
+        "one pass, for the one loss that a slot of another frontend still names"
     );
 }
 

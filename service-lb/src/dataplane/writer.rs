@@ -643,6 +643,34 @@ impl<M: MapStore> ServiceWriter<M> {
         &self.draining
     }
 
+    /// kube-proxy's UDP conntrack clean-up without a conntrack pass, for a backend that
+    /// stopped serving: when it is connectionless (UDP) and no slot names it any more, its
+    /// entry is deleted from the backends map now, and the kernel re-balances each of its
+    /// flows on their next datagram (`dnat_reselect`: a connectionless flow whose backend
+    /// is gone picks a live backend of its frontend). Its id stays reserved (draining)
+    /// until `collect_garbage` finds no conntrack entry naming it, so no other backend
+    /// takes it while such entries live. `false` (nothing done) when a slot still names it
+    /// (another frontend uses the same address, port and protocol): only a conntrack pass
+    /// can then tell its flows of this frontend from the others'.
+    pub fn retire_connectionless_backend(&mut self, id: u32) -> Result<bool, WriteError> {
+        let Some(identity) = self.backend_identity.get(&id).copied() else {
+            // Unknown here: not in the maps, nothing can use it.
+            return Ok(true);
+        };
+        if identity.1 != L4Proto::Udp || self.backend_refs.get(&id).copied().unwrap_or(0) != 0 {
+            return Ok(false);
+        }
+        self.draining.insert(id);
+        self.writes += 1;
+        self.store
+            .delete_backend(Family::of(&identity.0.ip()), id)
+            .map_err(|source| WriteError::Store {
+                frontend: frontend_of_backend(identity),
+                source,
+            })?;
+        Ok(true)
+    }
+
     /// Service ids of removed frontends whose reverse-NAT entry is kept.
     pub fn retired_services(&self) -> impl Iterator<Item = u32> + '_ {
         self.retired.keys().copied()

@@ -12,8 +12,9 @@ pub struct BenchConfig {
     pub mode: &'static str,
     /// Numbers of services (10 backends each) in the maps for the per-packet section.
     pub per_packet_services: Vec<u32>,
-    /// BPF_PROG_TEST_RUN repeat for the established, reply and pass-through paths.
-    pub per_packet_repeat: u32,
+    /// BPF_PROG_TEST_RUN calls (one run each, each paired with one of the empty
+    /// program) per round for the established, reply and pass-through paths.
+    pub per_packet_calls: u32,
     /// Distinct new flows (one run each) for the new-flow DNAT path.
     pub new_flows: u32,
     /// Numbers of services for the daemon's full sync, its memory, and the kube-proxy
@@ -57,7 +58,7 @@ impl BenchConfig {
         Self {
             mode: "full",
             per_packet_services: vec![10, 1_000, 10_000, 100_000],
-            per_packet_repeat: 1_000_000,
+            per_packet_calls: 20_000,
             new_flows: 50_000,
             control_plane_services: vec![1_000, 10_000, 100_000],
             change_services: 10_000,
@@ -79,7 +80,7 @@ impl BenchConfig {
         Self {
             mode: "quick",
             per_packet_services: vec![10, 1_000],
-            per_packet_repeat: 100_000,
+            per_packet_calls: 5_000,
             new_flows: 10_000,
             control_plane_services: vec![100],
             change_services: 100,
@@ -102,7 +103,7 @@ impl BenchConfig {
         Self {
             mode: "smallest",
             per_packet_services: vec![10],
-            per_packet_repeat: 1_000,
+            per_packet_calls: 500,
             new_flows: 200,
             control_plane_services: vec![10],
             change_services: 10,

@@ -3,8 +3,9 @@
 //! sized for N; nothing is attached, nothing is sent).
 //!
 //! Paths: new-flow DNAT (one run per distinct flow, every run checked to be translated),
-//! established hit and reply reverse NAT (the same packet `repeat` times), and
-//! pass-through (a TCP packet to an address that is no frontend).
+//! established hit and reply reverse NAT (the same packet, run after run), and
+//! pass-through (a TCP packet to an address that is no frontend). Every run is timed
+//! against the object's empty program on the same packet (`net_cost`): gross, empty, net.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -14,7 +15,7 @@ use std::{
 use anyhow::{ensure, Context as _};
 use aya::{
     maps::{HashMap, MapData},
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+    programs::SchedClassifier,
     Ebpf, EbpfLoader, Pod,
 };
 use service_lb::dataplane::object;
@@ -25,7 +26,10 @@ use service_lb_common::{
     Backend4, Hook, RevNat4, Svc4Key, SvcValue,
 };
 
-use super::config::BACKENDS_PER_SERVICE;
+use super::{
+    config::BACKENDS_PER_SERVICE,
+    net_cost::{self, Cost, Tally},
+};
 use crate::packet::{PacketSpec, L4};
 
 /// ClusterIPs used: 198.19.0.16 .. 198.19.125.15 (inside 198.19.0.0/17); past that the
@@ -71,15 +75,32 @@ impl ServiceSet {
     }
 }
 
-/// One size's figures.
+/// One size's figures: ns per packet of each path, gross, of the empty program and net
+/// (see `net_cost`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PerPacketRow {
     pub services: u32,
     pub fill: Duration,
-    pub new_flow_ns: f64,
-    pub established_ns: f64,
-    pub reply_ns: f64,
-    pub pass_ns: f64,
+    pub new_flow: Cost,
+    pub established: Cost,
+    pub reply: Cost,
+    pub pass: Cost,
+    /// Pass-through again, as one repeat loop of `calls` runs (warm caches; valid because
+    /// the packet is left as it was).
+    pub pass_warm: Cost,
+}
+
+impl PerPacketRow {
+    /// (name, cost) of each path, in table order.
+    pub fn paths(&self) -> [(&'static str, &Cost); 5] {
+        [
+            ("new-flow DNAT", &self.new_flow),
+            ("established hit", &self.established),
+            ("reply reverse NAT", &self.reply),
+            ("pass-through", &self.pass),
+            ("pass-through, repeat loop", &self.pass_warm),
+        ]
+    }
 }
 
 /// The object loaded with maps sized for `set`, programs verified, nothing attached.
@@ -119,6 +140,7 @@ impl SizedDataplane {
                 .load()
                 .with_context(|| format!("verifying {}", hook.name()))?;
         }
+        net_cost::load_empty(&mut ebpf)?;
         Ok(Self { ebpf })
     }
 
@@ -186,25 +208,27 @@ impl SizedDataplane {
         Ok(())
     }
 
-    /// Runs `hook` on `packet` `repeat` times; the kernel's mean time per run and the
-    /// packet as the last run left it.
-    fn run(&self, hook: Hook, packet: &[u8], repeat: u32) -> anyhow::Result<(Duration, Vec<u8>)> {
-        let program: &SchedClassifier = self
+    fn program(&self, name: &str) -> anyhow::Result<&SchedClassifier> {
+        Ok(self
             .ebpf
-            .program(hook.name())
-            .with_context(|| format!("program {}", hook.name()))?
-            .try_into()?;
-        let mut out = vec![0u8; packet.len() + 256];
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                repeat,
-                ..Default::default()
-            })
-            .with_context(|| format!("BPF_PROG_TEST_RUN of {} x{repeat}", hook.name()))?;
-        out.truncate(usize::try_from(result.data_size_out)?);
-        Ok((result.duration, out))
+            .program(name)
+            .with_context(|| format!("program {name}"))?
+            .try_into()?)
+    }
+
+    /// `net_cost::measure` of `hook` against `tc_empty`.
+    fn measure<I, C>(&self, hook: Hook, packets: I, check: C) -> anyhow::Result<Tally>
+    where
+        I: IntoIterator<Item = Vec<u8>>,
+        C: FnMut(usize, &[u8], &[u8]) -> anyhow::Result<()>,
+    {
+        net_cost::measure(
+            self.program(hook.name())?,
+            self.program(net_cost::EMPTY_PROGRAM)?,
+            packets,
+            check,
+        )
+        .with_context(|| format!("measuring {}", hook.name()))
     }
 }
 
@@ -224,28 +248,34 @@ struct Prepared {
     fill: Duration,
     vip: SocketAddr,
     backends: Vec<SocketAddr>,
-    /// Kernel time of the new flows so far, and how many.
-    new_flow_time: Duration,
-    new_flows: u32,
-    established: Vec<f64>,
-    reply: Vec<f64>,
-    pass: Vec<f64>,
+    /// New flows: summed over all rounds (each flow is measured once).
+    new_flow: Tally,
+    /// The other paths: one cost per round.
+    established: Vec<Cost>,
+    reply: Vec<Cost>,
+    pass: Vec<Cost>,
+    pass_warm: Vec<Cost>,
 }
 
 /// Measures the four paths with each of `services` services in the maps. Every N is
 /// loaded and filled first; then the measurement goes in rounds that take each N in turn
-/// (a share of the new flows, then the three repeated paths), so a slower spell of the
-/// machine falls on every N alike. Repeated paths: the median of the rounds.
+/// (a share of the new flows, then `calls` runs of each of the three other paths), so a
+/// slower spell of the machine falls on every N alike. Every run is one
+/// BPF_PROG_TEST_RUN call paired with one of the empty program (`net_cost`). New flows:
+/// the mean over all of them; the other paths: the median of the rounds' means.
 pub fn measure_all(
     services: &[u32],
-    repeat: u32,
+    calls: u32,
     new_flows: u32,
 ) -> anyhow::Result<Vec<PerPacketRow>> {
-    ensure!(new_flows > 0 && repeat > 0, "empty measurement");
+    ensure!(new_flows > 0 && calls > 0, "empty measurement");
     ensure!(
         new_flows < CT_ENTRIES / 2,
         "{new_flows} new flows overflow conntrack"
     );
+    let _stats = net_cost::RunTimeStats::enable()
+        .map_err(|e| eprintln!("slb-bench: per-packet: no BPF run-time statistics: {e:#}"))
+        .ok();
     let mut prepared = Vec::new();
     for &n in services {
         eprintln!("slb-bench: per-packet: loading and filling {n} services");
@@ -259,7 +289,7 @@ pub fn measure_all(
             let flows = first..(first + share).min(new_flows);
             p.new_flows_round(flows)
                 .with_context(|| format!("new flows with {} services", p.services))?;
-            p.repeated_round(repeat)
+            p.repeated_round(calls)
                 .with_context(|| format!("repeated paths with {} services", p.services))?;
         }
     }
@@ -283,65 +313,107 @@ fn prepare(services: u32) -> anyhow::Result<Prepared> {
         backends: (0..BACKENDS_PER_SERVICE)
             .map(|slot| SocketAddr::V4(set.backend(measured, slot).1))
             .collect(),
-        new_flow_time: Duration::ZERO,
-        new_flows: 0,
+        new_flow: Tally::default(),
         established: Vec::new(),
         reply: Vec::new(),
         pass: Vec::new(),
+        pass_warm: Vec::new(),
     })
 }
 
 impl Prepared {
-    /// New flows: one run each; every output must be the SYN sent to a backend.
+    /// New flows: one run each; every output must be the SYN sent to a backend of the
+    /// service (source and everything else as sent).
     fn new_flows_round(&mut self, flows: std::ops::Range<u32>) -> anyhow::Result<()> {
-        for flow in flows {
-            let syn = PacketSpec::new(client(flow), self.vip, L4::SYN).build()?;
-            let (time, out) = self.dp.run(Hook::FromPod, &syn, 1)?;
+        let first = flows.start;
+        let syns = flows
+            .map(|flow| PacketSpec::new(client(flow), self.vip, L4::SYN).build())
+            .collect::<Result<Vec<_>, _>>()?;
+        let expected: Vec<Vec<Vec<u8>>> = (first..first + syns.len() as u32)
+            .map(|flow| {
+                self.backends
+                    .iter()
+                    .filter_map(|b| PacketSpec::new(client(flow), *b, L4::SYN).build().ok())
+                    .collect()
+            })
+            .collect();
+        let tally = self.dp.measure(Hook::FromPod, syns, |i, _, out| {
             ensure!(
-                out != syn && out.len() == syn.len(),
-                "new flow {flow} was not translated"
+                expected.get(i).is_some_and(|e| e.iter().any(|p| p == out)),
+                "new flow {} was not translated to a backend of its service",
+                first + i as u32
             );
-            self.new_flow_time += time;
-            self.new_flows += 1;
-        }
+            Ok(())
+        })?;
+        self.new_flow.add(&tally);
         Ok(())
     }
 
-    /// The established hit, the reply's reverse NAT and a pass-through, `repeat` runs each,
-    /// every output checked.
-    fn repeated_round(&mut self, repeat: u32) -> anyhow::Result<()> {
+    /// The established hit, the reply's reverse NAT and a pass-through, `calls` runs
+    /// each, every output checked.
+    fn repeated_round(&mut self, calls: u32) -> anyhow::Result<()> {
+        let calls = calls as usize;
         // Established: flow 0 exists (the first round created it); its backend is read
-        // from the translated packet.
+        // from the first translated packet, and every run must give that packet.
         let ack_spec = PacketSpec::new(client(0), self.vip, L4::ACK);
         let ack = ack_spec.build()?;
-        let (time, translated) = self.dp.run(Hook::FromPod, &ack, repeat)?;
-        self.established.push(time.as_nanos() as f64);
-        let backend = self
+        let mut backend = None;
+        let candidates: Vec<(SocketAddr, Vec<u8>)> = self
             .backends
             .iter()
-            .copied()
-            .find(|b| ack_spec.clone().with_dst(*b).build().ok().as_ref() == Some(&translated))
-            .context("established flow not translated to a backend of its service")?;
+            .filter_map(|b| Some((*b, ack_spec.clone().with_dst(*b).build().ok()?)))
+            .collect();
+        let tally = self.dp.measure(
+            Hook::FromPod,
+            std::iter::repeat_n(ack, calls),
+            |_, _, out| {
+                let hit = candidates.iter().find(|(_, p)| p == out).map(|(b, _)| *b);
+                ensure!(
+                    hit.is_some() && (backend.is_none() || backend == hit),
+                    "established flow not translated to its backend"
+                );
+                backend = hit;
+                Ok(())
+            },
+        )?;
+        self.established.push(tally.cost());
+        let backend = backend.context("no established run")?;
 
         // Reply: the backend answers; to_pod must put the VIP back as the source.
         let reply = PacketSpec::new(backend, client(0), L4::ACK).build()?;
-        let (time, restored) = self.dp.run(Hook::ToPod, &reply, repeat)?;
-        self.reply.push(time.as_nanos() as f64);
-        ensure!(
-            Some(&restored)
-                == PacketSpec::new(self.vip, client(0), L4::ACK)
-                    .build()
-                    .ok()
-                    .as_ref(),
-            "the reply was not reverse-NATed to the VIP"
-        );
+        let restored = PacketSpec::new(self.vip, client(0), L4::ACK).build()?;
+        let tally = self.dp.measure(
+            Hook::ToPod,
+            std::iter::repeat_n(reply, calls),
+            |_, _, out| {
+                ensure!(
+                    out == restored,
+                    "the reply was not reverse-NATed to the VIP"
+                );
+                Ok(())
+            },
+        )?;
+        self.reply.push(tally.cost());
 
         // Pass-through: an address inside the ClusterIP range that is no frontend.
         let other: SocketAddr = "198.19.127.250:80".parse()?;
         let pass = PacketSpec::new(client(0), other, L4::ACK).build()?;
-        let (time, untouched) = self.dp.run(Hook::FromPod, &pass, repeat)?;
-        ensure!(untouched == pass, "a packet to a non-frontend was modified");
-        self.pass.push(time.as_nanos() as f64);
+        let warm = net_cost::measure_repeat(
+            self.dp.program(Hook::FromPod.name())?,
+            self.dp.program(net_cost::EMPTY_PROGRAM)?,
+            &pass,
+            u32::try_from(calls)?,
+        )?;
+        self.pass_warm.push(warm);
+        let tally = self.dp.measure(
+            Hook::FromPod,
+            std::iter::repeat_n(pass, calls),
+            |_, input, out| {
+                ensure!(out == input, "a packet to a non-frontend was modified");
+                Ok(())
+            },
+        )?;
+        self.pass.push(tally.cost());
         Ok(())
     }
 
@@ -349,17 +421,13 @@ impl Prepared {
         PerPacketRow {
             services: self.services,
             fill: self.fill,
-            new_flow_ns: self.new_flow_time.as_nanos() as f64 / f64::from(self.new_flows.max(1)),
-            established_ns: median(self.established),
-            reply_ns: median(self.reply),
-            pass_ns: median(self.pass),
+            new_flow: self.new_flow.cost(),
+            established: Cost::median(&self.established),
+            reply: Cost::median(&self.reply),
+            pass: Cost::median(&self.pass),
+            pass_warm: Cost::median(&self.pass_warm),
         }
     }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 #[cfg(test)]

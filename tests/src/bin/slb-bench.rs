@@ -11,7 +11,7 @@ use service_lb_tests::{
 };
 
 const USAGE: &str =
-    "usage: slb-bench [--quick] [--out FILE.md] [--only socket-lb [--diagnose] [--services N,N..]]";
+    "usage: slb-bench [--quick] [--out FILE.md] [--only socket-lb [--diagnose] [--services N,N..] | per-packet | e2e-100k | ct-cleanup]";
 
 fn main() -> anyhow::Result<()> {
     let mut quick = false;
@@ -69,6 +69,32 @@ fn main() -> anyhow::Result<()> {
                 &bench::e2e::Target::SOCKET_LB
             };
             return bench::run_socket_lb(&services, bounds, targets);
+        }
+        Some("per-packet") => {
+            // Per-packet cost net of the harness (issue 14) at 1k/10k/100k (--quick: 1k).
+            let (config, services) = if quick {
+                (BenchConfig::quick(), vec![1_000])
+            } else {
+                (BenchConfig::full(), vec![1_000, 10_000, 100_000])
+            };
+            return bench::run::run_per_packet(&config, &services);
+        }
+        Some("e2e-100k") => {
+            // End to end at 100k Services (issue 14): the floor and the tc path.
+            let bounds = if quick {
+                BenchConfig::quick().e2e_bounds
+            } else {
+                BenchConfig::full().e2e_bounds
+            };
+            let bounds = bench::e2e::LoopBounds {
+                bulk_bytes: 0,
+                ..bounds
+            };
+            return bench::run::run_e2e_tc(&[100_000], bounds);
+        }
+        Some("ct-cleanup") => {
+            // One UDP endpoint change with 1M UDP conntrack entries (--quick: 100k).
+            return bench::run::run_ct_cleanup(if quick { 100_000 } else { 1_000_000 });
         }
         Some(other) => bail!("unknown --only {other:?}\n{USAGE}"),
     }
