@@ -1,5 +1,6 @@
-//! The daemon loop: receive source events, sync at most once per minimum interval
-//! (bursts coalesce into one sync), resync fully on a timer, beat for `/livez`.
+//! The daemon loop: receive source events, take everything queued, then sync (bursts
+//! coalesce: one sync takes every change queued when it starts; an optional minimum
+//! interval between syncs, 0 by default), resync fully on a timer, beat for `/livez`.
 
 use std::{future, sync::Arc, time::Duration};
 
