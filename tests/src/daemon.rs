@@ -338,6 +338,8 @@ pub struct DaemonOptions {
     pub extra_args: Vec<String>,
     /// stdout + stderr of the daemon go here (appended: restarts share one log).
     pub log: PathBuf,
+    /// The API source instead of the manifests folder: `--kubeconfig` this file.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl DaemonOptions {
@@ -362,6 +364,7 @@ impl DaemonOptions {
                 format!("--hairpin-ipv6={}", crate::topology::TEST_HAIRPIN_IPV6),
             ],
             log,
+            kubeconfig: None,
         }
     }
 }
@@ -396,10 +399,12 @@ impl Daemon {
         let handle =
             File::open(ns.path()).with_context(|| format!("opening {}", ns.path().display()))?;
         let mut cmd = Command::new(binary);
-        cmd.arg("run")
-            .arg("--manifests")
-            .arg(&options.manifests)
-            .arg("--bpffs")
+        cmd.arg("run");
+        match &options.kubeconfig {
+            Some(kubeconfig) => cmd.arg("--kubeconfig").arg(kubeconfig),
+            None => cmd.arg("--manifests").arg(&options.manifests),
+        };
+        cmd.arg("--bpffs")
             .arg(&options.bpffs)
             .arg("--node-name")
             .arg(&options.node_name)

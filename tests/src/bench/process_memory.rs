@@ -10,6 +10,21 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     field_kib(&status, "VmRSS:").with_context(|| format!("no VmRSS for pid {pid}"))
 }
 
+/// `memlock` of each distinct BPF map (by `map_id`) `pid` holds fds of, in bytes.
+pub fn bpf_map_memlock_by_id(pid: u32) -> anyhow::Result<std::collections::BTreeMap<u64, u64>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+            continue; // The fd closed meanwhile.
+        };
+        if let Some((id, memlock)) = map_memlock(&text) {
+            out.insert(id, memlock);
+        }
+    }
+    Ok(out)
+}
+
 /// Sum of `memlock` over the distinct BPF maps (by `map_id`) `pid` holds fds of, in bytes.
 pub fn bpf_map_memlock_bytes(pid: u32) -> anyhow::Result<u64> {
     let dir = format!("/proc/{pid}/fdinfo");

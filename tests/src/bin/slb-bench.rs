@@ -10,7 +10,8 @@ use service_lb_tests::{
     privileges::require_root,
 };
 
-const USAGE: &str = "usage: slb-bench [--quick] [--out FILE.md] [--only socket-lb]";
+const USAGE: &str =
+    "usage: slb-bench [--quick] [--out FILE.md] [--only socket-lb|control-plane|memory]";
 
 fn main() -> anyhow::Result<()> {
     let mut quick = false;
@@ -46,6 +47,17 @@ fn main() -> anyhow::Result<()> {
                 ..bounds
             };
             return bench::run_socket_lb(&services, bounds);
+        }
+        Some(only @ ("control-plane" | "memory")) => {
+            // Issue 14's rows: full sync, RSS and map memory (per map) at each N; with
+            // `control-plane` also the EndpointSlice change -> map latency at each N.
+            let services = if quick {
+                vec![1_000]
+            } else {
+                vec![10_000, 100_000]
+            };
+            let changes = if only == "memory" { 0 } else { 100 };
+            return bench::run_control_plane(&services, changes, BenchConfig::full().sync_bound);
         }
         Some(other) => bail!("unknown --only {other:?}\n{USAGE}"),
     }
