@@ -42,6 +42,8 @@ pub struct SyncRow {
     /// Daemon started -> ready after its first full sync (the services map then holds
     /// N x 11 entries, checked).
     pub sync: Duration,
+    /// CPU time the daemon used until ready (user + system).
+    pub sync_cpu: Duration,
     pub rss_kib: u64,
     pub map_memlock_bytes: u64,
     /// `memlock` of each pinned map the daemon holds (pin name, bytes), largest first.
@@ -78,6 +80,7 @@ pub fn measure(services: u32, changes: u32, bound: Duration) -> anyhow::Result<S
     // the CPU being measured.
     daemon.wait_ready(bound)?;
     let sync = started.elapsed();
+    let sync_cpu = process_memory::cpu_time(pid)?;
     let services_map = open_services_map(node.bpffs.path())?;
     let held = services_map.keys().filter(|k| k.is_ok()).count() as u64;
     ensure!(
@@ -114,6 +117,7 @@ pub fn measure(services: u32, changes: u32, bound: Duration) -> anyhow::Result<S
     Ok(SyncRow {
         services,
         sync,
+        sync_cpu,
         rss_kib,
         map_memlock_bytes,
         per_map,

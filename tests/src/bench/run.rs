@@ -375,9 +375,11 @@ pub fn run_control_plane(services: &[u32], changes: u32, bound: Duration) -> any
         match control_plane::measure(n, changes, bound) {
             Ok(row) => {
                 println!(
-                    "services {n}: full sync {:.3} s, RSS {:.1} MiB, BPF maps {:.1} MiB; \
-                     change -> map ({} changes, manifests) p50 {} ms, p99 {} ms, max {} ms",
+                    "services {n}: full sync {:.3} s (daemon CPU {:.3} s), RSS {:.1} MiB, BPF \
+                     maps {:.1} MiB; change -> map ({} changes, manifests) p50 {} ms, p99 {} \
+                     ms, max {} ms",
                     row.sync.as_secs_f64(),
+                    row.sync_cpu.as_secs_f64(),
                     row.rss_kib as f64 / 1024.0,
                     row.map_memlock_bytes as f64 / (1024.0 * 1024.0),
                     row.changes.len(),
