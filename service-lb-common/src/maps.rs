@@ -144,3 +144,7 @@ mod tests {
         }
     }
 }
+
+/// `BPF_F_NO_PREALLOC`: a hash map allocates an entry when it is inserted (its memory is
+/// what it holds). For maps only user space writes; LRU maps always preallocate.
+pub const BPF_F_NO_PREALLOC: u32 = 1;

@@ -3,7 +3,6 @@
 //! (and pinned by path from userspace, so no `pinned()` here).
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -29,22 +28,32 @@ use service_lb_common::{
     SvcValue, VipValue,
 };
 
+/// Maps only user space writes (services, backends, reverse NAT, VIPs, members, names,
+/// policy pods) allocate their entries on demand (`BPF_F_NO_PREALLOC`): their memory is
+/// what they hold, not their capacity. Maps the programs write (conntrack, affinity,
+/// fragments, socket reverse NAT, policy flows) are LRU maps, which always preallocate.
+const ON_DEMAND: u32 = service_lb_common::maps::BPF_F_NO_PREALLOC;
+
 #[map]
 pub static SLB_SVC4_V1: HashMap<Svc4Key, SvcValue> =
-    HashMap::with_max_entries(DEFAULT_SERVICES_MAX, 0);
+    HashMap::with_max_entries(DEFAULT_SERVICES_MAX, ON_DEMAND);
 #[map]
 pub static SLB_SVC6_V1: HashMap<Svc6Key, SvcValue> =
-    HashMap::with_max_entries(DEFAULT_SERVICES_MAX, 0);
+    HashMap::with_max_entries(DEFAULT_SERVICES_MAX, ON_DEMAND);
 
 #[map]
-pub static SLB_BE4_V1: HashMap<u32, Backend4> = HashMap::with_max_entries(DEFAULT_BACKENDS_MAX, 0);
+pub static SLB_BE4_V1: HashMap<u32, Backend4> =
+    HashMap::with_max_entries(DEFAULT_BACKENDS_MAX, ON_DEMAND);
 #[map]
-pub static SLB_BE6_V1: HashMap<u32, Backend6> = HashMap::with_max_entries(DEFAULT_BACKENDS_MAX, 0);
+pub static SLB_BE6_V1: HashMap<u32, Backend6> =
+    HashMap::with_max_entries(DEFAULT_BACKENDS_MAX, ON_DEMAND);
 
 #[map]
-pub static SLB_RNAT4_V1: HashMap<u32, RevNat4> = HashMap::with_max_entries(DEFAULT_REVNAT_MAX, 0);
+pub static SLB_RNAT4_V1: HashMap<u32, RevNat4> =
+    HashMap::with_max_entries(DEFAULT_REVNAT_MAX, ON_DEMAND);
 #[map]
-pub static SLB_RNAT6_V1: HashMap<u32, RevNat6> = HashMap::with_max_entries(DEFAULT_REVNAT_MAX, 0);
+pub static SLB_RNAT6_V1: HashMap<u32, RevNat6> =
+    HashMap::with_max_entries(DEFAULT_REVNAT_MAX, ON_DEMAND);
 
 #[map]
 pub static SLB_CT4_TCP_V1: LruHashMap<CtKey4, CtEntry> =
@@ -69,10 +78,11 @@ pub static SLB_META_V1: Array<Meta> = Array::with_max_entries(1, 0);
 
 /// Every ClusterIP address with a programmed frontend (`service_lb_common::vip`).
 #[map]
-pub static SLB_VIP4_V1: HashMap<[u8; 4], VipValue> = HashMap::with_max_entries(DEFAULT_VIPS_MAX, 0);
+pub static SLB_VIP4_V1: HashMap<[u8; 4], VipValue> =
+    HashMap::with_max_entries(DEFAULT_VIPS_MAX, ON_DEMAND);
 #[map]
 pub static SLB_VIP6_V1: HashMap<[u8; 16], VipValue> =
-    HashMap::with_max_entries(DEFAULT_VIPS_MAX, 0);
+    HashMap::with_max_entries(DEFAULT_VIPS_MAX, ON_DEMAND);
 
 /// The service CIDRs (value `SERVICE_CIDR_ALLOCATED`).
 #[map]
@@ -94,7 +104,7 @@ pub static SLB_AFF6_V1: LruHashMap<Affinity6Key, AffinityValue> =
 /// (service id, backend id) of every backend in a frontend's slots.
 #[map]
 pub static SLB_MEMBER_V1: HashMap<MemberKey, MemberValue> =
-    HashMap::with_max_entries(DEFAULT_SERVICES_MAX, 0);
+    HashMap::with_max_entries(DEFAULT_SERVICES_MAX, ON_DEMAND);
 
 /// Translations of fragmented UDP datagrams, by first fragment (`common::frag`).
 #[map]
@@ -115,10 +125,10 @@ pub static SLB_SKRN6_V1: LruHashMap<SockRev6Key, SockRev6Value> =
 /// NetworkPolicy (`service_lb_common::policy`): local isolated pods by address.
 #[map]
 pub static SLB_POLPOD4_V1: HashMap<[u8; 4], PolPod> =
-    HashMap::with_max_entries(DEFAULT_POL_PODS_MAX, 0);
+    HashMap::with_max_entries(DEFAULT_POL_PODS_MAX, ON_DEMAND);
 #[map]
 pub static SLB_POLPOD6_V1: HashMap<[u8; 16], PolPod> =
-    HashMap::with_max_entries(DEFAULT_POL_PODS_MAX, 0);
+    HashMap::with_max_entries(DEFAULT_POL_PODS_MAX, ON_DEMAND);
 /// (pod id, direction, peer prefix) -> port set id.
 #[map]
 pub static SLB_POLPEER4_V1: LpmTrie<PolPeer4, u32> =
@@ -144,10 +154,10 @@ pub static SLB_POLCFG_V1: Array<u32> = Array::with_max_entries(1, 0);
 /// the daemon, read by `inspect` and `diff`; no program reads it. Both families share it.
 #[map]
 pub static SLB_SVCNAME_V1: HashMap<u32, SvcName> =
-    HashMap::with_max_entries(2 * DEFAULT_REVNAT_MAX, 0);
+    HashMap::with_max_entries(2 * DEFAULT_REVNAT_MAX, ON_DEMAND);
 
 /// Maglev tables (`common::maglev`), one per frontend with `SVC_FLAG_MAGLEV`; not
 /// preallocated: a 64 KiB value costs memory only once a table is written.
 #[map]
 pub static SLB_MAGLEV_V1: HashMap<MaglevKey, MaglevTable> =
-    HashMap::with_max_entries(DEFAULT_MAGLEV_MAX, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(DEFAULT_MAGLEV_MAX, ON_DEMAND);

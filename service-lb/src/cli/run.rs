@@ -46,8 +46,10 @@ pub struct RunArgs {
     /// health-check nodes on 10256 need `[::]:10256` once kube-proxy is gone.
     #[arg(long, env = "SERVICE_LB_HEALTH_ADDR", default_value = DEFAULT_HEALTH_ADDR)]
     pub health_addr: SocketAddr,
-    /// Minimum time between two syncs: bursts of changes are coalesced into one.
-    #[arg(long, env = "SERVICE_LB_MIN_SYNC_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
+    /// Minimum time between two syncs. The default 0 adds no timer: a sync takes every
+    /// change queued when it starts, so a burst still costs a few syncs, not one per
+    /// change (changes that arrive during a sync wait for the next one).
+    #[arg(long, env = "SERVICE_LB_MIN_SYNC_INTERVAL", default_value = "0s", value_parser = parse_duration)]
     pub min_sync_interval: Duration,
     /// Period of the full resync that repairs drift between the maps and the cluster.
     #[arg(long, env = "SERVICE_LB_RESYNC_INTERVAL", default_value = "60s", value_parser = parse_duration)]
@@ -75,8 +77,10 @@ pub struct RunArgs {
     /// whatever the size (the map's value is sized for the maximum).
     #[arg(long, env = "SERVICE_LB_MAGLEV_TABLE_SIZE", default_value = "16381")]
     pub maglev_table_size: crate::model::maglev::TableSize,
-    /// Quiet time after a change in the manifests folder before it is read again.
-    #[arg(long, env = "SERVICE_LB_MANIFESTS_DEBOUNCE", default_value = "50ms", value_parser = parse_duration)]
+    /// Quiet time after a change in the manifests folder before it is read again. The
+    /// default 0 reads at once every file changed so far (waiting at most 20 ms only for
+    /// the second half of a rename or for a file written in place to be closed).
+    #[arg(long, env = "SERVICE_LB_MANIFESTS_DEBOUNCE", default_value = "0s", value_parser = parse_duration)]
     pub manifests_debounce: Duration,
     /// Skip the start-up kernel check (Linux >= 6.6, BTF, TCX, cgroup v2), e.g. on a
     /// vendor kernel that backports TCX to an older version.

@@ -1,5 +1,6 @@
-//! The daemon loop: receive source events, sync at most once per minimum interval
-//! (bursts coalesce into one sync), resync fully on a timer, beat for `/livez`.
+//! The daemon loop: receive source events, take everything queued, then sync (bursts
+//! coalesce: one sync takes every change queued when it starts; an optional minimum
+//! interval between syncs, 0 by default), resync fully on a timer, beat for `/livez`.
 
 use std::{future, sync::Arc, time::Duration};
 
@@ -11,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::reconcile::{ReconcileError, Reconciler};
-use crate::{dataplane::MapStore, source::SourceEvent, telemetry::health::Health};
+use crate::{
+    dataplane::MapStore,
+    source::SourceEvent,
+    telemetry::{health::Health, metrics::SyncKind},
+};
 
 /// How often the loop beats when nothing happens.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -69,8 +74,14 @@ pub async fn run<M: MapStore + Send + 'static>(
                 return Ok(());
             }
             _ = sync_due => {
-                reconciler.sync().await?;
+                let done = reconciler.sync().await?;
                 last_sync = Some(Instant::now());
+                if done.is_some_and(|d| d.kind == SyncKind::Full) {
+                    // The maps were just compared in full: the next resync is a whole
+                    // period away (a first full sync longer than the period would
+                    // otherwise be followed at once by another, and changes wait).
+                    resync.reset();
+                }
             }
             event = events.recv() => {
                 let Some(event) = event else {
@@ -88,6 +99,8 @@ pub async fn run<M: MapStore + Send + 'static>(
             _ = resync.tick() => {
                 if reconciler.resync().await?.is_some() {
                     last_sync = Some(Instant::now());
+                    // Counted from the end of this one, not its start.
+                    resync.reset();
                 }
             }
             _ = beat.tick() => {}

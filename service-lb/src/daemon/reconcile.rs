@@ -75,6 +75,8 @@ pub struct Reconciler<M: MapStore> {
     /// Reads the external interfaces' addresses (NodePort addresses), before each full
     /// sync.
     interface_addresses: Option<InterfaceAddresses>,
+    /// Service syncs run (full and incremental): what coalescing is judged by.
+    syncs_run: u64,
 }
 
 /// Reads this node's external interface addresses.
@@ -104,6 +106,7 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
             health_checks: BTreeMap::new(),
             service_health: None,
             interface_addresses: None,
+            syncs_run: 0,
         }
     }
 
@@ -167,6 +170,11 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
     /// The health check node ports wanted now, by Service.
     pub fn health_checks(&self) -> &BTreeMap<ServiceName, HealthCheck> {
         &self.health_checks
+    }
+
+    /// Service syncs run so far (full and incremental).
+    pub fn syncs_run(&self) -> u64 {
+        self.syncs_run
     }
 
     /// The first full sync has been applied.
@@ -349,6 +357,7 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
 
     async fn run(&mut self, kind: SyncKind) -> Result<SyncDone, ReconcileError> {
         let started = Instant::now();
+        self.syncs_run += 1;
         if kind == SyncKind::Full {
             if let Some(read) = &self.interface_addresses {
                 self.state.set_interface_addresses(read());
@@ -415,7 +424,8 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
                 error!(service = %service, error = %e, "health check node port not open");
             }
         }
-        let known = self.state.service_names().len();
+        // The count only: listing 100k names here cost every incremental sync.
+        let (known, _) = self.state.object_counts();
         self.metrics.set_services(known);
         if report.frontends_upserted + report.frontends_removed > 0
             || !report.changed.is_empty()
@@ -448,9 +458,14 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
                 "synced, nothing changed"
             );
         }
+        let services = desired.len();
+        drop(desired);
+        if kind == SyncKind::Full {
+            release_free_heap();
+        }
         Ok(SyncDone {
             kind,
-            services: desired.len(),
+            services,
             report,
         })
     }
@@ -513,6 +528,17 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
                 None => debug!(service = %d.name, %trigger, "unreadable last-change-trigger-time"),
             }
         }
+    }
+}
+
+/// Gives the heap pages freed by a full sync (the parsed initial lists, the maps'
+/// snapshot of bulk mode) back to the system: glibc keeps them in its arenas otherwise,
+/// and they stay in the daemon's RSS for good.
+fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks glibc's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -509,3 +509,63 @@ async fn health_checks_follow_the_services() {
         "gone with the Service"
     );
 }
+
+/// A burst of 1,000 EndpointSlice changes queued at once costs one incremental sync
+/// (after the first full sync), with the loop's default timing (no minimum interval), and
+/// the maps end with the last change.
+#[tokio::test]
+async fn a_burst_of_changes_costs_one_sync_not_one_per_change() {
+    let mut h = harness();
+    h.initial_lists(true);
+    h.reconciler.sync().await.expect("syncs").expect("did sync");
+    assert_eq!(h.reconciler.syncs_run(), 1, "the first full sync");
+    let timing = LoopTiming {
+        min_sync_interval: Duration::ZERO,
+        resync_interval: Duration::from_secs(3600),
+    };
+    const CHANGES: usize = 1_000;
+    let (tx, mut rx) = mpsc::channel(CHANGES);
+    for i in 0..CHANGES {
+        let addr = format!("198.18.1.{}", 10 + i % 200);
+        tx.send(SourceEvent::EndpointSlice(Box::new(Event::Apply(slice(
+            "web",
+            &[&addr],
+        )))))
+        .await
+        .expect("loop alive");
+    }
+    let last = format!("198.18.1.{}", 10 + (CHANGES - 1) % 200);
+    let cancel = CancellationToken::new();
+    let health = h.health.clone();
+    let driver = {
+        let cancel = cancel.clone();
+        let health = health.clone();
+        let tx = tx.clone();
+        async move {
+            // Bounded wait: every event taken and the sync after them done.
+            for _ in 0..1_000 {
+                let s = health.snapshot();
+                if s.first_full_sync
+                    && s.oldest_pending.is_none()
+                    && tx.capacity() == tx.max_capacity()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            cancel.cancel();
+        }
+    };
+    let (result, ()) = tokio::join!(
+        event_loop::run(&mut h.reconciler, &mut rx, timing, health, cancel.clone()),
+        driver
+    );
+    result.expect("a cancelled loop ends cleanly");
+    assert_eq!(
+        h.frontends(),
+        set(&[&format!("198.19.0.10:80/tcp -> {last}:8080")])
+    );
+    // One incremental sync for the whole burst (queued before the loop ran).
+    assert_eq!(h.reconciler.syncs_run(), 2);
+    drop(tx);
+}

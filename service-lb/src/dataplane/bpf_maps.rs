@@ -17,8 +17,11 @@ use service_lb_common::{
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Hook, Meta, Reason, RevNat4, RevNat6,
     Svc4Key, Svc6Key, SvcName, SvcValue, VipValue,
 };
+use tracing::error;
 
 use super::{
+    batch,
+    bulk::{BulkMaps, Kind, Shadow, Table},
     clock,
     error::DataplaneError,
     loader::Dataplane,
@@ -57,6 +60,8 @@ pub struct BpfMaps {
     names: Option<Hash<u32, SvcName>>,
     /// `None` when the pins predate the Maglev map (read as "no tables").
     maglev: Option<Hash<MaglevKey, MaglevTable>>,
+    /// Bulk mode (full syncs): shadows of the control-plane maps, queued writes.
+    bulk: Option<Box<BulkMaps>>,
 }
 
 /// One sessionAffinity entry (`inspect affinity`).
@@ -118,7 +123,47 @@ impl BpfMaps {
             } else {
                 None
             },
+            bulk: None,
         })
+    }
+
+    /// Writes out every queued write of bulk mode (in order); keeps the first error.
+    fn write_queued(&mut self) {
+        let Some(b) = self.bulk.as_deref_mut() else {
+            return;
+        };
+        for (table, kind, n) in b.journal.take() {
+            let result = match table {
+                Table::Svc4 => b.svc4.write(&mut self.svc4, maps::SERVICES4, kind, n),
+                Table::Svc6 => b.svc6.write(&mut self.svc6, maps::SERVICES6, kind, n),
+                Table::Be4 => b.be4.write(&mut self.be4, maps::BACKENDS4, kind, n),
+                Table::Be6 => b.be6.write(&mut self.be6, maps::BACKENDS6, kind, n),
+                Table::Rn4 => b.rn4.write(&mut self.rn4, maps::REVNAT4, kind, n),
+                Table::Rn6 => b.rn6.write(&mut self.rn6, maps::REVNAT6, kind, n),
+                Table::Vip4 => b.vip4.write(&mut self.vip4, maps::VIPS4, kind, n),
+                Table::Vip6 => b.vip6.write(&mut self.vip6, maps::VIPS6, kind, n),
+                Table::Members => b.members.write(&mut self.members, maps::MEMBERS, kind, n),
+                Table::Names => match (b.names.as_mut(), self.names.as_mut()) {
+                    (Some(shadow), Some(map)) => shadow.write(map, maps::SERVICE_NAMES, kind, n),
+                    _ => Ok(()),
+                },
+            };
+            if let Err(e) = result {
+                error!(error = %e, "writing queued map updates");
+                b.error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// After a queued write: writes the queue out when it is long.
+    fn queued(&mut self, table: Table, kind: Kind) -> Result<(), StoreError> {
+        if let Some(b) = self.bulk.as_deref_mut() {
+            b.journal.note(table, kind);
+            if b.journal.is_large() {
+                self.write_queued();
+            }
+        }
+        Ok(())
     }
 
     fn names_mut(&mut self) -> Result<&mut Hash<u32, SvcName>, StoreError> {
@@ -314,7 +359,7 @@ pub(super) fn is_missing(e: &MapError) -> bool {
     }
 }
 
-fn put<K: aya::Pod, V: aya::Pod>(
+pub(super) fn put<K: aya::Pod, V: aya::Pod>(
     map: &mut Hash<K, V>,
     name: &'static str,
     k: &K,
@@ -329,7 +374,7 @@ fn put<K: aya::Pod, V: aya::Pod>(
     })
 }
 
-fn delete<K: aya::Pod, V: aya::Pod>(
+pub(super) fn delete<K: aya::Pod, V: aya::Pod>(
     map: &mut Hash<K, V>,
     name: &'static str,
     k: &K,
@@ -352,11 +397,24 @@ fn get<K: aya::Pod, V: aya::Pod>(
     }
 }
 
-/// All entries; an entry deleted between the key walk and its lookup is skipped.
-fn list<K: aya::Pod, V: aya::Pod>(
+/// All entries: batch lookups (a few syscalls for the whole map), or where the kernel
+/// has none for the map, a walk (an entry deleted between the key walk and its lookup is
+/// skipped).
+pub(super) fn list<K: aya::Pod, V: aya::Pod>(
     map: &Hash<K, V>,
     name: &'static str,
 ) -> Result<Vec<(K, V)>, StoreError> {
+    match batch::lookup_all(map) {
+        Ok(entries) => return Ok(entries),
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {}
+        Err(e) => {
+            return Err(StoreError::Failed {
+                map: name,
+                op: StoreOp::List,
+                source: Box::new(e),
+            })
+        }
+    }
     let mut out = Vec::new();
     for item in map.iter() {
         match item {
@@ -411,7 +469,52 @@ fn flush_not_serving<K: aya::Pod>(
 }
 
 impl MapStore for BpfMaps {
+    fn begin_bulk(&mut self) -> Result<(), StoreError> {
+        if self.bulk.is_some() {
+            return Ok(());
+        }
+        self.bulk = Some(Box::new(BulkMaps {
+            svc4: Shadow::load(&self.svc4, maps::SERVICES4)?,
+            svc6: Shadow::load(&self.svc6, maps::SERVICES6)?,
+            be4: Shadow::load(&self.be4, maps::BACKENDS4)?,
+            be6: Shadow::load(&self.be6, maps::BACKENDS6)?,
+            rn4: Shadow::load(&self.rn4, maps::REVNAT4)?,
+            rn6: Shadow::load(&self.rn6, maps::REVNAT6)?,
+            vip4: Shadow::load(&self.vip4, maps::VIPS4)?,
+            vip6: Shadow::load(&self.vip6, maps::VIPS6)?,
+            members: Shadow::load(&self.members, maps::MEMBERS)?,
+            names: match &self.names {
+                Some(names) => Some(Shadow::load(names, maps::SERVICE_NAMES)?),
+                None => None,
+            },
+            journal: Default::default(),
+            error: None,
+        }));
+        Ok(())
+    }
+
+    fn end_bulk(&mut self) -> Result<(), StoreError> {
+        self.write_queued();
+        match self.bulk.take() {
+            Some(b) => b.error.map_or(Ok(()), Err),
+            None => Ok(()),
+        }
+    }
+
     fn put_service(&mut self, key: &SvcKey, value: &SvcValue) -> Result<(), StoreError> {
+        if let Some(b) = self.bulk.as_deref_mut() {
+            let table = match key {
+                SvcKey::V4(k) => {
+                    b.svc4.put(*k, *value, maps::SERVICES4)?;
+                    Table::Svc4
+                }
+                SvcKey::V6(k) => {
+                    b.svc6.put(*k, *value, maps::SERVICES6)?;
+                    Table::Svc6
+                }
+            };
+            return self.queued(table, Kind::Put);
+        }
         match key {
             SvcKey::V4(k) => put(&mut self.svc4, maps::SERVICES4, k, value),
             SvcKey::V6(k) => put(&mut self.svc6, maps::SERVICES6, k, value),
@@ -419,6 +522,13 @@ impl MapStore for BpfMaps {
     }
 
     fn delete_service(&mut self, key: &SvcKey) -> Result<(), StoreError> {
+        if let Some(b) = self.bulk.as_deref_mut() {
+            let queued = match key {
+                SvcKey::V4(k) => b.svc4.delete(*k).then_some(Table::Svc4),
+                SvcKey::V6(k) => b.svc6.delete(*k).then_some(Table::Svc6),
+            };
+            return queued.map_or(Ok(()), |t| self.queued(t, Kind::Delete));
+        }
         match key {
             SvcKey::V4(k) => delete(&mut self.svc4, maps::SERVICES4, k),
             SvcKey::V6(k) => delete(&mut self.svc6, maps::SERVICES6, k),
@@ -426,6 +536,12 @@ impl MapStore for BpfMaps {
     }
 
     fn get_service(&self, key: &SvcKey) -> Result<Option<SvcValue>, StoreError> {
+        if let Some(b) = self.bulk.as_deref() {
+            return Ok(match key {
+                SvcKey::V4(k) => b.svc4.get(k),
+                SvcKey::V6(k) => b.svc6.get(k),
+            });
+        }
         match key {
             SvcKey::V4(k) => get(&self.svc4, maps::SERVICES4, k),
             SvcKey::V6(k) => get(&self.svc6, maps::SERVICES6, k),
@@ -433,6 +549,12 @@ impl MapStore for BpfMaps {
     }
 
     fn list_services(&self, family: Family) -> Result<Vec<(SvcKey, SvcValue)>, StoreError> {
+        if let Some(b) = self.bulk.as_deref() {
+            return Ok(match family {
+                Family::V4 => b.svc4.entries().map(|(k, v)| (SvcKey::V4(k), v)).collect(),
+                Family::V6 => b.svc6.entries().map(|(k, v)| (SvcKey::V6(k), v)).collect(),
+            });
+        }
         Ok(match family {
             Family::V4 => list(&self.svc4, maps::SERVICES4)?
                 .into_iter()
@@ -446,6 +568,19 @@ impl MapStore for BpfMaps {
     }
 
     fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), StoreError> {
+        if let Some(b) = self.bulk.as_deref_mut() {
+            let table = match value {
+                BackendValue::V4(v) => {
+                    b.be4.put(id, *v, maps::BACKENDS4)?;
+                    Table::Be4
+                }
+                BackendValue::V6(v) => {
+                    b.be6.put(id, *v, maps::BACKENDS6)?;
+                    Table::Be6
+                }
+            };
+            return self.queued(table, Kind::Put);
+        }
         match value {
             BackendValue::V4(v) => put(&mut self.be4, maps::BACKENDS4, &id, v),
             BackendValue::V6(v) => put(&mut self.be6, maps::BACKENDS6, &id, v),
@@ -453,6 +588,13 @@ impl MapStore for BpfMaps {
     }
 
     fn delete_backend(&mut self, family: Family, id: u32) -> Result<(), StoreError> {
+        if let Some(b) = self.bulk.as_deref_mut() {
+            let queued = match family {
+                Family::V4 => b.be4.delete(id).then_some(Table::Be4),
+                Family::V6 => b.be6.delete(id).then_some(Table::Be6),
+            };
+            return queued.map_or(Ok(()), |t| self.queued(t, Kind::Delete));
+        }
         match family {
             Family::V4 => delete(&mut self.be4, maps::BACKENDS4, &id),
             Family::V6 => delete(&mut self.be6, maps::BACKENDS6, &id),
@@ -460,6 +602,12 @@ impl MapStore for BpfMaps {
     }
 
     fn get_backend(&self, family: Family, id: u32) -> Result<Option<BackendValue>, StoreError> {
+        if let Some(b) = self.bulk.as_deref() {
+            return Ok(match family {
+                Family::V4 => b.be4.get(&id).map(BackendValue::V4),
+                Family::V6 => b.be6.get(&id).map(BackendValue::V6),
+            });
+        }
         Ok(match family {
             Family::V4 => get(&self.be4, maps::BACKENDS4, &id)?.map(BackendValue::V4),
             Family::V6 => get(&self.be6, maps::BACKENDS6, &id)?.map(BackendValue::V6),
@@ -467,6 +615,20 @@ impl MapStore for BpfMaps {
     }
 
     fn list_backends(&self, family: Family) -> Result<Vec<(u32, BackendValue)>, StoreError> {
+        if let Some(b) = self.bulk.as_deref() {
+            return Ok(match family {
+                Family::V4 => b
+                    .be4
+                    .entries()
+                    .map(|(k, v)| (k, BackendValue::V4(v)))
+                    .collect(),
+                Family::V6 => b
+                    .be6
+                    .entries()
+                    .map(|(k, v)| (k, BackendValue::V6(v)))
+                    .collect(),
+            });
+        }
         Ok(match family {
             Family::V4 => list(&self.be4, maps::BACKENDS4)?
                 .into_iter()
@@ -480,6 +642,19 @@ impl MapStore for BpfMaps {
     }
 
     fn put_revnat(&mut self, service_id: u32, value: &RevNatValue) -> Result<(), StoreError> {
+        if let Some(b) = self.bulk.as_deref_mut() {
+            let table = match value {
+                RevNatValue::V4(v) => {
+                    b.rn4.put(service_id, *v, maps::REVNAT4)?;
+                    Table::Rn4
+                }
+                RevNatValue::V6(v) => {
+                    b.rn6.put(service_id, *v, maps::REVNAT6)?;
+                    Table::Rn6
+                }
+            };
+            return self.queued(table, Kind::Put);
+        }
         match value {
             RevNatValue::V4(v) => put(&mut self.rn4, maps::REVNAT4, &service_id, v),
             RevNatValue::V6(v) => put(&mut self.rn6, maps::REVNAT6, &service_id, v),
@@ -487,6 +662,13 @@ impl MapStore for BpfMaps {
     }
 
     fn delete_revnat(&mut self, family: Family, service_id: u32) -> Result<(), StoreError> {
+        if let Some(b) = self.bulk.as_deref_mut() {
+            let queued = match family {
+                Family::V4 => b.rn4.delete(service_id).then_some(Table::Rn4),
+                Family::V6 => b.rn6.delete(service_id).then_some(Table::Rn6),
+            };
+            return queued.map_or(Ok(()), |t| self.queued(t, Kind::Delete));
+        }
         match family {
             Family::V4 => delete(&mut self.rn4, maps::REVNAT4, &service_id),
             Family::V6 => delete(&mut self.rn6, maps::REVNAT6, &service_id),
@@ -498,6 +680,12 @@ impl MapStore for BpfMaps {
         family: Family,
         service_id: u32,
     ) -> Result<Option<RevNatValue>, StoreError> {
+        if let Some(b) = self.bulk.as_deref() {
+            return Ok(match family {
+                Family::V4 => b.rn4.get(&service_id).map(RevNatValue::V4),
+                Family::V6 => b.rn6.get(&service_id).map(RevNatValue::V6),
+            });
+        }
         Ok(match family {
             Family::V4 => get(&self.rn4, maps::REVNAT4, &service_id)?.map(RevNatValue::V4),
             Family::V6 => get(&self.rn6, maps::REVNAT6, &service_id)?.map(RevNatValue::V6),
@@ -505,6 +693,20 @@ impl MapStore for BpfMaps {
     }
 
     fn list_revnat(&self, family: Family) -> Result<Vec<(u32, RevNatValue)>, StoreError> {
+        if let Some(b) = self.bulk.as_deref() {
+            return Ok(match family {
+                Family::V4 => b
+                    .rn4
+                    .entries()
+                    .map(|(k, v)| (k, RevNatValue::V4(v)))
+                    .collect(),
+                Family::V6 => b
+                    .rn6
+                    .entries()
+                    .map(|(k, v)| (k, RevNatValue::V6(v)))
+                    .collect(),
+            });
+        }
         Ok(match family {
             Family::V4 => list(&self.rn4, maps::REVNAT4)?
                 .into_iter()
@@ -566,6 +768,19 @@ impl MapStore for BpfMaps {
     }
 
     fn put_vip(&mut self, addr: IpAddr, value: &VipValue) -> Result<(), StoreError> {
+        if let Some(b) = self.bulk.as_deref_mut() {
+            let table = match addr {
+                IpAddr::V4(a) => {
+                    b.vip4.put(a.octets(), *value, maps::VIPS4)?;
+                    Table::Vip4
+                }
+                IpAddr::V6(a) => {
+                    b.vip6.put(a.octets(), *value, maps::VIPS6)?;
+                    Table::Vip6
+                }
+            };
+            return self.queued(table, Kind::Put);
+        }
         match addr {
             IpAddr::V4(a) => put(&mut self.vip4, maps::VIPS4, &a.octets(), value),
             IpAddr::V6(a) => put(&mut self.vip6, maps::VIPS6, &a.octets(), value),
@@ -573,6 +788,13 @@ impl MapStore for BpfMaps {
     }
 
     fn delete_vip(&mut self, addr: IpAddr) -> Result<(), StoreError> {
+        if let Some(b) = self.bulk.as_deref_mut() {
+            let queued = match addr {
+                IpAddr::V4(a) => b.vip4.delete(a.octets()).then_some(Table::Vip4),
+                IpAddr::V6(a) => b.vip6.delete(a.octets()).then_some(Table::Vip6),
+            };
+            return queued.map_or(Ok(()), |t| self.queued(t, Kind::Delete));
+        }
         match addr {
             IpAddr::V4(a) => delete(&mut self.vip4, maps::VIPS4, &a.octets()),
             IpAddr::V6(a) => delete(&mut self.vip6, maps::VIPS6, &a.octets()),
@@ -580,6 +802,20 @@ impl MapStore for BpfMaps {
     }
 
     fn list_vips(&self, family: Family) -> Result<Vec<(IpAddr, VipValue)>, StoreError> {
+        if let Some(b) = self.bulk.as_deref() {
+            return Ok(match family {
+                Family::V4 => b
+                    .vip4
+                    .entries()
+                    .map(|(a, v)| (Ipv4Addr::from(a).into(), v))
+                    .collect(),
+                Family::V6 => b
+                    .vip6
+                    .entries()
+                    .map(|(a, v)| (Ipv6Addr::from(a).into(), v))
+                    .collect(),
+            });
+        }
         Ok(match family {
             Family::V4 => list(&self.vip4, maps::VIPS4)?
                 .into_iter()
@@ -667,22 +903,45 @@ impl MapStore for BpfMaps {
     }
 
     fn put_member(&mut self, key: &MemberKey, value: &MemberValue) -> Result<(), StoreError> {
+        if let Some(b) = self.bulk.as_deref_mut() {
+            b.members.put(*key, *value, maps::MEMBERS)?;
+            return self.queued(Table::Members, Kind::Put);
+        }
         put(&mut self.members, maps::MEMBERS, key, value)
     }
 
     fn delete_member(&mut self, key: &MemberKey) -> Result<(), StoreError> {
+        if let Some(b) = self.bulk.as_deref_mut() {
+            if b.members.delete(*key) {
+                return self.queued(Table::Members, Kind::Delete);
+            }
+            return Ok(());
+        }
         delete(&mut self.members, maps::MEMBERS, key)
     }
 
     fn list_members(&self) -> Result<Vec<(MemberKey, MemberValue)>, StoreError> {
+        if let Some(b) = self.bulk.as_deref() {
+            return Ok(b.members.entries().collect());
+        }
         list(&self.members, maps::MEMBERS)
     }
 
     fn put_name(&mut self, service_id: u32, value: &SvcName) -> Result<(), StoreError> {
+        if let Some(shadow) = self.bulk.as_deref_mut().and_then(|b| b.names.as_mut()) {
+            shadow.put(service_id, *value, maps::SERVICE_NAMES)?;
+            return self.queued(Table::Names, Kind::Put);
+        }
         put(self.names_mut()?, maps::SERVICE_NAMES, &service_id, value)
     }
 
     fn delete_name(&mut self, service_id: u32) -> Result<(), StoreError> {
+        if let Some(shadow) = self.bulk.as_deref_mut().and_then(|b| b.names.as_mut()) {
+            if shadow.delete(service_id) {
+                return self.queued(Table::Names, Kind::Delete);
+            }
+            return Ok(());
+        }
         match &mut self.names {
             Some(names) => delete(names, maps::SERVICE_NAMES, &service_id),
             None => Ok(()),
@@ -690,6 +949,9 @@ impl MapStore for BpfMaps {
     }
 
     fn get_name(&self, service_id: u32) -> Result<Option<SvcName>, StoreError> {
+        if let Some(shadow) = self.bulk.as_deref().and_then(|b| b.names.as_ref()) {
+            return Ok(shadow.get(&service_id));
+        }
         match &self.names {
             Some(names) => get(names, maps::SERVICE_NAMES, &service_id),
             None => Ok(None),
@@ -697,6 +959,9 @@ impl MapStore for BpfMaps {
     }
 
     fn list_names(&self) -> Result<Vec<(u32, SvcName)>, StoreError> {
+        if let Some(shadow) = self.bulk.as_deref().and_then(|b| b.names.as_ref()) {
+            return Ok(shadow.entries().collect());
+        }
         match &self.names {
             Some(names) => list(names, maps::SERVICE_NAMES),
             None => Ok(Vec::new()),

@@ -302,6 +302,20 @@ pub trait MapStore {
     fn delete_member(&mut self, key: &MemberKey) -> Result<(), StoreError>;
     fn list_members(&self) -> Result<Vec<(MemberKey, MemberValue)>, StoreError>;
 
+    /// Bulk mode, for full syncs: until `end_bulk` the store may answer reads from a
+    /// snapshot taken here and queue writes, replayed in call order by `end_bulk` (or
+    /// earlier) with batch syscalls. A write that cannot fit is still refused at once
+    /// (`StoreError::Full`). Only the daemon writes these maps, so the snapshot stays
+    /// true. Default: nothing (every call goes to the store at once).
+    fn begin_bulk(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Ends bulk mode: every queued write is made; the first write error is returned.
+    fn end_bulk(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Names map (`SLB_SVCNAME_V1`): which Service each service id was programmed for.
     fn put_name(&mut self, service_id: u32, value: &SvcName) -> Result<(), StoreError>;
     fn delete_name(&mut self, service_id: u32) -> Result<(), StoreError>;

@@ -6,10 +6,13 @@
 //! - `interfaces` + `attach`: TCX attachments pinned as links, `detach_all`, `cleanup`;
 //! - `sock`: the socket-LB programs on the `--cgroup` folder, links pinned too;
 //! - `maps` (the `MapStore` trait), `bpf_maps` (kernel), `fake_maps` (in memory);
+//!   `batch` (raw batch syscalls) and `bulk` (the kernel maps' bulk mode for full syncs);
 //! - `writer`: `ServiceWriter`, the safe write order, ids, rollback;
 //! - `vips`: service CIDRs (`Cidr`); the writer keeps the ClusterIP address maps.
 pub mod attach;
+mod batch;
 pub mod bpf_maps;
+mod bulk;
 pub mod clock;
 pub mod ct_handover;
 pub mod error;

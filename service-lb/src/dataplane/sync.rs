@@ -182,6 +182,14 @@ impl<M: MapStore> Syncer<M> {
     /// hold them; every frontend is compared with the maps, which repairs drift.
     pub fn full_sync(&mut self, desired: &[ServiceDesired]) -> SyncReport {
         let mut report = SyncReport::default();
+        // Reads from one snapshot, writes queued and made in batches (same order).
+        let bulk = match self.writer.store_mut().begin_bulk() {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "bulk mode unavailable; writing entry by entry");
+                false
+            }
+        };
         let mut batch: BTreeMap<ServiceName, Specs> = desired
             .iter()
             .map(|d| (d.name.clone(), specs_of(d)))
@@ -217,6 +225,14 @@ impl<M: MapStore> Syncer<M> {
                 .push(format!("draining unreferenced backends: {e}"));
         }
         self.write_names(desired, Mode::Full, &mut report);
+        if bulk {
+            if let Err(e) = self.writer.store_mut().end_bulk() {
+                error!(error = %e, "writing the full sync's queued map updates");
+                report
+                    .errors
+                    .push(format!("writing queued map updates: {e}"));
+            }
+        }
         self.flush_udp(desired, Mode::Full, &mut report);
         self.collect_garbage(&mut report);
         self.persist_ids(&mut report);

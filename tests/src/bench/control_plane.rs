@@ -42,8 +42,12 @@ pub struct SyncRow {
     /// Daemon started -> ready after its first full sync (the services map then holds
     /// N x 11 entries, checked).
     pub sync: Duration,
+    /// CPU time the daemon used until ready (user + system).
+    pub sync_cpu: Duration,
     pub rss_kib: u64,
     pub map_memlock_bytes: u64,
+    /// `memlock` of each pinned map the daemon holds (pin name, bytes), largest first.
+    pub per_map: Vec<(String, u64)>,
     /// Change -> map latencies, sorted, when changes were asked for.
     pub changes: Vec<Duration>,
 }
@@ -76,6 +80,7 @@ pub fn measure(services: u32, changes: u32, bound: Duration) -> anyhow::Result<S
     // the CPU being measured.
     daemon.wait_ready(bound)?;
     let sync = started.elapsed();
+    let sync_cpu = process_memory::cpu_time(pid)?;
     let services_map = open_services_map(node.bpffs.path())?;
     let held = services_map.keys().filter(|k| k.is_ok()).count() as u64;
     ensure!(
@@ -85,6 +90,7 @@ pub fn measure(services: u32, changes: u32, bound: Duration) -> anyhow::Result<S
     );
     let rss_kib = process_memory::rss_kib(pid)?;
     let map_memlock_bytes = process_memory::bpf_map_memlock_bytes(pid)?;
+    let per_map = per_map_memlock(pid, &node.bpffs.path().join("maps"))?;
 
     let mut latencies = Vec::new();
     for i in 0..changes {
@@ -111,10 +117,124 @@ pub fn measure(services: u32, changes: u32, bound: Duration) -> anyhow::Result<S
     Ok(SyncRow {
         services,
         sync,
+        sync_cpu,
         rss_kib,
         map_memlock_bytes,
+        per_map,
         changes: latencies,
     })
+}
+
+/// The API source's change -> map latency: the daemon (`--kubeconfig`) against the fake
+/// API server of the tests crate, serving N Services x 10 endpoints, listening on the node
+/// namespace's loopback; then `changes` EndpointSlice updates (9 and 10 endpoints in
+/// turn), each timed from the server's write (the watch event goes out at once) until
+/// the master entry in the pinned map shows the new count. Returns the sorted latencies.
+pub fn measure_api(services: u32, changes: u32, bound: Duration) -> anyhow::Result<Vec<Duration>> {
+    use crate::fake_apiserver::FakeApiServer;
+    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+    use service_lb::source::manifests::parse::{parse_file, Object};
+
+    ensure!(services > 0, "no services");
+    let set = ServiceSet { services };
+    let cluster = Cluster::new(&ClusterSpec::new(&[&["client"]])).context("building the node")?;
+    let manifests = ManifestDir::create(cluster.prefix())?;
+    let node = cluster.node(1)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    // Bound inside the node's namespace: the daemon there reaches it on its loopback.
+    let server = crate::netns::run_in(&node.ns, || rt.block_on(FakeApiServer::start()))?;
+    let objects = |yaml: &str| -> anyhow::Result<Vec<Object>> {
+        Ok(parse_file(yaml, false)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .objects)
+    };
+    let apply = |yaml: &str| -> anyhow::Result<()> {
+        for object in objects(yaml)? {
+            match object {
+                Object::Service(s) => {
+                    server.apply::<Service>(&s)?;
+                }
+                Object::EndpointSlice(s) => {
+                    server.apply::<EndpointSlice>(&s)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    };
+    for i in 0..services {
+        apply(&service(set, i).yaml())?;
+        apply(&slice(set, i, BACKENDS_PER_SERVICE).yaml())?;
+    }
+    let kubeconfig = server.write_kubeconfig(manifests.path())?;
+    let mut options = DaemonOptions::for_node(
+        node.bpffs.path(),
+        manifests.path(),
+        NODE_NAME,
+        manifests.log_path(NODE_NAME),
+    );
+    options.kubeconfig = Some(kubeconfig);
+    options.extra_args = config::daemon_map_args(services, 16384);
+    options.extra_args.push("--network-policy=off".into());
+    crate::daemon::service_lb_binary()?;
+    let mut daemon = Daemon::start(&node.ns, options)?;
+    daemon.wait_ready(bound)?;
+    let services_map = open_services_map(node.bpffs.path())?;
+    let mut latencies = Vec::new();
+    for i in 0..changes {
+        let endpoints = BACKENDS_PER_SERVICE - (i + 1) % 2;
+        let yaml = slice(set, CHANGED_SERVICE, endpoints).yaml();
+        let parsed = objects(&yaml)?;
+        let written = Instant::now();
+        for object in &parsed {
+            if let Object::EndpointSlice(s) = object {
+                server.apply::<EndpointSlice>(s)?;
+            }
+        }
+        loop {
+            if master_count(&services_map, set.vip(CHANGED_SERVICE)) == Some(endpoints) {
+                latencies.push(written.elapsed());
+                break;
+            }
+            if written.elapsed() > CHANGE_BOUND {
+                bail!(
+                    "change {i} not in the map after {CHANGE_BOUND:?}:\n{}",
+                    daemon.log_tail(20)
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+    latencies.sort();
+    let _ = daemon.stop();
+    drop(daemon);
+    drop(server);
+    drop(rt);
+    drop(manifests);
+    drop(cluster);
+    Ok(latencies)
+}
+
+/// `memlock` of each map pinned in `maps_dir` that `pid` holds (by map id), largest first.
+fn per_map_memlock(pid: u32, maps_dir: &Path) -> anyhow::Result<Vec<(String, u64)>> {
+    let by_id = process_memory::bpf_map_memlock_by_id(pid)?;
+    let mut out = Vec::new();
+    for entry in
+        std::fs::read_dir(maps_dir).with_context(|| format!("listing {}", maps_dir.display()))?
+    {
+        let entry = entry?;
+        let Ok(info) = aya::maps::MapInfo::from_pin(entry.path()) else {
+            continue;
+        };
+        if let Some(memlock) = by_id.get(&u64::from(info.id())) {
+            out.push((entry.file_name().to_string_lossy().into_owned(), *memlock));
+        }
+    }
+    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok(out)
 }
 
 /// The `q` quantile (0..=1) of sorted durations, nearest rank.

@@ -30,4 +30,4 @@ pub mod rule_load;
 pub mod run;
 
 pub use config::BenchConfig;
-pub use run::{run, run_socket_lb, Outcome};
+pub use run::{run, run_control_plane, run_socket_lb, Outcome};

@@ -10,6 +10,45 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     field_kib(&status, "VmRSS:").with_context(|| format!("no VmRSS for pid {pid}"))
 }
 
+/// CPU time `pid` has used so far (user + system, from /proc/<pid>/stat): a figure that,
+/// unlike wall time, does not grow when other processes crowd the machine.
+pub fn cpu_time(pid: u32) -> anyhow::Result<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("odd /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields
+            .get(i)
+            .with_context(|| format!("short /proc/{pid}/stat"))?
+            .parse()?)
+    };
+    // utime and stime are fields 14 and 15: indexes 11 and 12 after the name.
+    let total = ticks(11)? + ticks(12)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(std::time::Duration::from_millis(total * 1000 / hz))
+}
+
+/// `memlock` of each distinct BPF map (by `map_id`) `pid` holds fds of, in bytes.
+pub fn bpf_map_memlock_by_id(pid: u32) -> anyhow::Result<std::collections::BTreeMap<u64, u64>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+            continue; // The fd closed meanwhile.
+        };
+        if let Some((id, memlock)) = map_memlock(&text) {
+            out.insert(id, memlock);
+        }
+    }
+    Ok(out)
+}
+
 /// Sum of `memlock` over the distinct BPF maps (by `map_id`) `pid` holds fds of, in bytes.
 pub fn bpf_map_memlock_bytes(pid: u32) -> anyhow::Result<u64> {
     let dir = format!("/proc/{pid}/fdinfo");

@@ -405,6 +405,70 @@ fn per_packet_chart(rows: &[PerPacketRow]) -> Chart {
     }
 }
 
+/// `slb-bench --only control-plane|memory`: the daemon's full sync, RSS and BPF map
+/// memory (total and per map) at each N of `services`, and `changes` EndpointSlice
+/// changes -> map latency at each N; printed, not written.
+pub fn run_control_plane(services: &[u32], changes: u32, bound: Duration) -> anyhow::Result<()> {
+    let mut failures = Vec::new();
+    let mut rows = Vec::new();
+    // The fake API server keeps every object as JSON in memory: up to 100k by default,
+    // `SLB_BENCH_API_MAX` to change.
+    let api_max: u32 = std::env::var("SLB_BENCH_API_MAX")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let ms =
+        |d: Option<Duration>| d.map_or("–".into(), |d| format!("{:.2}", d.as_secs_f64() * 1e3));
+    for &n in services {
+        eprintln!("slb-bench: daemon sync with {n} services, {changes} changes");
+        match control_plane::measure(n, changes, bound) {
+            Ok(row) => {
+                println!(
+                    "services {n}: full sync {:.3} s (daemon CPU {:.3} s), RSS {:.1} MiB, BPF \
+                     maps {:.1} MiB; change -> map ({} changes, manifests) p50 {} ms, p99 {} \
+                     ms, max {} ms",
+                    row.sync.as_secs_f64(),
+                    row.sync_cpu.as_secs_f64(),
+                    row.rss_kib as f64 / 1024.0,
+                    row.map_memlock_bytes as f64 / (1024.0 * 1024.0),
+                    row.changes.len(),
+                    ms(quantile(&row.changes, 0.5)),
+                    ms(quantile(&row.changes, 0.99)),
+                    ms(row.changes.last().copied()),
+                );
+                for (name, bytes) in &row.per_map {
+                    println!(
+                        "  {name:<16} {:>9.2} MiB",
+                        *bytes as f64 / (1024.0 * 1024.0)
+                    );
+                }
+                rows.push(row);
+            }
+            Err(e) => failures.push(note(&e, &format!("daemon with {n} services"))),
+        }
+        if changes == 0 || n > api_max {
+            continue;
+        }
+        eprintln!("slb-bench: API source with {n} services, {changes} changes");
+        match control_plane::measure_api(n, changes, bound) {
+            Ok(latencies) => println!(
+                "services {n}: change -> map ({} changes, API watch) p50 {} ms, p99 {} ms, \
+                 max {} ms",
+                latencies.len(),
+                ms(quantile(&latencies, 0.5)),
+                ms(quantile(&latencies, 0.99)),
+                ms(latencies.last().copied()),
+            ),
+            Err(e) => failures.push(note(&e, &format!("API source with {n} services"))),
+        }
+    }
+    for f in &failures {
+        println!("failed: {f}");
+    }
+    anyhow::ensure!(failures.is_empty(), "{} rows failed", failures.len());
+    Ok(())
+}
+
 /// `slb-bench --only socket-lb`: only the end-to-end rows of the socket LB (the pod-IP
 /// floor, the tc path, the socket path) at each N of `services`; printed, not written.
 pub fn run_socket_lb(

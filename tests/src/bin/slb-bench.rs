@@ -11,7 +11,7 @@ use service_lb_tests::{
 };
 
 const USAGE: &str =
-    "usage: slb-bench [--quick] [--out FILE.md] [--only socket-lb [--diagnose] [--services N,N..] | per-packet | e2e-100k | ct-cleanup]";
+    "usage: slb-bench [--quick] [--out FILE.md] [--only socket-lb [--diagnose] [--services N,N..] | per-packet | e2e-100k | ct-cleanup | control-plane | memory]";
 
 fn main() -> anyhow::Result<()> {
     let mut quick = false;
@@ -95,6 +95,17 @@ fn main() -> anyhow::Result<()> {
         Some("ct-cleanup") => {
             // One UDP endpoint change with 1M UDP conntrack entries (--quick: 100k).
             return bench::run::run_ct_cleanup(if quick { 100_000 } else { 1_000_000 });
+        }
+        Some(only @ ("control-plane" | "memory")) => {
+            // Issue 14's rows: full sync, RSS and map memory (per map) at each N; with
+            // `control-plane` also the EndpointSlice change -> map latency at each N.
+            let services = if quick {
+                vec![1_000]
+            } else {
+                vec![10_000, 100_000]
+            };
+            let changes = if only == "memory" { 0 } else { 100 };
+            return bench::run_control_plane(&services, changes, BenchConfig::full().sync_bound);
         }
         Some(other) => bail!("unknown --only {other:?}\n{USAGE}"),
     }
