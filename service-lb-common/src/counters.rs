@@ -189,11 +189,30 @@ pub enum Reason {
     /// flow, passed untouched to the kernel, whose own conntrack may hold it (a connection
     /// kube-proxy's rules translated before service-lb started: it keeps its backend).
     PassMidFlow = 42,
+    /// New north-south flow (or a pod's) to a frontend with `SVC_FLAG_SOURCE_RANGES`
+    /// whose client matches no source range of it: dropped (never refused).
+    DropSourceRange = 43,
+    /// New flow to a frontend with `SVC_FLAG_DROP_NO_ENDPOINT` and no (local) endpoint
+    /// (external/internalTrafficPolicy Local): dropped silently, never refused.
+    DropNoLocalEndpoint = 44,
+    /// New flow through a master entry with `SVC_FLAG_SNAT`: backend chosen, DNAT, source
+    /// rewritten to this node's address and an allocated port, conntrack and SNAT entries
+    /// created.
+    SnatNewFlow = 45,
+    /// Reply of an SNATed flow (backend -> node address:allocated port): destination back
+    /// to the client, source back to the frontend.
+    RevSnatReply = 46,
+    /// New SNAT flow of a family this node has no address of (`SLB_NODEADDR_V1`).
+    DropSnatNoAddress = 47,
+    /// New SNAT flow for which no free source port was found in the bounded tries.
+    DropSnatPortsExhausted = 48,
+    /// Packet of a known SNATed flow: DNAT and SNAT from conntrack.
+    SnatEstablished = 49,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 43;
-    pub const ALL: [Reason; 43] = [
+    pub const COUNT: u32 = 50;
+    pub const ALL: [Reason; 50] = [
         Reason::PassNotIp,
         Reason::PassOtherProto,
         Reason::PassFragment,
@@ -237,6 +256,13 @@ impl Reason {
         Reason::PolicyAllowedNew,
         Reason::DropPolicyTrack,
         Reason::PassMidFlow,
+        Reason::DropSourceRange,
+        Reason::DropNoLocalEndpoint,
+        Reason::SnatNewFlow,
+        Reason::RevSnatReply,
+        Reason::DropSnatNoAddress,
+        Reason::DropSnatPortsExhausted,
+        Reason::SnatEstablished,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -284,6 +310,13 @@ impl Reason {
             Reason::PolicyAllowedNew => "policy_allowed_new",
             Reason::DropPolicyTrack => "drop_policy_track",
             Reason::PassMidFlow => "pass_mid_flow",
+            Reason::DropSourceRange => "drop_source_range",
+            Reason::DropNoLocalEndpoint => "drop_no_local_endpoint",
+            Reason::SnatNewFlow => "snat_new_flow",
+            Reason::RevSnatReply => "revsnat_reply",
+            Reason::DropSnatNoAddress => "drop_snat_no_address",
+            Reason::DropSnatPortsExhausted => "drop_snat_ports_exhausted",
+            Reason::SnatEstablished => "snat_established",
         }
     }
 
@@ -301,6 +334,10 @@ impl Reason {
                     | Reason::DropPolicyIngress
                     | Reason::DropPolicyEgress
                     | Reason::DropPolicyTrack
+                    | Reason::DropSourceRange
+                    | Reason::DropNoLocalEndpoint
+                    | Reason::DropSnatNoAddress
+                    | Reason::DropSnatPortsExhausted
             )
     }
 

@@ -21,6 +21,7 @@ pub mod hairpin;
 pub mod maps;
 pub mod meta;
 pub mod names;
+pub mod northsouth;
 pub mod policy;
 pub mod proto;
 pub mod service;

@@ -63,8 +63,16 @@ pub const POL_CONFIG: &str = "SLB_POLCFG_V1";
 /// the daemon only, read by `inspect` and `diff`.
 pub const SERVICE_NAMES: &str = "SLB_SVCNAME_V1";
 
+/// North-south (`northsouth`): source-range LPM tries per family, this node's addresses
+/// for SNAT, and the SNAT reverse LRU per family.
+pub const SRC_RANGES4: &str = "SLB_SRCRNG4_V1";
+pub const SRC_RANGES6: &str = "SLB_SRCRNG6_V1";
+pub const NODE_ADDRS: &str = "SLB_NODEADDR_V1";
+pub const SNAT4: &str = "SLB_SNAT4_V1";
+pub const SNAT6: &str = "SLB_SNAT6_V1";
+
 /// Every map the object defines, in the order `inspect` and the layout check list them.
-pub const ALL: [&str; 34] = [
+pub const ALL: [&str; 39] = [
     SERVICES4,
     SERVICES6,
     BACKENDS4,
@@ -99,6 +107,11 @@ pub const ALL: [&str; 34] = [
     POL_FLOWS6,
     POL_CONFIG,
     SERVICE_NAMES,
+    SRC_RANGES4,
+    SRC_RANGES6,
+    NODE_ADDRS,
+    SNAT4,
+    SNAT6,
 ];
 
 /// Default capacity of each services map: master + slot entries of all frontends.

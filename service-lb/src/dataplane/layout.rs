@@ -13,6 +13,9 @@ use service_lb_common::{
     frag::{FragKey4, FragKey6, FragNat4, FragNat6, FragPending, FRAG_MAX},
     maps,
     names::SvcName,
+    northsouth::{
+        NodeAddrs, SnatRev4, SnatRev6, SrcRange4Data, SrcRange6Data, SNAT_MAX, SRC_RANGES_MAX,
+    },
     policy::{PolFlow, PolPeer4, PolPeer6, PolPod, PolPort},
     sock::{SockRev4Key, SockRev4Value, SockRev6Key, SockRev6Value, SOCK_REV_MAX},
     vip::{Scratch, SERVICE_CIDRS_MAX},
@@ -158,6 +161,11 @@ pub fn wanted(name: &str, sizes: &MapSizes) -> Option<MapLayout> {
         maps::POL_CONFIG => layout::<u32, u32>(Array, 1),
         // One entry per frontend of either family.
         maps::SERVICE_NAMES => layout::<u32, SvcName>(Hash, sizes.revnat.saturating_mul(2)),
+        maps::SRC_RANGES4 => layout::<LpmKey<SrcRange4Data>, u32>(LpmTrie, SRC_RANGES_MAX),
+        maps::SRC_RANGES6 => layout::<LpmKey<SrcRange6Data>, u32>(LpmTrie, SRC_RANGES_MAX),
+        maps::NODE_ADDRS => layout::<u32, NodeAddrs>(Array, 1),
+        maps::SNAT4 => layout::<CtKey4, SnatRev4>(LruHash, SNAT_MAX),
+        maps::SNAT6 => layout::<CtKey6, SnatRev6>(LruHash, SNAT_MAX),
         _ => return None,
     };
     Some(l)
@@ -178,7 +186,12 @@ pub fn sized_by_options(name: &str, sizes: &MapSizes) -> Option<u32> {
         | maps::FRAG_PENDING
         | maps::SOCK_REV4
         | maps::SOCK_REV6
-        | maps::POL_CONFIG => None,
+        | maps::POL_CONFIG
+        | maps::SRC_RANGES4
+        | maps::SRC_RANGES6
+        | maps::NODE_ADDRS
+        | maps::SNAT4
+        | maps::SNAT6 => None,
         _ => wanted(name, sizes).map(|l| l.max_entries),
     }
 }
