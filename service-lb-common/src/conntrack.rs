@@ -43,6 +43,12 @@ pub const CT_FLAG_RST: u16 = 1 << 8;
 /// the reply entry is keyed backend -> hairpin address, and every packet of the flow goes
 /// back into the pod it came from.
 pub const CT_FLAG_HAIRPIN: u16 = 1 << 14;
+/// A north-south flow SNATed to this node's address (`service::SVC_FLAG_SNAT`), set at
+/// creation on both entries. The `CT_DIR_SERVICE` entry holds the allocated source port
+/// in `nat_port_be`; the `CT_DIR_REPLY` entry is keyed backend -> node address:allocated
+/// port, and the client's address and port are in the SNAT map under the same key
+/// (`northsouth::SnatRev4`).
+pub const CT_FLAG_SNAT: u16 = 1 << 15;
 
 /// Flags that only ever get set on a live entry (never cleared in place): the programs
 /// OR them into the flags word atomically, so concurrent updates of one entry never lose

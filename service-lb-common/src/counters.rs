@@ -195,14 +195,33 @@ pub enum Reason {
     /// flow, passed untouched to the kernel, whose own conntrack may hold it (a connection
     /// kube-proxy's rules translated before service-lb started: it keeps its backend).
     PassMidFlow = 42,
+    /// New north-south flow (or a pod's) to a frontend with `SVC_FLAG_SOURCE_RANGES`
+    /// whose client matches no source range of it: dropped (never refused).
+    DropSourceRange = 43,
+    /// New flow to a frontend with `SVC_FLAG_DROP_NO_ENDPOINT` and no (local) endpoint
+    /// (external/internalTrafficPolicy Local): dropped silently, never refused.
+    DropNoLocalEndpoint = 44,
+    /// New flow through a master entry with `SVC_FLAG_SNAT`: backend chosen, DNAT, source
+    /// rewritten to this node's address and an allocated port, conntrack and SNAT entries
+    /// created.
+    SnatNewFlow = 45,
+    /// Reply of an SNATed flow (backend -> node address:allocated port): destination back
+    /// to the client, source back to the frontend.
+    RevSnatReply = 46,
+    /// New SNAT flow of a family this node has no address of (`SLB_NODEADDR_V1`).
+    DropSnatNoAddress = 47,
+    /// New SNAT flow for which no free source port was found in the bounded tries.
+    DropSnatPortsExhausted = 48,
+    /// Packet of a known SNATed flow: DNAT and SNAT from conntrack.
+    SnatEstablished = 49,
     /// Socket LB, `sock_release`: a connected socket was closed and its reverse entry
     /// (cookie, the backend it was connected to) deleted.
-    SockRevReleased = 43,
+    SockRevReleased = 50,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 44;
-    pub const ALL: [Reason; 44] = [
+    pub const COUNT: u32 = 51;
+    pub const ALL: [Reason; 51] = [
         Reason::PassNotIp,
         Reason::PassOtherProto,
         Reason::PassFragment,
@@ -246,6 +265,13 @@ impl Reason {
         Reason::PolicyAllowedNew,
         Reason::DropPolicyTrack,
         Reason::PassMidFlow,
+        Reason::DropSourceRange,
+        Reason::DropNoLocalEndpoint,
+        Reason::SnatNewFlow,
+        Reason::RevSnatReply,
+        Reason::DropSnatNoAddress,
+        Reason::DropSnatPortsExhausted,
+        Reason::SnatEstablished,
         Reason::SockRevReleased,
     ];
 
@@ -294,6 +320,13 @@ impl Reason {
             Reason::PolicyAllowedNew => "policy_allowed_new",
             Reason::DropPolicyTrack => "drop_policy_track",
             Reason::PassMidFlow => "pass_mid_flow",
+            Reason::DropSourceRange => "drop_source_range",
+            Reason::DropNoLocalEndpoint => "drop_no_local_endpoint",
+            Reason::SnatNewFlow => "snat_new_flow",
+            Reason::RevSnatReply => "revsnat_reply",
+            Reason::DropSnatNoAddress => "drop_snat_no_address",
+            Reason::DropSnatPortsExhausted => "drop_snat_ports_exhausted",
+            Reason::SnatEstablished => "snat_established",
             Reason::SockRevReleased => "sock_rev_released",
         }
     }
@@ -312,6 +345,10 @@ impl Reason {
                     | Reason::DropPolicyIngress
                     | Reason::DropPolicyEgress
                     | Reason::DropPolicyTrack
+                    | Reason::DropSourceRange
+                    | Reason::DropNoLocalEndpoint
+                    | Reason::DropSnatNoAddress
+                    | Reason::DropSnatPortsExhausted
             )
     }
 

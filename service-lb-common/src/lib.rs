@@ -22,6 +22,7 @@ pub mod maglev;
 pub mod maps;
 pub mod meta;
 pub mod names;
+pub mod northsouth;
 pub mod policy;
 pub mod proto;
 pub mod service;

@@ -9,7 +9,8 @@
 //! upgrade. `SLB_CNT_V4`: the fragment and hairpin reasons were appended, which moves every index
 //! `hook * Reason::COUNT + reason`. `SLB_CNT_V5`: the socket hooks, their reasons, the
 //! NetworkPolicy reasons and `pass_mid_flow` were appended. `SLB_CNT_V6`: the `sock_release` hook
-//! and `sock_rev_released` were appended. An upgrade across a counters
+//! and the north-south reasons (`drop_source_range` .. `snat_established`, 43-49) and
+//! `sock_rev_released` (50) were appended. An upgrade across a counters
 //! rename starts counting from zero; the old pin stays until `service-lb cleanup`, so a
 //! downgrade finds its own counters again.)
 //! The eBPF statics carry exactly these names.
@@ -68,8 +69,16 @@ pub const SERVICE_NAMES: &str = "SLB_SVCNAME_V1";
 /// with `SVC_FLAG_MAGLEV`.
 pub const MAGLEV: &str = "SLB_MAGLEV_V1";
 
+/// North-south (`northsouth`): source-range LPM tries per family, this node's addresses
+/// for SNAT, and the SNAT reverse LRU per family.
+pub const SRC_RANGES4: &str = "SLB_SRCRNG4_V1";
+pub const SRC_RANGES6: &str = "SLB_SRCRNG6_V1";
+pub const NODE_ADDRS: &str = "SLB_NODEADDR_V1";
+pub const SNAT4: &str = "SLB_SNAT4_V1";
+pub const SNAT6: &str = "SLB_SNAT6_V1";
+
 /// Every map the object defines, in the order `inspect` and the layout check list them.
-pub const ALL: [&str; 35] = [
+pub const ALL: [&str; 40] = [
     SERVICES4,
     SERVICES6,
     BACKENDS4,
@@ -105,6 +114,11 @@ pub const ALL: [&str; 35] = [
     POL_CONFIG,
     SERVICE_NAMES,
     MAGLEV,
+    SRC_RANGES4,
+    SRC_RANGES6,
+    NODE_ADDRS,
+    SNAT4,
+    SNAT6,
 ];
 
 /// Default capacity of each services map: master + slot entries of all frontends.

@@ -47,3 +47,10 @@ unsafe impl aya::Pod for crate::policy::PolFlow {}
 unsafe impl aya::Pod for crate::names::SvcName {}
 unsafe impl aya::Pod for crate::maglev::MaglevKey {}
 unsafe impl aya::Pod for crate::maglev::MaglevTable {}
+unsafe impl aya::Pod for crate::northsouth::SrcRange4Key {}
+unsafe impl aya::Pod for crate::northsouth::SrcRange6Key {}
+unsafe impl aya::Pod for crate::northsouth::SrcRange4Data {}
+unsafe impl aya::Pod for crate::northsouth::SrcRange6Data {}
+unsafe impl aya::Pod for crate::northsouth::NodeAddrs {}
+unsafe impl aya::Pod for crate::northsouth::SnatRev4 {}
+unsafe impl aya::Pod for crate::northsouth::SnatRev6 {}

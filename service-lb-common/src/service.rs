@@ -17,6 +17,22 @@ pub const SCOPE_INTERNAL: u8 = 1;
 pub const SVC_FLAG_TWO_SCOPES: u16 = 1 << 0;
 /// ClusterIP frontend (set for every frontend this version programs).
 pub const SVC_FLAG_CLUSTER_IP: u16 = 1 << 1;
+/// NodePort frontend (a node address and the node port). Frontend kind, for `inspect`.
+pub const SVC_FLAG_NODE_PORT: u16 = 1 << 2;
+/// externalIPs frontend. Frontend kind, for `inspect`.
+pub const SVC_FLAG_EXTERNAL_IP: u16 = 1 << 3;
+/// LoadBalancer ingress IP frontend. Frontend kind, for `inspect`.
+pub const SVC_FLAG_LOAD_BALANCER: u16 = 1 << 4;
+/// Every new flow through this master entry is SNATed to this node's address of the
+/// family (`northsouth::NodeAddrs`), with a source port allocated by the programs.
+pub const SVC_FLAG_SNAT: u16 = 1 << 5;
+/// `count` 0 means drop silently (counted `DropNoLocalEndpoint`), never refuse
+/// (externalTrafficPolicy / internalTrafficPolicy Local without a local endpoint).
+pub const SVC_FLAG_DROP_NO_ENDPOINT: u16 = 1 << 6;
+/// The client must match an entry of the source-range trie (`northsouth::SrcRange4Key`)
+/// of this frontend's service id (loadBalancerSourceRanges); a miss is dropped, counted
+/// `DropSourceRange`.
+pub const SVC_FLAG_SOURCE_RANGES: u16 = 1 << 7;
 /// Backends are chosen by Maglev consistent hashing (`maglev`): the frontend has a table
 /// in `SLB_MAGLEV_V1`, written before this flag is set.
 pub const SVC_FLAG_MAGLEV: u16 = 1 << 8;

@@ -19,6 +19,7 @@ mod lb;
 mod maglev;
 mod maps;
 mod nat;
+mod northsouth;
 mod packet;
 mod pipeline;
 mod policy;

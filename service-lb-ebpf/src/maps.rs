@@ -18,6 +18,9 @@ use service_lb_common::{
         DEFAULT_SERVICES_MAX,
     },
     names::SvcName,
+    northsouth::{
+        NodeAddrs, SnatRev4, SnatRev6, SrcRange4Data, SrcRange6Data, SNAT_MAX, SRC_RANGES_MAX,
+    },
     policy::{
         PolFlow, PolPeer4, PolPeer6, PolPod, PolPort, DEFAULT_POL_FLOWS_MAX, DEFAULT_POL_PEERS_MAX,
         DEFAULT_POL_PODS_MAX, DEFAULT_POL_PORTS_MAX,
@@ -161,3 +164,19 @@ pub static SLB_SVCNAME_V1: HashMap<u32, SvcName> =
 #[map]
 pub static SLB_MAGLEV_V1: HashMap<MaglevKey, MaglevTable> =
     HashMap::with_max_entries(DEFAULT_MAGLEV_MAX, ON_DEMAND);
+
+/// loadBalancerSourceRanges (`common::northsouth`): (service id, client prefix) -> allowed.
+#[map]
+pub static SLB_SRCRNG4_V1: LpmTrie<SrcRange4Data, u32> =
+    LpmTrie::with_max_entries(SRC_RANGES_MAX, 0);
+#[map]
+pub static SLB_SRCRNG6_V1: LpmTrie<SrcRange6Data, u32> =
+    LpmTrie::with_max_entries(SRC_RANGES_MAX, 0);
+/// This node's addresses SNATed flows leave with (index 0), written by the daemon.
+#[map]
+pub static SLB_NODEADDR_V1: Array<NodeAddrs> = Array::with_max_entries(1, 0);
+/// SNATed flows: reply tuple -> the client's address and port.
+#[map]
+pub static SLB_SNAT4_V1: LruHashMap<CtKey4, SnatRev4> = LruHashMap::with_max_entries(SNAT_MAX, 0);
+#[map]
+pub static SLB_SNAT6_V1: LruHashMap<CtKey6, SnatRev6> = LruHashMap::with_max_entries(SNAT_MAX, 0);

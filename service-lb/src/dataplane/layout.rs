@@ -13,6 +13,9 @@ use service_lb_common::{
     frag::{FragKey4, FragKey6, FragNat4, FragNat6, FragPending, FRAG_MAX},
     maps,
     names::SvcName,
+    northsouth::{
+        NodeAddrs, SnatRev4, SnatRev6, SrcRange4Data, SrcRange6Data, SNAT_MAX, SRC_RANGES_MAX,
+    },
     policy::{PolFlow, PolPeer4, PolPeer6, PolPod, PolPort},
     sock::{SockRev4Key, SockRev4Value, SockRev6Key, SockRev6Value, SOCK_REV_MAX},
     vip::{Scratch, SERVICE_CIDRS_MAX},
@@ -163,6 +166,11 @@ pub fn wanted(name: &str, sizes: &MapSizes) -> Option<MapLayout> {
             service_lb_common::maglev::MaglevKey,
             service_lb_common::maglev::MaglevTable,
         >(Hash, service_lb_common::maglev::DEFAULT_MAGLEV_MAX),
+        maps::SRC_RANGES4 => layout::<LpmKey<SrcRange4Data>, u32>(LpmTrie, SRC_RANGES_MAX),
+        maps::SRC_RANGES6 => layout::<LpmKey<SrcRange6Data>, u32>(LpmTrie, SRC_RANGES_MAX),
+        maps::NODE_ADDRS => layout::<u32, NodeAddrs>(Array, 1),
+        maps::SNAT4 => layout::<CtKey4, SnatRev4>(LruHash, SNAT_MAX),
+        maps::SNAT6 => layout::<CtKey6, SnatRev6>(LruHash, SNAT_MAX),
         _ => return None,
     };
     Some(l)
@@ -184,7 +192,12 @@ pub fn sized_by_options(name: &str, sizes: &MapSizes) -> Option<u32> {
         | maps::SOCK_REV4
         | maps::SOCK_REV6
         | maps::POL_CONFIG
-        | maps::MAGLEV => None,
+        | maps::MAGLEV
+        | maps::SRC_RANGES4
+        | maps::SRC_RANGES6
+        | maps::NODE_ADDRS
+        | maps::SNAT4
+        | maps::SNAT6 => None,
         _ => wanted(name, sizes).map(|l| l.max_entries),
     }
 }

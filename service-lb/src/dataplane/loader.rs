@@ -14,6 +14,7 @@ use service_lb_common::{
     frag::{FragKey4, FragKey6, FragNat4, FragNat6, FragPending},
     hairpin::HAIRPIN_GLOBAL,
     maps,
+    northsouth::{NodeAddrs, SnatRev4, SnatRev6, SrcRange4Data, SrcRange6Data},
     policy::{PolFlow, PolPeer4, PolPeer6, PolPod, PolPort},
     sock::{SockRev4Key, SockRev4Value, SockRev6Key, SockRev6Value, SOCK_GLOBAL},
     vip::Scratch,
@@ -226,6 +227,11 @@ fn typed_check(name: &'static str, map: &Map) -> Result<(), MapError> {
             service_lb_common::maglev::MaglevKey,
             service_lb_common::maglev::MaglevTable,
         >(map),
+        maps::SRC_RANGES4 => LpmTrie::<&MapData, SrcRange4Data, u32>::try_from(map).map(drop),
+        maps::SRC_RANGES6 => LpmTrie::<&MapData, SrcRange6Data, u32>::try_from(map).map(drop),
+        maps::NODE_ADDRS => Array::<&MapData, NodeAddrs>::try_from(map).map(drop),
+        maps::SNAT4 => hash::<CtKey4, SnatRev4>(map),
+        maps::SNAT6 => hash::<CtKey6, SnatRev6>(map),
         _ => Ok(()),
     }
 }
