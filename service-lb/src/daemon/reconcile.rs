@@ -16,10 +16,13 @@ use std::{
 use kube::runtime::watcher;
 use tracing::{debug, error, info, warn};
 
+use super::node_addresses::snat_addresses;
 use super::policy::{PolicySync, PolicySyncDone};
 use super::service_cidrs::ServiceCidrs;
 use crate::{
-    dataplane::{program_service_cidrs, sync::SyncReport, Cidr, MapStore, Syncer},
+    dataplane::{
+        maps::NodeAddresses, program_service_cidrs, sync::SyncReport, Cidr, MapStore, Syncer,
+    },
     model::{ClusterState, HealthCheck, NodePortAddresses, ServiceDesired, ServiceName, Skip},
     source::{Rejection, SourceEvent},
     telemetry::{
@@ -75,6 +78,8 @@ pub struct Reconciler<M: MapStore> {
     /// Reads the external interfaces' addresses (NodePort addresses), before each full
     /// sync.
     interface_addresses: Option<InterfaceAddresses>,
+    /// The SNAT source addresses last written into `SLB_NODEADDR_V1` (`None`: not yet).
+    node_addresses: Option<NodeAddresses>,
 }
 
 /// Reads this node's external interface addresses.
@@ -104,6 +109,7 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
             health_checks: BTreeMap::new(),
             service_health: None,
             interface_addresses: None,
+            node_addresses: None,
         }
     }
 
@@ -348,6 +354,7 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
                 self.state.set_interface_addresses(read());
             }
         }
+        self.write_node_addresses();
         let dirty = self.state.take_dirty();
         self.pending = false;
         let names: Vec<ServiceName> = match kind {
@@ -447,6 +454,25 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
             services: desired.len(),
             report,
         })
+    }
+
+    /// Writes this node's SNAT source addresses when they changed (before the frontends
+    /// that use them). A failure is logged and retried on the next sync.
+    fn write_node_addresses(&mut self) {
+        let wanted = snat_addresses(self.state.node().as_ref(), &self.state.nodeport_addresses());
+        if self.node_addresses == Some(wanted) {
+            return;
+        }
+        let Some(syncer) = self.syncer.as_mut() else {
+            return;
+        };
+        match syncer.writer_mut().store_mut().put_node_addresses(&wanted) {
+            Ok(()) => {
+                info!(v4 = ?wanted.v4, v6 = ?wanted.v6, "SNAT source addresses written");
+                self.node_addresses = Some(wanted);
+            }
+            Err(e) => error!(error = %e, "writing the SNAT source addresses failed; will retry"),
+        }
     }
 
     fn note_health_checks(&mut self, desired: &[ServiceDesired], kind: SyncKind) {

@@ -79,6 +79,7 @@ fn maps_left_by_a_previous_run() -> FakeMaps {
             }],
             flags: SVC_FLAG_CLUSTER_IP,
             affinity_timeout_s: 0,
+            source_ranges: Vec::new(),
         })
         .expect("programs");
     let mut maps = writer.into_store();

@@ -13,7 +13,9 @@ use service_lb_common::{
     CtEntry, SvcName, SvcValue, VipValue,
 };
 
-use super::maps::{BackendValue, CtReferences, Family, MapStore, RevNatValue, StoreError, SvcKey};
+use super::maps::{
+    BackendValue, CtReferences, Family, MapStore, NodeAddresses, RevNatValue, StoreError, SvcKey,
+};
 use super::vips::Cidr;
 
 /// One write, as the fake saw it (reads are not logged).
@@ -39,6 +41,16 @@ pub enum Op {
     FlushConntrack {
         service_id: u32,
         backend_id: u32,
+    },
+    /// A source range of `service_id` written.
+    PutRange {
+        service_id: u32,
+        cidr: Cidr,
+    },
+    /// A source range of `service_id` deleted.
+    DeleteRange {
+        service_id: u32,
+        cidr: Cidr,
     },
 }
 
@@ -79,6 +91,10 @@ pub struct FakeMaps {
     pub members: BTreeMap<MemberKey, MemberValue>,
     /// The names map (writes are not in `ops`).
     pub names: BTreeMap<u32, SvcName>,
+    /// The source-range tries, as (service id, range).
+    pub source_ranges: BTreeSet<(u32, Cidr)>,
+    /// The node-address map.
+    pub node_addresses: NodeAddresses,
 }
 
 impl FakeMaps {
@@ -361,5 +377,41 @@ impl MapStore for FakeMaps {
     fn list_names(&self) -> Result<Vec<(u32, SvcName)>, StoreError> {
         self.list_calls.set(self.list_calls.get() + 1);
         Ok(self.names.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn put_source_range(&mut self, service_id: u32, cidr: &Cidr) -> Result<(), StoreError> {
+        self.source_ranges.insert((service_id, *cidr));
+        self.ops.push(Op::PutRange {
+            service_id,
+            cidr: *cidr,
+        });
+        Ok(())
+    }
+
+    fn delete_source_range(&mut self, service_id: u32, cidr: &Cidr) -> Result<(), StoreError> {
+        self.source_ranges.remove(&(service_id, *cidr));
+        self.ops.push(Op::DeleteRange {
+            service_id,
+            cidr: *cidr,
+        });
+        Ok(())
+    }
+
+    fn list_source_ranges(&self, family: Family) -> Result<Vec<(u32, Cidr)>, StoreError> {
+        self.list_calls.set(self.list_calls.get() + 1);
+        Ok(self
+            .source_ranges
+            .iter()
+            .filter(|(_, c)| c.family() == family)
+            .copied()
+            .collect())
+    }
+
+    fn put_node_addresses(&mut self, addrs: &NodeAddresses) -> Result<(), StoreError> {
+        self.node_addresses = *addrs;
+        Ok(())
+    }
+
+    fn get_node_addresses(&self) -> Result<NodeAddresses, StoreError> {
+        Ok(self.node_addresses)
     }
 }
