@@ -4,7 +4,7 @@
 use aya_ebpf::{helpers::bpf_get_prandom_u32, maps::HashMap};
 use service_lb_common::{
     proto::{IPPROTO_TCP, TCP_FLAG_SYN},
-    service::{SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_TWO_SCOPES},
+    service::{SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_DROP_NO_ENDPOINT, SVC_FLAG_TWO_SCOPES},
     Hook, Reason, SvcValue,
 };
 
@@ -44,7 +44,7 @@ pub struct Target<A> {
 /// A TCP segment without SYN (the caller found no conntrack entry for it): pass
 /// (`PassMidFlow`), it starts no flow here.
 /// A frontend without backends: `DropNoBackend`, which the pipeline turns into a refusal
-/// (`reject`). A torn slot list or a missing backend: drop with the matching reason.
+/// (`reject`), or `DropNoLocalEndpoint` (a drop) with `SVC_FLAG_DROP_NO_ENDPOINT`. A torn slot list or a missing backend: drop with the matching reason.
 #[inline(always)]
 pub fn choose<F: Sticky>(hook: Hook, h: &Headers<F::Addr>) -> Step<Choice<F::Addr>> {
     choose_for::<F>(&Target {
@@ -71,6 +71,11 @@ pub fn choose_for<F: Sticky>(t: &Target<F::Addr>) -> Step<Choice<F::Addr>> {
         master = get(services, &key(scope, 0)).ok_or(Verdict::Drop(Reason::DropSlotMissing))?;
     }
     if master.count == 0 {
+        // external/internalTrafficPolicy Local without a local endpoint: dropped, never
+        // refused (kube-proxy). The socket path fails the call (EPERM).
+        if master.flags & SVC_FLAG_DROP_NO_ENDPOINT != 0 {
+            return Err(Verdict::Drop(Reason::DropNoLocalEndpoint));
+        }
         return Err(Verdict::Drop(Reason::DropNoBackend));
     }
     // A frontend with endpoints: only a SYN starts a TCP flow here (conntrack found none

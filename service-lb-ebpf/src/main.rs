@@ -18,6 +18,7 @@ mod icmp;
 mod lb;
 mod maps;
 mod nat;
+mod northsouth;
 mod packet;
 mod pipeline;
 mod policy;

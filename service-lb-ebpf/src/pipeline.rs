@@ -31,6 +31,7 @@ use crate::{
     hairpin, icmp,
     lb::{self, Choice},
     nat,
+    northsouth::{self, NorthSouth},
     packet::{self, Headers},
     ports,
     reject::{self, Refuse},
@@ -68,7 +69,7 @@ pub fn run(ctx: &TcContext, hook: Hook) -> Verdict {
 /// A later fragment is translated by `frag` alone; a first fragment goes through the
 /// pipeline, then its translation is recorded (see `frag`).
 #[inline(always)]
-fn fragments_then<F: Refuse + Sticky + Fragments>(ctx: &TcContext, hook: Hook) -> u64 {
+fn fragments_then<F: Refuse + Sticky + Fragments + NorthSouth>(ctx: &TcContext, hook: Hook) -> u64 {
     match frag::classify::<F>(ctx, hook) {
         frag::NOT_FRAGMENT => dispatch::<F>(ctx, hook),
         frag::FIRST_FRAGMENT => frag::record::<F>(ctx, hook, dispatch::<F>(ctx, hook)),
@@ -77,7 +78,15 @@ fn fragments_then<F: Refuse + Sticky + Fragments>(ctx: &TcContext, hook: Hook) -
 }
 
 #[inline(always)]
-fn dispatch<F: Refuse + Sticky>(ctx: &TcContext, hook: Hook) -> u64 {
+fn dispatch<F: Refuse + Sticky + NorthSouth>(ctx: &TcContext, hook: Hook) -> u64 {
+    // North-south SNAT and source ranges (`northsouth`): its own subprograms, called
+    // from this (the entry's) frame.
+    if matches!(hook, Hook::FromNet | Hook::FromPod) {
+        match northsouth::run::<F>(ctx, hook) {
+            northsouth::CONTINUE => {}
+            decided => return decided,
+        }
+    }
     hairpin::finish::<F>(ctx, steps::<F>(ctx, hook))
 }
 

@@ -105,6 +105,7 @@ const CHECKSUM_COMPLETE_SUITES: &[&str] = &[
     "packet_hairpin",
     "packet_verdicts",
     "packet_policy",
+    "packet_northsouth",
 ];
 
 fn demo() -> Result<()> {

@@ -24,6 +24,7 @@ pub mod options;
 pub mod pin;
 pub mod policy_maps;
 pub mod policy_writer;
+pub mod snat;
 pub mod sock;
 pub mod sock_destroy;
 pub mod sync;

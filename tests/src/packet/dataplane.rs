@@ -16,13 +16,14 @@ use service_lb_common::{
     counters::counter_index,
     hairpin::{HairpinConfig, HAIRPIN_GLOBAL},
     maps,
+    northsouth::{NodeAddrs, SnatRev4, SnatRev6, SrcRange4Key, SrcRange6Key, SRC_RANGE_ALLOWED},
     service::{SCOPE_EXTERNAL, SVC_FLAG_CLUSTER_IP},
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, DataplaneConfig, Hook, Reason, RevNat4,
     RevNat6, Svc4Key, Svc6Key, SvcValue, VipValue,
 };
 
 /// Map sizes for tests: small, so many objects can be loaded at once.
-const TEST_MAP_SIZES: [(&str, u32); 22] = [
+const TEST_MAP_SIZES: [(&str, u32); 26] = [
     (maps::SERVICES4, 1024),
     (maps::SERVICES6, 1024),
     (maps::BACKENDS4, 1024),
@@ -45,6 +46,10 @@ const TEST_MAP_SIZES: [(&str, u32); 22] = [
     (maps::POL_PORTS, 4096),
     (maps::POL_FLOWS4, 4096),
     (maps::POL_FLOWS6, 4096),
+    (maps::SRC_RANGES4, 1024),
+    (maps::SRC_RANGES6, 1024),
+    (maps::SNAT4, 4096),
+    (maps::SNAT6, 4096),
 ];
 
 /// Environment variable that makes every `Dataplane::run` a CHECKSUM_COMPLETE run
@@ -711,5 +716,57 @@ pub fn ct_record(
             entry,
         }),
         _ => Err(anyhow!("mixed families {src} -> {dst}")),
+    }
+}
+
+/// North-south maps (`service_lb_common::northsouth`), written as the daemon writes them.
+impl Dataplane {
+    /// Writes this node's addresses (`SLB_NODEADDR_V1`, index 0).
+    pub fn set_node_addrs(&mut self, addrs: NodeAddrs) -> anyhow::Result<()> {
+        let mut array: aya::maps::Array<&mut MapData, NodeAddrs> =
+            aya::maps::Array::try_from(self.map_mut(maps::NODE_ADDRS)?)?;
+        array.set(0, addrs, 0).context("writing the node addresses")
+    }
+
+    /// Allows `addr/range_len` as a client of frontend `service_id`.
+    pub fn install_src_range(
+        &mut self,
+        service_id: u32,
+        addr: IpAddr,
+        range_len: u32,
+    ) -> anyhow::Result<()> {
+        match addr {
+            IpAddr::V4(a) => {
+                let k = SrcRange4Key::new(service_id, a.octets(), range_len);
+                let mut trie: LpmTrie<&mut MapData, _, u32> =
+                    LpmTrie::try_from(self.map_mut(maps::SRC_RANGES4)?)?;
+                trie.insert(
+                    &lpm_trie::Key::new(k.prefix_len, k.data()),
+                    SRC_RANGE_ALLOWED,
+                    0,
+                )
+            }
+            IpAddr::V6(a) => {
+                let k = SrcRange6Key::new(service_id, a.octets(), range_len);
+                let mut trie: LpmTrie<&mut MapData, _, u32> =
+                    LpmTrie::try_from(self.map_mut(maps::SRC_RANGES6)?)?;
+                trie.insert(
+                    &lpm_trie::Key::new(k.prefix_len, k.data()),
+                    SRC_RANGE_ALLOWED,
+                    0,
+                )
+            }
+        }
+        .context("inserting a source range")
+    }
+
+    /// Every IPv4 SNAT entry: reply tuple -> client.
+    pub fn snat4(&self) -> anyhow::Result<Vec<(CtKey4, SnatRev4)>> {
+        self.entries(maps::SNAT4)
+    }
+
+    /// Every IPv6 SNAT entry: reply tuple -> client.
+    pub fn snat6(&self) -> anyhow::Result<Vec<(CtKey6, SnatRev6)>> {
+        self.entries(maps::SNAT6)
     }
 }

@@ -1,4 +1,4 @@
-//! `service-lb inspect services|backends|conntrack|affinity|counters|sockets`: reads the
+//! `service-lb inspect services|backends|conntrack|affinity|counters|sockets|snat`: reads the
 //! pinned maps directly (no daemon, no program load). `inspect policy` reads the daemon's policy
 //! snapshot file instead (names the maps do not hold).
 
@@ -16,6 +16,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod policy;
 pub mod services;
+pub mod snat;
 pub mod sockets;
 
 #[derive(Debug, Args)]
@@ -51,6 +52,8 @@ pub enum What {
     },
     /// Socket LB reverse entries: socket cookie, backend, and the frontend the socket sees.
     Sockets,
+    /// North-south flows SNATed to this node: client, node address:port, backend.
+    Snat,
     /// Each local pod's effective NetworkPolicy: per direction, the policies isolating it
     /// and the allowed peers and ports (from the snapshot the daemon writes on each policy
     /// sync).
@@ -121,6 +124,10 @@ pub fn run(args: &InspectArgs) -> Result<(), Failure> {
         What::Sockets => {
             let records = crate::dataplane::sock::reverse_entries(&args.bpffs)?;
             super::output::render(&sockets::rows(&records), args.output)?
+        }
+        What::Snat => {
+            let records = crate::dataplane::snat::entries(&args.bpffs)?;
+            super::output::render(&snat::rows(&records), args.output)?
         }
         // Read from the snapshot above, not from the maps.
         What::Policy { .. } => return Ok(()),
