@@ -402,7 +402,7 @@ fn judge(name: String, got: &Outcome, want: &Want) -> CaseResult {
 }
 
 #[test]
-#[ignore = "needs the north-south kernel path (SNAT, source ranges, DROP_NO_ENDPOINT) of branch issue11-kernel; run with --ignored"]
+#[ignore = "IPv4 SNAT flows (eTP=Cluster) time out with the kernel of issue11-kernel 114f511 (18 of 25 cases pass, every IPv6 case); run with --ignored"]
 fn north_south_end_to_end() -> Result<()> {
     if !require_root("north_south_end_to_end") {
         return Ok(());
@@ -542,6 +542,19 @@ fn north_south_end_to_end() -> Result<()> {
     let np = SocketAddr::new(f.node_addr(1, false)?, NP_CLUSTER);
     results.push(restart_case(&mut f, np));
 
+    for node in &f.cluster.nodes {
+        println!("{} data-path counters (non-zero):", node.name);
+        match service_lb::dataplane::BpfMaps::open_pinned(node.bpffs.path())
+            .and_then(|m| m.counters())
+        {
+            Ok(counters) => {
+                for c in counters.iter().filter(|c| c.packets > 0) {
+                    println!("  {:?} {} {}", c.hook, c.reason.name(), c.packets);
+                }
+            }
+            Err(e) => println!("  unreadable: {e}"),
+        }
+    }
     let failed: Vec<&CaseResult> = results.iter().filter(|r| !r.passed).collect();
     println!(
         "north-south end to end: {} of {} cases passed",
