@@ -178,10 +178,11 @@ pub const SRC_RANGES_MAX: u32 = 65_536;
 pub const SNAT_MAX: u32 = 262_144;
 
 /// SNAT source ports are allocated in `[SNAT_PORT_MIN, SNAT_PORT_MIN + SNAT_PORT_SPAN)`
-/// (host order), away from the usual ephemeral range so they never meet the node's own
-/// sockets' ports.
-pub const SNAT_PORT_MIN: u16 = 30_000;
-pub const SNAT_PORT_SPAN: u16 = 2_768;
+/// (host order): 61000-65535, above Linux's default ephemeral range (32768-60999) and
+/// away from the NodePort range (30000-32767), so an SNATed flow's reply tuple does not
+/// meet the node's own sockets or a NodePort.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_SPAN: u16 = 4_536;
 
 const _: () = {
     assert!(size_of::<SrcRange4Key>() == 12);
@@ -199,6 +200,7 @@ const _: () = {
     assert!(size_of::<SnatRev4>() == 8);
     assert!(offset_of!(SnatRev4, client_port_be) == 4);
     assert!(size_of::<SnatRev6>() == 20);
+    assert!(SNAT_PORT_MIN as u32 + SNAT_PORT_SPAN as u32 == 65_536);
     assert!(offset_of!(SnatRev6, client_port_be) == 16);
 };
 

@@ -293,7 +293,8 @@ fn snat_port_of(dp: &Dataplane, fam: Fam, proto: u8, client: SocketAddr) -> anyh
     ensure!(p == proto, "SNAT entry protocol {p}");
     let port = node.port();
     ensure!(
-        (SNAT_PORT_MIN..SNAT_PORT_MIN + SNAT_PORT_SPAN).contains(&port),
+        (u32::from(SNAT_PORT_MIN)..u32::from(SNAT_PORT_MIN) + u32::from(SNAT_PORT_SPAN))
+            .contains(&u32::from(port)),
         "SNAT port {port} outside the range"
     );
     Ok(port)
