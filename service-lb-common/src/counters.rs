@@ -208,11 +208,16 @@ pub enum Reason {
     DropSnatPortsExhausted = 48,
     /// Packet of a known SNATed flow: DNAT and SNAT from conntrack.
     SnatEstablished = 49,
+    /// Packet of an SNATed flow translated at tc ingress (`snat_new_flow`,
+    /// `snat_established`, `revsnat_reply`) for which no usable route was found
+    /// (`bpf_fib_lookup` failed, forwarding disabled, TTL spent): passed to the stack
+    /// instead of redirected out (IPv4 drops it there as a martian source).
+    SnatRoutePass = 50,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 50;
-    pub const ALL: [Reason; 50] = [
+    pub const COUNT: u32 = 51;
+    pub const ALL: [Reason; 51] = [
         Reason::PassNotIp,
         Reason::PassOtherProto,
         Reason::PassFragment,
@@ -263,6 +268,7 @@ impl Reason {
         Reason::DropSnatNoAddress,
         Reason::DropSnatPortsExhausted,
         Reason::SnatEstablished,
+        Reason::SnatRoutePass,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -317,6 +323,7 @@ impl Reason {
             Reason::DropSnatNoAddress => "drop_snat_no_address",
             Reason::DropSnatPortsExhausted => "drop_snat_ports_exhausted",
             Reason::SnatEstablished => "snat_established",
+            Reason::SnatRoutePass => "snat_route_pass",
         }
     }
 
