@@ -402,7 +402,6 @@ fn judge(name: String, got: &Outcome, want: &Want) -> CaseResult {
 }
 
 #[test]
-#[ignore = "IPv4 SNAT flows (eTP=Cluster) time out with the kernel of issue11-kernel 114f511 (18 of 25 cases pass, every IPv6 case); run with --ignored"]
 fn north_south_end_to_end() -> Result<()> {
     if !require_root("north_south_end_to_end") {
         return Ok(());
