@@ -217,11 +217,16 @@ pub enum Reason {
     /// Socket LB, `sock_release`: a connected socket was closed and its reverse entry
     /// (cookie, the backend it was connected to) deleted.
     SockRevReleased = 50,
+    /// Packet of an SNATed flow translated at tc ingress (`snat_new_flow`,
+    /// `snat_established`, `revsnat_reply`) for which no usable route was found
+    /// (`bpf_fib_lookup` failed, forwarding disabled, TTL spent): passed to the stack
+    /// instead of redirected out (IPv4 drops it there as a martian source).
+    SnatRoutePass = 51,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 51;
-    pub const ALL: [Reason; 51] = [
+    pub const COUNT: u32 = 52;
+    pub const ALL: [Reason; 52] = [
         Reason::PassNotIp,
         Reason::PassOtherProto,
         Reason::PassFragment,
@@ -273,6 +278,7 @@ impl Reason {
         Reason::DropSnatPortsExhausted,
         Reason::SnatEstablished,
         Reason::SockRevReleased,
+        Reason::SnatRoutePass,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -328,6 +334,7 @@ impl Reason {
             Reason::DropSnatPortsExhausted => "drop_snat_ports_exhausted",
             Reason::SnatEstablished => "snat_established",
             Reason::SockRevReleased => "sock_rev_released",
+            Reason::SnatRoutePass => "snat_route_pass",
         }
     }
 

@@ -10,7 +10,7 @@
 //! `hook * Reason::COUNT + reason`. `SLB_CNT_V5`: the socket hooks, their reasons, the
 //! NetworkPolicy reasons and `pass_mid_flow` were appended. `SLB_CNT_V6`: the `sock_release` hook
 //! and the north-south reasons (`drop_source_range` .. `snat_established`, 43-49) and
-//! `sock_rev_released` (50) were appended. An upgrade across a counters
+//! `sock_rev_released` (50) and `snat_route_pass` (51) were appended. An upgrade across a counters
 //! rename starts counting from zero; the old pin stays until `service-lb cleanup`, so a
 //! downgrade finds its own counters again.)
 //! The eBPF statics carry exactly these names.

@@ -17,6 +17,12 @@ pub const PORT_NAME_LEN: usize = 16;
 /// `SvcName::kind`: the kind of frontend. Values are appended as kinds are programmed
 /// (NodePort, LoadBalancer, externalIPs come with issue 11); 0 is never written.
 pub const KIND_CLUSTER_IP: u8 = 1;
+/// A NodePort frontend (a node address and the nodePort).
+pub const KIND_NODE_PORT: u8 = 2;
+/// An externalIPs frontend.
+pub const KIND_EXTERNAL_IP: u8 = 3;
+/// A LoadBalancer ingress IP frontend.
+pub const KIND_LOAD_BALANCER: u8 = 4;
 
 /// Value of `SLB_SVCNAME_V1`. Strings are UTF-8, NUL-padded (not NUL-terminated when they
 /// fill their field); longer input is cut at a character boundary.

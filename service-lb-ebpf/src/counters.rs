@@ -33,7 +33,7 @@ pub fn finish(ctx: &TcContext, hook: Hook, verdict: Verdict) -> i32 {
 }
 
 #[inline(always)]
-fn count(ctx: &TcContext, hook: Hook, reason: Reason) {
+pub fn count(ctx: &TcContext, hook: Hook, reason: Reason) {
     // The array has COUNTERS_LEN entries and every (hook, reason) index is below it, so
     // the lookup only fails if the map itself is broken; there is nothing else to tell.
     if let Some(counter) = SLB_CNT_V6.get_ptr_mut(counter_index(hook, reason)) {

@@ -12,6 +12,7 @@ mod config;
 mod conntrack;
 mod counters;
 mod family;
+mod fib;
 mod frag;
 mod hairpin;
 mod icmp;
@@ -125,6 +126,19 @@ fn handle(ctx: &TcContext, hook: Hook) -> i32 {
         // The socket hooks never reach `handle` (their own entry points above).
         _ => pipeline::run(ctx, hook),
     };
+    // A packet SNATed (source: this node's address) or reverse-SNATed (source: the
+    // frontend, an address of this node) at ingress: the IPv4 stack would drop it as a
+    // martian source, so it is routed and redirected out here (`fib`), a subprogram of
+    // its own called from this frame.
+    if let (
+        Hook::FromNet | Hook::FromPod,
+        verdict::Verdict::Pass(
+            reason @ (Reason::SnatNewFlow | Reason::SnatEstablished | Reason::RevSnatReply),
+        ),
+    ) = (hook, verdict)
+    {
+        return fib::forward(ctx, hook, reason);
+    }
     counters::finish(ctx, hook, verdict)
 }
 

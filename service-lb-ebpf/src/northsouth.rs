@@ -408,7 +408,7 @@ fn sync_reply<F: NorthSouth>(
             port_be: h.sport_be,
         };
         F::snat()
-            .insert(reply_key, &F::snat_rev(&client), 0)
+            .insert(reply_key, F::snat_rev(&client), 0)
             .map_err(|_| Verdict::Drop(Reason::DropCtCreate))?;
     }
     Ok(())
@@ -435,14 +435,19 @@ fn choose<F: NorthSouth + Sticky>(ctx: &TcContext, hook: Hook, choice: &mut [u32
     }
 }
 
+/// `prepare`'s outcome: (packet, environment, backend, node address, forward entry).
+type Prepared<F> = (
+    Headers<<F as Family>::Addr>,
+    Env,
+    Endpoint<<F as Family>::Addr>,
+    <F as Family>::Addr,
+    CtEntry,
+);
+
 /// What a new SNAT flow needs before its entries are written: the backend `choose`
 /// picked, this node's address, the packet, and the forward entry (without its port).
 #[inline(always)]
-fn prepare<F: NorthSouth>(
-    ctx: &TcContext,
-    hook: Hook,
-    choice: &[u32; 3],
-) -> Step<(Headers<F::Addr>, Env, Endpoint<F::Addr>, F::Addr, CtEntry)> {
+fn prepare<F: NorthSouth>(ctx: &TcContext, hook: Hook, choice: &[u32; 3]) -> Step<Prepared<F>> {
     let [backend_id, service_id, _] = *choice;
     // The backend `choose` just read (a concurrent delete makes this a miss).
     let backend =
@@ -588,7 +593,7 @@ fn finish_new<F: NorthSouth>(
         Verdict::Drop(reason)
     };
     if F::snat()
-        .insert(&reply_key, &F::snat_rev(&client), 0)
+        .insert(&reply_key, F::snat_rev(&client), 0)
         .is_err()
     {
         return Err(undo(Reason::DropCtCreate));

@@ -40,6 +40,9 @@ const MAX_PODS_PER_NODE: usize = 200;
 #[derive(Clone, Debug, Default)]
 pub struct ClusterSpec {
     pub nodes: Vec<Vec<String>>,
+    /// Also an external client namespace behind node 1's external device
+    /// ([`EXTERNAL_DEV`]); see [`ExternalClient`]. Off by default.
+    pub external_client: bool,
 }
 
 impl ClusterSpec {
@@ -50,8 +53,38 @@ impl ClusterSpec {
                 .iter()
                 .map(|pods| pods.iter().map(|p| (*p).to_owned()).collect())
                 .collect(),
+            external_client: false,
         }
     }
+
+    /// The same cluster with an external client namespace behind node 1.
+    #[must_use]
+    pub fn with_external_client(mut self) -> Self {
+        self.external_client = true;
+        self
+    }
+}
+
+/// Node 1's external device towards the external client (with [`ClusterSpec::external_client`]).
+pub const EXTERNAL_DEV: &str = "slbx0";
+/// Node 1's address on [`EXTERNAL_DEV`]: the external client's gateway.
+pub const EXTERNAL_GW4: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 1);
+pub const EXTERNAL_GW6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xc8, 0, 0, 0, 0, 0, 1);
+
+/// A client outside the cluster: a namespace whose `eth0` is a veth to node 1's
+/// [`EXTERNAL_DEV`], with two addresses per family from the external range: `v4`/`v6`
+/// inside 198.19.200.0/25 and fd00:c8::/121 (the "allowed" source ranges a test can give a
+/// LoadBalancer) and `other_v4`/`other_v6` outside them (198.19.200.130, fd00:c8::90;
+/// used only when a socket binds them). Routes: 198.19.0.0/16 and fd00::/16 via node 1
+/// (node addresses, externalIPs and LB IPs), nothing else; the other nodes route
+/// 198.19.200.0/24 and fd00:c8::/64 via node 1's underlay address.
+#[derive(Debug)]
+pub struct ExternalClient {
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+    pub other_v4: Ipv4Addr,
+    pub other_v6: Ipv6Addr,
+    pub ns: NetNs,
 }
 
 /// A pod: its namespace and its addresses.
@@ -139,6 +172,8 @@ pub struct Cluster {
     prefix: String,
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
+    /// With [`ClusterSpec::external_client`].
+    pub external: Option<ExternalClient>,
     switch: Option<NetNs>,
 }
 
@@ -156,6 +191,7 @@ impl Cluster {
             prefix,
             nodes: Vec::new(),
             pods: Vec::new(),
+            external: None,
             switch: None,
         };
         for i in 1..=spec.nodes.len() {
@@ -174,7 +210,153 @@ impl Cluster {
                 cluster.pods.push(pod);
             }
         }
+        if spec.external_client {
+            cluster.external = Some(cluster.add_external_client()?);
+        }
         Ok(cluster)
+    }
+
+    /// The external client (built with [`ClusterSpec::with_external_client`]).
+    pub fn external(&self) -> Result<&ExternalClient> {
+        self.external
+            .as_ref()
+            .context("the cluster was built without an external client")
+    }
+
+    fn add_external_client(&self) -> Result<ExternalClient> {
+        let node = self.node(1)?;
+        let client = ExternalClient {
+            v4: Ipv4Addr::new(198, 19, 200, 10),
+            v6: Ipv6Addr::new(0xfd00, 0xc8, 0, 0, 0, 0, 0, 0x10),
+            other_v4: Ipv4Addr::new(198, 19, 200, 130),
+            other_v6: Ipv6Addr::new(0xfd00, 0xc8, 0, 0, 0, 0, 0, 0x90),
+            ns: new_namespace(&format!("{}-ext", self.prefix))?,
+        };
+        let ns = &client.ns;
+        node.ns.ip(&[
+            "link",
+            "add",
+            EXTERNAL_DEV,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            POD_DEV,
+            "netns",
+            ns.name(),
+        ])?;
+        node.ns.ip(&[
+            "addr",
+            "add",
+            &format!("{EXTERNAL_GW4}/32"),
+            "dev",
+            EXTERNAL_DEV,
+        ])?;
+        node.ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{EXTERNAL_GW6}/128"),
+            "dev",
+            EXTERNAL_DEV,
+            "nodad",
+        ])?;
+        node.ns.ip(&["link", "set", EXTERNAL_DEV, "up"])?;
+        for v4 in [client.v4, client.other_v4] {
+            ns.ip(&["addr", "add", &format!("{v4}/32"), "dev", POD_DEV])?;
+            node.ns
+                .ip(&["route", "add", &format!("{v4}/32"), "dev", EXTERNAL_DEV])?;
+        }
+        ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/128", client.v6),
+            "dev",
+            POD_DEV,
+            "nodad",
+        ])?;
+        // Deprecated at once: a source only when a socket binds it.
+        ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/128", client.other_v6),
+            "dev",
+            POD_DEV,
+            "nodad",
+            "preferred_lft",
+            "0",
+        ])?;
+        for v6 in [client.v6, client.other_v6] {
+            node.ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                &format!("{v6}/128"),
+                "dev",
+                EXTERNAL_DEV,
+            ])?;
+        }
+        ns.ip(&["link", "set", POD_DEV, "up"])?;
+        ns.ip(&[
+            "route",
+            "add",
+            &EXTERNAL_GW4.to_string(),
+            "dev",
+            POD_DEV,
+            "scope",
+            "link",
+        ])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "198.19.0.0/16",
+            "via",
+            &EXTERNAL_GW4.to_string(),
+            "dev",
+            POD_DEV,
+        ])?;
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            &EXTERNAL_GW6.to_string(),
+            "dev",
+            POD_DEV,
+        ])?;
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "fd00::/16",
+            "via",
+            &EXTERNAL_GW6.to_string(),
+            "dev",
+            POD_DEV,
+        ])?;
+        for peer in self.nodes.iter().filter(|n| n.index != node.index) {
+            peer.ns.ip(&[
+                "route",
+                "add",
+                "198.19.200.0/24",
+                "via",
+                &node.v4.to_string(),
+                "dev",
+                UNDERLAY_DEV,
+            ])?;
+            peer.ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "fd00:c8::/64",
+                "via",
+                &node.v6.to_string(),
+                "dev",
+                UNDERLAY_DEV,
+            ])?;
+        }
+        Ok(client)
     }
 
     /// The run prefix every name of this cluster starts with.
@@ -202,7 +384,8 @@ impl Cluster {
         let nodes = self.nodes.iter().map(|n| n.ns.name().to_owned());
         let pods = self.pods.iter().map(|p| p.ns.name().to_owned());
         let switch = self.switch.iter().map(|s| s.name().to_owned());
-        nodes.chain(pods).chain(switch).collect()
+        let external = self.external.iter().map(|e| e.ns.name().to_owned());
+        nodes.chain(pods).chain(switch).chain(external).collect()
     }
 
     /// Gives pod `name` one more address per family, host `host` of its node's pod CIDRs

@@ -123,6 +123,7 @@ fn frontend(i: u16, n: u16) -> FrontendSpec {
         backends,
         flags: SVC_FLAG_CLUSTER_IP,
         affinity_timeout_s: 0,
+        source_ranges: vec![],
     }
 }
 

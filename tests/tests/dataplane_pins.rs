@@ -209,6 +209,7 @@ fn frontend() -> FrontendSpec {
         backends: vec![be("198.18.1.2:8080"), be("198.18.1.3:8080")],
         flags: 0,
         affinity_timeout_s: 0,
+        source_ranges: Vec::new(),
     }
 }
 

@@ -109,6 +109,7 @@ fn spec(fam: Fam, backends: &[SocketAddr], flags: u16, affinity_timeout_s: u32) 
             .collect(),
         flags,
         affinity_timeout_s,
+        source_ranges: vec![],
     }
 }
 

@@ -27,8 +27,8 @@ use super::{
 };
 use crate::{
     dataplane::{
-        pin, sync::frontend_spec, BackendSpec, BpfMaps, Family, FrontendKey, FrontendSpec, L4Proto,
-        MapStore, DEFAULT_BPFFS,
+        pin, sync::specs_of, BackendSpec, BpfMaps, Cidr, Family, FrontendKey, FrontendSpec,
+        L4Proto, MapStore, DEFAULT_BPFFS,
     },
     model::{ClusterState, ServiceDesired, ServiceName},
     source::{self, kube_api::KubeSourceConfig, manifests::ManifestsConfig, SourceEvent},
@@ -122,6 +122,8 @@ pub struct Actual {
     /// Per slot: the backend, or why it could not be read.
     pub slots: Vec<Result<BackendSpec, String>>,
     pub name: Option<SvcName>,
+    /// The source-range trie's entries of this service id, sorted.
+    pub source_ranges: Vec<Cidr>,
 }
 
 /// Every frontend in the maps (both families), read only.
@@ -129,6 +131,10 @@ pub fn actual(store: &impl MapStore) -> anyhow::Result<BTreeMap<FrontendKey, Act
     let names: BTreeMap<u32, SvcName> = store.list_names()?.into_iter().collect();
     let mut out = BTreeMap::new();
     for family in Family::ALL {
+        let mut ranges: BTreeMap<u32, Vec<Cidr>> = BTreeMap::new();
+        for (id, cidr) in store.list_source_ranges(family)? {
+            ranges.entry(id).or_default().push(cidr);
+        }
         let entries: BTreeMap<_, _> = store.list_services(family)?.into_iter().collect();
         let backends: BTreeMap<u32, _> = store.list_backends(family)?.into_iter().collect();
         for (key, master) in entries.iter().filter(|(k, _)| k.slot() == 0) {
@@ -164,6 +170,11 @@ pub fn actual(store: &impl MapStore) -> anyhow::Result<BTreeMap<FrontendKey, Act
                     affinity_timeout_s: master.affinity_timeout_s,
                     slots,
                     name: names.get(&master.service_id).copied(),
+                    source_ranges: {
+                        let mut r = ranges.remove(&master.service_id).unwrap_or_default();
+                        r.sort_unstable();
+                        r
+                    },
                 },
             );
         }
@@ -211,6 +222,19 @@ pub fn compare(want: &FrontendSpec, have: &Actual) -> Vec<String> {
             "flags: maps {}, wanted {}",
             flag_names(have.flags),
             flag_names(want.flags)
+        ));
+    }
+    if want.source_ranges != have.source_ranges {
+        let list = |v: &[Cidr]| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        details.push(format!(
+            "source ranges: maps [{}], wanted [{}]",
+            list(&have.source_ranges),
+            list(&want.source_ranges)
         ));
     }
     if want.affinity_timeout_s != have.affinity_timeout_s {
@@ -270,8 +294,7 @@ pub fn diff(desired: &[ServiceDesired], actual: &BTreeMap<FrontendKey, Actual>) 
     let mut rows = Vec::new();
     let mut wanted: BTreeSet<FrontendKey> = BTreeSet::new();
     for d in desired {
-        for frontend in &d.frontends {
-            let spec = frontend_spec(frontend);
+        for spec in specs_of(d).into_values() {
             // Two Services wanting one frontend: the first keeps it (as the daemon).
             if !wanted.insert(spec.key) {
                 continue;

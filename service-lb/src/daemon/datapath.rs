@@ -255,6 +255,7 @@ mod tests {
                 }],
                 flags: 0,
                 affinity_timeout_s: 0,
+                source_ranges: Vec::new(),
             })
             .expect("upserts");
         }

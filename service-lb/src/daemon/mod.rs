@@ -18,6 +18,7 @@ pub mod config;
 pub mod datapath;
 pub mod event_loop;
 pub mod events;
+pub mod node_addresses;
 pub mod policy;
 pub mod reconcile;
 pub mod service_cidrs;

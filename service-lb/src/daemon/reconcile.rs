@@ -16,10 +16,13 @@ use std::{
 use kube::runtime::watcher;
 use tracing::{debug, error, info, warn};
 
+use super::node_addresses::snat_addresses;
 use super::policy::{PolicySync, PolicySyncDone};
 use super::service_cidrs::ServiceCidrs;
 use crate::{
-    dataplane::{program_service_cidrs, sync::SyncReport, Cidr, MapStore, Syncer},
+    dataplane::{
+        maps::NodeAddresses, program_service_cidrs, sync::SyncReport, Cidr, MapStore, Syncer,
+    },
     model::{ClusterState, HealthCheck, NodePortAddresses, ServiceDesired, ServiceName, Skip},
     source::{Rejection, SourceEvent},
     telemetry::{
@@ -77,6 +80,8 @@ pub struct Reconciler<M: MapStore> {
     interface_addresses: Option<InterfaceAddresses>,
     /// Service syncs run (full and incremental): what coalescing is judged by.
     syncs_run: u64,
+    /// The SNAT source addresses last written into `SLB_NODEADDR_V1` (`None`: not yet).
+    node_addresses: Option<NodeAddresses>,
 }
 
 /// Reads this node's external interface addresses.
@@ -107,6 +112,7 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
             service_health: None,
             interface_addresses: None,
             syncs_run: 0,
+            node_addresses: None,
         }
     }
 
@@ -363,6 +369,7 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
                 self.state.set_interface_addresses(read());
             }
         }
+        self.write_node_addresses();
         let dirty = self.state.take_dirty();
         self.pending = false;
         let names: Vec<ServiceName> = match kind {
@@ -468,6 +475,25 @@ impl<M: MapStore + Send + 'static> Reconciler<M> {
             services,
             report,
         })
+    }
+
+    /// Writes this node's SNAT source addresses when they changed (before the frontends
+    /// that use them). A failure is logged and retried on the next sync.
+    fn write_node_addresses(&mut self) {
+        let wanted = snat_addresses(self.state.node().as_ref(), &self.state.nodeport_addresses());
+        if self.node_addresses == Some(wanted) {
+            return;
+        }
+        let Some(syncer) = self.syncer.as_mut() else {
+            return;
+        };
+        match syncer.writer_mut().store_mut().put_node_addresses(&wanted) {
+            Ok(()) => {
+                info!(v4 = ?wanted.v4, v6 = ?wanted.v6, "SNAT source addresses written");
+                self.node_addresses = Some(wanted);
+            }
+            Err(e) => error!(error = %e, "writing the SNAT source addresses failed; will retry"),
+        }
     }
 
     fn note_health_checks(&mut self, desired: &[ServiceDesired], kind: SyncKind) {

@@ -79,6 +79,7 @@ fn maps_left_by_a_previous_run() -> FakeMaps {
             }],
             flags: SVC_FLAG_CLUSTER_IP,
             affinity_timeout_s: 0,
+            source_ranges: Vec::new(),
         })
         .expect("programs");
     let mut maps = writer.into_store();
@@ -568,4 +569,50 @@ async fn a_burst_of_changes_costs_one_sync_not_one_per_change() {
     // One incremental sync for the whole burst (queued before the loop ran).
     assert_eq!(h.reconciler.syncs_run(), 2);
     drop(tx);
+}
+
+fn node_with(addresses: &[(&str, &str)]) -> Arc<Node> {
+    let addresses: Vec<_> = addresses
+        .iter()
+        .map(|(kind, addr)| json!({"type": kind, "address": addr}))
+        .collect();
+    Arc::new(
+        serde_json::from_value(
+            json!({"metadata": {"name": "n1"}, "status": {"addresses": addresses}}),
+        )
+        .expect("a valid Node"),
+    )
+}
+
+/// `SLB_NODEADDR_V1` follows the Node object: its InternalIP per family, rewritten when
+/// the Node's addresses change (before the frontends of that sync).
+#[tokio::test]
+async fn the_snat_addresses_follow_the_node_object() {
+    use crate::dataplane::maps::NodeAddresses;
+    let mut h = harness();
+    h.initial_lists(true);
+    h.send(SourceEvent::Node(Box::new(Event::Apply(node_with(&[
+        ("InternalIP", "198.19.255.1"),
+        ("InternalIP", "fd00:ff::1"),
+    ])))));
+    h.reconciler.sync().await.expect("syncs");
+    assert_eq!(
+        h.maps().node_addresses,
+        NodeAddresses {
+            v4: Some("198.19.255.1".parse().expect("ip")),
+            v6: Some("fd00:ff::1".parse().expect("ip")),
+        }
+    );
+    h.send(SourceEvent::Node(Box::new(Event::Apply(node_with(&[(
+        "InternalIP",
+        "198.19.255.7",
+    )])))));
+    h.reconciler.sync().await.expect("syncs");
+    assert_eq!(
+        h.maps().node_addresses,
+        NodeAddresses {
+            v4: Some("198.19.255.7".parse().expect("ip")),
+            v6: None,
+        }
+    );
 }

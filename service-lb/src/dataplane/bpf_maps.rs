@@ -13,6 +13,10 @@ use service_lb_common::{
     counters::counter_index,
     maglev::{MaglevKey, MaglevTable, MAGLEV_TABLE_MAX},
     maps,
+    northsouth::{
+        NodeAddrs, SrcRange4Data, SrcRange4Key, SrcRange6Data, SrcRange6Key, NODEADDR_HAS_V4,
+        NODEADDR_HAS_V6, SRC_RANGE_ALLOWED, SRC_RANGE_PREFIX_BITS,
+    },
     vip::SERVICE_CIDR_ALLOCATED,
     Backend4, Backend6, Counter, CtEntry, CtKey4, CtKey6, Hook, Meta, Reason, RevNat4, RevNat6,
     Svc4Key, Svc6Key, SvcName, SvcValue, VipValue,
@@ -26,7 +30,8 @@ use super::{
     error::DataplaneError,
     loader::Dataplane,
     maps::{
-        BackendValue, CtReferences, Family, MapStore, RevNatValue, StoreError, StoreOp, SvcKey,
+        BackendValue, CtReferences, Family, MapStore, NodeAddresses, RevNatValue, StoreError,
+        StoreOp, SvcKey,
     },
     pin,
     vips::Cidr,
@@ -62,6 +67,32 @@ pub struct BpfMaps {
     maglev: Option<Hash<MaglevKey, MaglevTable>>,
     /// Bulk mode (full syncs): shadows of the control-plane maps, queued writes.
     bulk: Option<Box<BulkMaps>>,
+    /// `None` when the pins predate the north-south maps (read as empty; writes fail).
+    north_south: Option<NorthSouthMaps>,
+}
+
+/// The source-range tries and the node-address map.
+struct NorthSouthMaps {
+    src4: LpmTrie<MapData, SrcRange4Data, u32>,
+    src6: LpmTrie<MapData, SrcRange6Data, u32>,
+    node: Array<MapData, NodeAddrs>,
+}
+
+impl NorthSouthMaps {
+    fn open(bpffs: &Path) -> Result<Option<Self>, DataplaneError> {
+        if !pin::map_pin_path(bpffs, maps::NODE_ADDRS).exists() {
+            return Ok(None);
+        }
+        let trie = |name: &'static str| open_map(bpffs, name);
+        Ok(Some(Self {
+            src4: LpmTrie::try_from(trie(maps::SRC_RANGES4)?)
+                .map_err(|e| DataplaneError::map(maps::SRC_RANGES4, e))?,
+            src6: LpmTrie::try_from(trie(maps::SRC_RANGES6)?)
+                .map_err(|e| DataplaneError::map(maps::SRC_RANGES6, e))?,
+            node: Array::try_from(open_map(bpffs, maps::NODE_ADDRS)?)
+                .map_err(|e| DataplaneError::map(maps::NODE_ADDRS, e))?,
+        }))
+    }
 }
 
 /// One sessionAffinity entry (`inspect affinity`).
@@ -124,6 +155,17 @@ impl BpfMaps {
                 None
             },
             bulk: None,
+            north_south: NorthSouthMaps::open(bpffs)?,
+        })
+    }
+
+    fn north_south_mut(&mut self, map: &'static str) -> Result<&mut NorthSouthMaps, StoreError> {
+        self.north_south.as_mut().ok_or_else(|| StoreError::Failed {
+            map,
+            op: StoreOp::Put,
+            source: "the map is not pinned (a data plane older than the north-south maps: \
+                     restart the daemon of this version to create it)"
+                .into(),
         })
     }
 
@@ -1010,5 +1052,133 @@ impl MapStore for BpfMaps {
             let size = (table.size as usize).min(table.slots.len());
             table.slots[..size].to_vec()
         }))
+    }
+
+    fn put_source_range(&mut self, service_id: u32, cidr: &Cidr) -> Result<(), StoreError> {
+        let len = u32::from(cidr.prefix_len());
+        let full = |e: MapError, name| {
+            if is_full(&e) {
+                StoreError::Full { map: name }
+            } else {
+                failed(name, StoreOp::Put, e)
+            }
+        };
+        match cidr.addr() {
+            IpAddr::V4(a) => {
+                let k = SrcRange4Key::new(service_id, a.octets(), len);
+                self.north_south_mut(maps::SRC_RANGES4)?
+                    .src4
+                    .insert(
+                        &lpm_trie::Key::new(k.prefix_len, k.data()),
+                        SRC_RANGE_ALLOWED,
+                        0,
+                    )
+                    .map_err(|e| full(e, maps::SRC_RANGES4))
+            }
+            IpAddr::V6(a) => {
+                let k = SrcRange6Key::new(service_id, a.octets(), len);
+                self.north_south_mut(maps::SRC_RANGES6)?
+                    .src6
+                    .insert(
+                        &lpm_trie::Key::new(k.prefix_len, k.data()),
+                        SRC_RANGE_ALLOWED,
+                        0,
+                    )
+                    .map_err(|e| full(e, maps::SRC_RANGES6))
+            }
+        }
+    }
+
+    fn delete_source_range(&mut self, service_id: u32, cidr: &Cidr) -> Result<(), StoreError> {
+        let Some(ns) = self.north_south.as_mut() else {
+            return Ok(());
+        };
+        let len = u32::from(cidr.prefix_len());
+        let (result, name) = match cidr.addr() {
+            IpAddr::V4(a) => {
+                let k = SrcRange4Key::new(service_id, a.octets(), len);
+                (
+                    ns.src4.remove(&lpm_trie::Key::new(k.prefix_len, k.data())),
+                    maps::SRC_RANGES4,
+                )
+            }
+            IpAddr::V6(a) => {
+                let k = SrcRange6Key::new(service_id, a.octets(), len);
+                (
+                    ns.src6.remove(&lpm_trie::Key::new(k.prefix_len, k.data())),
+                    maps::SRC_RANGES6,
+                )
+            }
+        };
+        match result {
+            Err(e) if !is_missing(&e) => Err(failed(name, StoreOp::Delete, e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn list_source_ranges(&self, family: Family) -> Result<Vec<(u32, Cidr)>, StoreError> {
+        fn walk<K: aya::Pod>(
+            trie: &LpmTrie<MapData, K, u32>,
+            name: &'static str,
+            split: impl Fn(K) -> (u32, IpAddr),
+        ) -> Result<Vec<(u32, Cidr)>, StoreError> {
+            let mut out = Vec::new();
+            for item in trie.keys() {
+                match item {
+                    Ok(key) => {
+                        let (id, addr) = split(key.data());
+                        let len = key.prefix_len().saturating_sub(SRC_RANGE_PREFIX_BITS);
+                        let len = u8::try_from(len).unwrap_or(u8::MAX);
+                        if let Some(cidr) = Cidr::new(addr, len) {
+                            out.push((id, cidr));
+                        }
+                    }
+                    Err(e) if is_missing(&e) => {}
+                    Err(e) => return Err(failed(name, StoreOp::List, e)),
+                }
+            }
+            Ok(out)
+        }
+        let Some(ns) = &self.north_south else {
+            return Ok(Vec::new());
+        };
+        match family {
+            Family::V4 => walk(&ns.src4, maps::SRC_RANGES4, |d: SrcRange4Data| {
+                (d.service_id, Ipv4Addr::from(d.addr).into())
+            }),
+            Family::V6 => walk(&ns.src6, maps::SRC_RANGES6, |d: SrcRange6Data| {
+                (d.service_id, Ipv6Addr::from(d.addr).into())
+            }),
+        }
+    }
+
+    fn put_node_addresses(&mut self, addrs: &NodeAddresses) -> Result<(), StoreError> {
+        let mut value = NodeAddrs::default();
+        if let Some(a) = addrs.v4 {
+            value.addr4 = a.octets();
+            value.flags |= NODEADDR_HAS_V4;
+        }
+        if let Some(a) = addrs.v6 {
+            value.addr6 = a.octets();
+            value.flags |= NODEADDR_HAS_V6;
+        }
+        self.north_south_mut(maps::NODE_ADDRS)?
+            .node
+            .set(0, value, 0)
+            .map_err(|e| failed(maps::NODE_ADDRS, StoreOp::Put, e))
+    }
+
+    fn get_node_addresses(&self) -> Result<NodeAddresses, StoreError> {
+        let Some(ns) = &self.north_south else {
+            return Ok(NodeAddresses::default());
+        };
+        let v = ns
+            .node
+            .get(&0, 0)
+            .map_err(|e| failed(maps::NODE_ADDRS, StoreOp::Get, e))?;
+        Ok(NodeAddresses {
+            v4: (v.flags & NODEADDR_HAS_V4 != 0).then(|| Ipv4Addr::from(v.addr4)),
+            v6: (v.flags & NODEADDR_HAS_V6 != 0).then(|| Ipv6Addr::from(v.addr6)),
+        })
     }
 }

@@ -14,7 +14,9 @@ use service_lb_common::{
     CtEntry, SvcName, SvcValue, VipValue,
 };
 
-use super::maps::{BackendValue, CtReferences, Family, MapStore, RevNatValue, StoreError, SvcKey};
+use super::maps::{
+    BackendValue, CtReferences, Family, MapStore, NodeAddresses, RevNatValue, StoreError, SvcKey,
+};
 use super::vips::Cidr;
 
 /// One write, as the fake saw it (reads are not logged).
@@ -49,6 +51,16 @@ pub enum Op {
     DeleteMaglev {
         service_id: u32,
         scope: u8,
+    },
+    /// A source range of `service_id` written.
+    PutRange {
+        service_id: u32,
+        cidr: Cidr,
+    },
+    /// A source range of `service_id` deleted.
+    DeleteRange {
+        service_id: u32,
+        cidr: Cidr,
     },
 }
 
@@ -91,6 +103,10 @@ pub struct FakeMaps {
     pub names: BTreeMap<u32, SvcName>,
     /// The Maglev map (writes are in `ops`).
     pub maglev: BTreeMap<MaglevKey, Vec<u32>>,
+    /// The source-range tries, as (service id, range).
+    pub source_ranges: BTreeSet<(u32, Cidr)>,
+    /// The node-address map.
+    pub node_addresses: NodeAddresses,
 }
 
 impl FakeMaps {
@@ -395,5 +411,42 @@ impl MapStore for FakeMaps {
 
     fn get_maglev(&self, key: &MaglevKey) -> Result<Option<Vec<u32>>, StoreError> {
         Ok(self.maglev.get(key).cloned())
+    }
+
+    fn put_source_range(&mut self, service_id: u32, cidr: &Cidr) -> Result<(), StoreError> {
+        self.source_ranges.insert((service_id, *cidr));
+        self.ops.push(Op::PutRange {
+            service_id,
+            cidr: *cidr,
+        });
+        Ok(())
+    }
+
+    fn delete_source_range(&mut self, service_id: u32, cidr: &Cidr) -> Result<(), StoreError> {
+        self.source_ranges.remove(&(service_id, *cidr));
+        self.ops.push(Op::DeleteRange {
+            service_id,
+            cidr: *cidr,
+        });
+        Ok(())
+    }
+
+    fn list_source_ranges(&self, family: Family) -> Result<Vec<(u32, Cidr)>, StoreError> {
+        self.list_calls.set(self.list_calls.get() + 1);
+        Ok(self
+            .source_ranges
+            .iter()
+            .filter(|(_, c)| c.family() == family)
+            .copied()
+            .collect())
+    }
+
+    fn put_node_addresses(&mut self, addrs: &NodeAddresses) -> Result<(), StoreError> {
+        self.node_addresses = *addrs;
+        Ok(())
+    }
+
+    fn get_node_addresses(&self) -> Result<NodeAddresses, StoreError> {
+        Ok(self.node_addresses)
     }
 }

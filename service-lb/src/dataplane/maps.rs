@@ -328,6 +328,32 @@ pub trait MapStore {
     fn delete_maglev(&mut self, key: &MaglevKey) -> Result<(), StoreError>;
     /// The stored table's first `size` slots.
     fn get_maglev(&self, key: &MaglevKey) -> Result<Option<Vec<u32>>, StoreError>;
+    /// Source-range tries (`SLB_SRCRNG4_V1` / `SLB_SRCRNG6_V1`): the clients allowed to
+    /// open flows through the frontend of `service_id` (loadBalancerSourceRanges).
+    fn put_source_range(&mut self, service_id: u32, cidr: &Cidr) -> Result<(), StoreError>;
+    fn delete_source_range(&mut self, service_id: u32, cidr: &Cidr) -> Result<(), StoreError>;
+    fn list_source_ranges(&self, family: Family) -> Result<Vec<(u32, Cidr)>, StoreError>;
+
+    /// `SLB_NODEADDR_V1`: this node's address per family, the source of SNATed flows.
+    fn put_node_addresses(&mut self, addrs: &NodeAddresses) -> Result<(), StoreError>;
+    fn get_node_addresses(&self) -> Result<NodeAddresses, StoreError>;
+}
+
+/// This node's SNAT source address of each family (`None`: SNAT flows of that family are
+/// dropped by the programs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeAddresses {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl NodeAddresses {
+    pub fn get(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::V4 => self.v4.map(IpAddr::V4),
+            Family::V6 => self.v6.map(IpAddr::V6),
+        }
+    }
 }
 
 /// What live conntrack entries name (see `MapStore::conntrack_references`).

@@ -28,7 +28,7 @@ use service_lb_common::{
     names::{SvcName, KIND_CLUSTER_IP},
     service::{
         BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-        SVC_FLAG_CLUSTER_IP,
+        SVC_FLAG_CLUSTER_IP, SVC_FLAG_DROP_NO_ENDPOINT, SVC_FLAG_TWO_SCOPES,
     },
 };
 use tracing::{debug, error, warn};
@@ -38,7 +38,10 @@ use super::{
     writer::Garbage,
     BackendSpec, Family, FrontendKey, FrontendSpec, L4Proto, MapStore, ServiceWriter, WriteError,
 };
-use crate::model::{DesiredFrontend, Protocol, Scope, ServiceDesired, ServiceName};
+use crate::model::{DesiredFrontend, NoEndpoints, Protocol, Scope, ServiceDesired, ServiceName};
+
+mod external;
+pub use external::{external_spec, frontend_kind};
 
 /// What one `apply`/`full_sync` did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -64,36 +67,64 @@ pub struct SyncReport {
     pub errors: Vec<String>,
 }
 
-/// The map entry a desired frontend becomes.
+/// The map entry a desired ClusterIP frontend becomes (`SVC_FLAG_TWO_SCOPES` is added by
+/// `specs_of`, which sees the twins).
 pub fn frontend_spec(frontend: &DesiredFrontend) -> FrontendSpec {
     FrontendSpec {
-        key: FrontendKey {
-            addr: frontend.addr,
-            port: frontend.port,
-            proto: match frontend.protocol {
-                Protocol::Tcp => L4Proto::Tcp,
-                Protocol::Udp => L4Proto::Udp,
-            },
-            scope: match frontend.scope {
-                Scope::External => SCOPE_EXTERNAL,
-                Scope::Internal => SCOPE_INTERNAL,
-            },
-        },
-        backends: frontend
-            .backends
-            .iter()
-            .map(|b| BackendSpec {
-                addr: b.addr,
-                state: if b.terminating {
-                    BACKEND_STATE_TERMINATING
-                } else {
-                    BACKEND_STATE_ACTIVE
-                },
-                local: b.local,
-            })
-            .collect(),
-        flags: SVC_FLAG_CLUSTER_IP,
+        key: frontend_key(
+            frontend.addr,
+            frontend.port,
+            frontend.protocol,
+            frontend.scope,
+        ),
+        backends: backend_specs(&frontend.backends),
+        flags: SVC_FLAG_CLUSTER_IP | no_endpoint_flag(frontend.no_endpoints),
         affinity_timeout_s: frontend.affinity_timeout_s,
+        source_ranges: Vec::new(),
+    }
+}
+
+fn frontend_key(
+    addr: std::net::IpAddr,
+    port: u16,
+    protocol: Protocol,
+    scope: Scope,
+) -> FrontendKey {
+    FrontendKey {
+        addr,
+        port,
+        proto: match protocol {
+            Protocol::Tcp => L4Proto::Tcp,
+            Protocol::Udp => L4Proto::Udp,
+        },
+        scope: match scope {
+            Scope::External => SCOPE_EXTERNAL,
+            Scope::Internal => SCOPE_INTERNAL,
+        },
+    }
+}
+
+fn backend_specs(backends: &[crate::model::DesiredBackend]) -> Vec<BackendSpec> {
+    backends
+        .iter()
+        .map(|b| BackendSpec {
+            addr: b.addr,
+            state: if b.terminating {
+                BACKEND_STATE_TERMINATING
+            } else {
+                BACKEND_STATE_ACTIVE
+            },
+            local: b.local,
+        })
+        .collect()
+}
+
+/// kube-proxy drops (never rejects) when the Service has endpoints but none this traffic
+/// policy allows from this node.
+fn no_endpoint_flag(no_endpoints: NoEndpoints) -> u16 {
+    match no_endpoints {
+        NoEndpoints::Reject => 0,
+        NoEndpoints::Drop => SVC_FLAG_DROP_NO_ENDPOINT,
     }
 }
 
@@ -388,15 +419,22 @@ impl<M: MapStore> Syncer<M> {
         upserted: &mut usize,
         removed: &mut usize,
     ) -> Result<(), WriteError> {
-        for (key, spec) in previous.iter().filter(|(k, _)| !wanted.contains_key(*k)) {
-            touched.push(Touched {
-                key: *key,
-                restore: Restore::Spec(spec.clone()),
-            });
-            self.writer.remove(key)?;
-            *removed += 1;
-        }
-        for (key, spec) in wanted {
+        // Internal-scope twins are written before the external master that sends
+        // in-cluster clients to them (`SVC_FLAG_TWO_SCOPES`), and removed after it stopped
+        // doing so.
+        let gone = |internal: bool| {
+            previous
+                .iter()
+                .filter(move |(k, _)| !wanted.contains_key(*k) && internal == is_internal(k))
+        };
+        let stale: Vec<(FrontendKey, FrontendSpec)> =
+            gone(false).map(|(k, s)| (*k, s.clone())).collect();
+        self.remove_frontends(&stale, touched, removed)?;
+        let ordered = wanted
+            .iter()
+            .filter(|(k, _)| is_internal(k))
+            .chain(wanted.iter().filter(|(k, _)| !is_internal(k)));
+        for (key, spec) in ordered {
             let restore = match previous.get(key) {
                 Some(before) if mode == Mode::Incremental && before == spec => continue,
                 Some(before) => Restore::Spec(before.clone()),
@@ -416,6 +454,25 @@ impl<M: MapStore> Syncer<M> {
             if self.writer.map_writes() != writes_before {
                 *upserted += 1;
             }
+        }
+        let stale: Vec<(FrontendKey, FrontendSpec)> =
+            gone(true).map(|(k, s)| (*k, s.clone())).collect();
+        self.remove_frontends(&stale, touched, removed)
+    }
+
+    fn remove_frontends(
+        &mut self,
+        stale: &[(FrontendKey, FrontendSpec)],
+        touched: &mut Vec<Touched>,
+        removed: &mut usize,
+    ) -> Result<(), WriteError> {
+        for (key, spec) in stale {
+            touched.push(Touched {
+                key: *key,
+                restore: Restore::Spec(spec.clone()),
+            });
+            self.writer.remove(key)?;
+            *removed += 1;
         }
         Ok(())
     }
@@ -444,18 +501,23 @@ impl<M: MapStore> Syncer<M> {
         let failed: BTreeSet<&ServiceName> = report.failed.iter().map(|(n, _)| n).collect();
         for d in desired.iter().filter(|d| !failed.contains(&d.name)) {
             let mut now = BTreeMap::new();
-            for frontend in &d.frontends {
-                let key = frontend_spec(frontend).key;
+            let cluster = d
+                .frontends
+                .iter()
+                .map(|f| (frontend_spec(f).key, f.port_name.as_str(), KIND_CLUSTER_IP));
+            let external = d.external.iter().map(|f| {
+                (
+                    external_spec(f).key,
+                    f.port_name.as_str(),
+                    frontend_kind(f.kind),
+                )
+            });
+            for (key, port_name, kind) in cluster.chain(external) {
                 if self.owners.get(&key) != Some(&d.name) {
                     continue;
                 }
                 if let Some(id) = self.writer.service_id(&key) {
-                    let record = SvcName::new(
-                        &d.name.namespace,
-                        &d.name.name,
-                        &frontend.port_name,
-                        KIND_CLUSTER_IP,
-                    );
+                    let record = SvcName::new(&d.name.namespace, &d.name.name, port_name, kind);
                     now.insert(id, record);
                 }
             }
@@ -600,13 +662,42 @@ impl<M: MapStore> Syncer<M> {
     }
 }
 
-fn specs_of(desired: &ServiceDesired) -> Specs {
-    desired
+/// Every frontend of the Service (ClusterIP and north-south), with `SVC_FLAG_TWO_SCOPES`
+/// on both entries of a frontend that has an entry of each scope: what the Syncer writes
+/// (and `service-lb diff` compares).
+pub fn specs_of(desired: &ServiceDesired) -> BTreeMap<FrontendKey, FrontendSpec> {
+    let mut specs: Specs = desired
         .frontends
         .iter()
         .map(frontend_spec)
+        .chain(desired.external.iter().map(external_spec))
         .map(|spec| (spec.key, spec))
-        .collect()
+        .collect();
+    let twins: Vec<FrontendKey> = specs
+        .keys()
+        .filter(|k| {
+            let other = if is_internal(k) {
+                SCOPE_EXTERNAL
+            } else {
+                SCOPE_INTERNAL
+            };
+            specs.contains_key(&FrontendKey {
+                scope: other,
+                ..**k
+            })
+        })
+        .copied()
+        .collect();
+    for key in twins {
+        if let Some(spec) = specs.get_mut(&key) {
+            spec.flags |= SVC_FLAG_TWO_SCOPES;
+        }
+    }
+    specs
+}
+
+fn is_internal(key: &FrontendKey) -> bool {
+    key.scope == SCOPE_INTERNAL
 }
 
 #[cfg(test)]

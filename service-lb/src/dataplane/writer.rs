@@ -35,9 +35,11 @@ use service_lb_common::{
 use tracing::{debug, error, warn};
 
 use super::maps::{BackendValue, Family, MapStore, RevNatValue, StoreError, SvcKey};
+use super::vips::Cidr;
 
 mod maglev;
 mod members;
+mod ranges;
 mod vips;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -131,6 +133,9 @@ pub struct FrontendSpec {
     /// `service::SVC_FLAG_*`.
     pub flags: u16,
     pub affinity_timeout_s: u32,
+    /// loadBalancerSourceRanges (sorted, once each): written into the source-range trie
+    /// under the frontend's service id; the caller sets `SVC_FLAG_SOURCE_RANGES` with them.
+    pub source_ranges: Vec<Cidr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,6 +179,8 @@ pub enum WriteError {
     Gc(#[source] StoreError),
     #[error("writing the id floors into the meta map: {0}")]
     Meta(#[source] StoreError),
+    #[error("frontend {frontend}: source range {range} is of the other address family")]
+    RangeFamily { frontend: FrontendKey, range: Cidr },
     #[error("reading frontend {frontend}: backend {backend_id} of slot {slot} is missing")]
     MissingBackend {
         frontend: FrontendKey,
@@ -211,6 +218,8 @@ enum Undo {
         key: service_lb_common::maglev::MaglevKey,
         previous: Option<Vec<u32>>,
     },
+    /// A source range written (it was not in the trie).
+    RangeAdded { service_id: u32, cidr: Cidr },
 }
 
 /// Monotonic id allocator: `next` after the highest id seen, skipping ids in use and 0.
@@ -281,6 +290,8 @@ pub struct ServiceWriter<M: MapStore> {
     members: BTreeMap<u32, BTreeSet<u32>>,
     /// Maglev tables written, and the table size (`maglev`).
     maglev: maglev::MaglevTables,
+    /// Source ranges by service id: what the source-range tries hold (`ranges`).
+    ranges: ranges::Ranges,
 }
 
 impl<M: MapStore> ServiceWriter<M> {
@@ -370,6 +381,7 @@ impl<M: MapStore> ServiceWriter<M> {
             orphan_slots = orphan_slots.len(),
             "recovered ids from the maps"
         );
+        let ranges = ranges::recover(&store)?;
         let service_ids = Ids::recovered(service_in_use, service_floor);
         let backend_ids = Ids::recovered(backend_in_use, backend_floor);
         let mut writer = Self {
@@ -390,6 +402,7 @@ impl<M: MapStore> ServiceWriter<M> {
             cluster_ips,
             members,
             maglev: maglev::MaglevTables::default(),
+            ranges,
         };
         writer.recover_vips()?;
         writer.recover_members()?;
@@ -463,6 +476,7 @@ impl<M: MapStore> ServiceWriter<M> {
             backends,
             flags: master.flags,
             affinity_timeout_s: master.affinity_timeout_s,
+            source_ranges: self.source_ranges(master.service_id),
         }))
     }
 
@@ -564,6 +578,7 @@ impl<M: MapStore> ServiceWriter<M> {
         )?;
         self.drain_unused_backends(&key, family, dropped)?;
         self.keep_members(&key, ids.service_id, &ids.backend_ids)?;
+        self.prune_ranges(&key, ids.service_id, &spec.source_ranges)?;
         self.vip_upserted(spec)?;
         Ok(ids)
     }
@@ -597,6 +612,7 @@ impl<M: MapStore> ServiceWriter<M> {
         }
         self.maglev_delete(key, master.flags, master.service_id)?;
         self.services.remove(key);
+        self.prune_ranges(key, master.service_id, &[])?;
         self.retired.insert(master.service_id, key.family());
         self.retired_by_key.insert(*key, master.service_id);
         self.keep_members(key, master.service_id, &[])?;
@@ -608,6 +624,7 @@ impl<M: MapStore> ServiceWriter<M> {
     /// previous run, or by another writer) and deletes the orphan slots found at open:
     /// the first full sync's repair. Returns how many backends it drained.
     pub fn drain_unreferenced_backends(&mut self) -> Result<usize, WriteError> {
+        self.prune_orphan_ranges()?;
         for key in std::mem::take(&mut self.orphan_slots) {
             self.writes += 1;
             if let Err(source) = self.store.delete_service(&key) {
@@ -858,6 +875,7 @@ impl<M: MapStore> ServiceWriter<M> {
         }
 
         self.maglev_before_master(spec, service_id, &backend_ids, undo)?;
+        self.add_ranges(key, service_id, &spec.source_ranges, undo)?;
         let master = SvcValue::master(
             backend_ids.len() as u32,
             service_id,
@@ -934,6 +952,13 @@ impl<M: MapStore> ServiceWriter<M> {
                     key,
                     previous: None,
                 } => self.store.delete_maglev(&key),
+                Undo::RangeAdded { service_id, cidr } => match self.undo_range(service_id, &cidr) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        error!(%frontend, error = %e, "rolling back a source range");
+                        Ok(())
+                    }
+                },
             };
             if let Err(e) = result {
                 error!(%frontend, error = %e, "rolling back a failed frontend write");

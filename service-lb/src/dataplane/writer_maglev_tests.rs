@@ -40,6 +40,7 @@ fn spec(key: FrontendKey, backends: &[&str], flags: u16) -> FrontendSpec {
             .collect(),
         flags,
         affinity_timeout_s: 0,
+        source_ranges: vec![],
     }
 }
 

@@ -36,6 +36,7 @@ fn spec(key: FrontendKey, backends: &[&str]) -> FrontendSpec {
         backends: backends.iter().map(|b| backend(b)).collect(),
         flags: 0,
         affinity_timeout_s: 0,
+        source_ranges: Vec::new(),
     }
 }
 

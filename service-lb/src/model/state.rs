@@ -223,6 +223,12 @@ impl ClusterState {
         out
     }
 
+    /// The node addresses that accept NodePort traffic (`--nodeport-addresses` applied),
+    /// sorted.
+    pub fn nodeport_addresses(&self) -> Vec<IpAddr> {
+        self.nodeport.select(&self.node_addresses())
+    }
+
     fn all_dirty(&mut self) {
         self.dirty.extend(self.services.keys().cloned());
     }

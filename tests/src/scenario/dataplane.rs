@@ -95,6 +95,7 @@ impl ClusterIp {
             backends,
             flags: SVC_FLAG_CLUSTER_IP,
             affinity_timeout_s: 0,
+            source_ranges: Vec::new(),
         }
     }
 }

@@ -211,3 +211,70 @@ fn rows_render_as_table_json_and_yaml() {
     let yaml = output::render(&rows, Format::Yaml).expect("renders");
     assert!(yaml.contains("change: missing"), "{yaml}");
 }
+
+/// A LoadBalancer frontend with source ranges: equal after a sync; a range deleted behind
+/// the daemon's back, or a NodePort frontend lost, is reported.
+#[test]
+fn north_south_frontends_and_their_source_ranges_are_compared() {
+    use crate::model::{ExternalFrontend, FrontendKind, NoEndpoints, Snat, TrafficPolicy};
+    let external = |kind, addr: &str, port, ranges: &[&str]| ExternalFrontend {
+        kind,
+        addr: addr.parse().expect("addr"),
+        port,
+        protocol: Protocol::Tcp,
+        scope: Scope::External,
+        policy: TrafficPolicy::Cluster,
+        port_name: "http".into(),
+        backends: vec![DesiredBackend {
+            addr: "198.18.1.2:8080".parse().expect("backend"),
+            terminating: false,
+            local: false,
+        }],
+        no_endpoints: NoEndpoints::Reject,
+        snat: Snat::Always,
+        source_ranges: ranges.iter().map(|r| r.parse().expect("range")).collect(),
+        affinity_timeout_s: 0,
+        maglev: false,
+    };
+    let mut lb = service("lb", "198.19.0.30", 80, &["198.18.1.2:8080"]);
+    lb.external = vec![
+        external(FrontendKind::NodePort, "198.19.255.1", 30080, &[]),
+        external(
+            FrontendKind::LoadBalancer,
+            "198.19.200.200",
+            80,
+            &["198.19.200.0/25"],
+        ),
+    ];
+    let wanted = vec![lb];
+    let mut s = Syncer::new(ServiceWriter::open(FakeMaps::new()).expect("opens"));
+    let report = s.full_sync(&wanted);
+    assert!(report.failed.is_empty(), "{report:?}");
+    let mut maps = s.writer().store().clone();
+    assert_eq!(diff(&wanted, &actual(&maps).expect("reads")), vec![]);
+
+    let (id, range) = *maps.source_ranges.iter().next().expect("a range");
+    maps.delete_source_range(id, &range).expect("deletes");
+    maps.delete_service(&SvcKey::new(
+        "198.19.255.1".parse().expect("ip"),
+        30080,
+        6,
+        0,
+        0,
+    ))
+    .expect("deletes");
+    let rows = diff(&wanted, &actual(&maps).expect("reads"));
+    let summary: Vec<(String, Change, String)> = rows
+        .iter()
+        .map(|r| (r.frontend.clone(), r.change, r.details.join("; ")))
+        .collect();
+    assert_eq!(summary.len(), 2, "{summary:#?}");
+    assert_eq!(summary[0].0, "198.19.200.200:80/tcp");
+    assert_eq!(summary[0].1, Change::Different);
+    assert_eq!(
+        summary[0].2,
+        "source ranges: maps [], wanted [198.19.200.0/25]"
+    );
+    assert_eq!(summary[1].0, "198.19.255.1:30080/tcp");
+    assert_eq!(summary[1].1, Change::Missing);
+}

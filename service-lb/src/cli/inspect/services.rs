@@ -7,8 +7,11 @@ use std::{collections::BTreeMap, fmt, net::SocketAddr};
 use clap::Args;
 use serde::Serialize;
 use service_lb_common::{
-    names::{SvcName, KIND_CLUSTER_IP},
-    service::SVC_FLAG_CLUSTER_IP,
+    names::{SvcName, KIND_CLUSTER_IP, KIND_EXTERNAL_IP, KIND_LOAD_BALANCER, KIND_NODE_PORT},
+    service::{
+        SCOPE_INTERNAL, SVC_FLAG_CLUSTER_IP, SVC_FLAG_EXTERNAL_IP, SVC_FLAG_LOAD_BALANCER,
+        SVC_FLAG_NODE_PORT, SVC_FLAG_SNAT, SVC_FLAG_TWO_SCOPES,
+    },
 };
 
 use crate::{
@@ -16,12 +19,17 @@ use crate::{
     dataplane::{Family, MapStore, StoreError, SvcKey},
 };
 
-/// The kind of a frontend. Grows with the kinds the daemon programs (NodePort,
-/// LoadBalancer, externalIPs: issue 11).
+/// The kind of a frontend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum FrontendKind {
     #[value(name = "clusterip")]
     ClusterIp,
+    #[value(name = "nodeport")]
+    NodePort,
+    #[value(name = "externalip")]
+    ExternalIp,
+    #[value(name = "loadbalancer")]
+    LoadBalancer,
 }
 
 impl FrontendKind {
@@ -29,10 +37,24 @@ impl FrontendKind {
     pub fn of(name: Option<&SvcName>, flags: u16) -> Option<Self> {
         match name.map(|n| n.kind) {
             Some(KIND_CLUSTER_IP) => Some(Self::ClusterIp),
+            Some(KIND_NODE_PORT) => Some(Self::NodePort),
+            Some(KIND_EXTERNAL_IP) => Some(Self::ExternalIp),
+            Some(KIND_LOAD_BALANCER) => Some(Self::LoadBalancer),
             Some(_) => None,
-            None if flags & SVC_FLAG_CLUSTER_IP != 0 => Some(Self::ClusterIp),
-            None => None,
+            None => [
+                (SVC_FLAG_CLUSTER_IP, Self::ClusterIp),
+                (SVC_FLAG_NODE_PORT, Self::NodePort),
+                (SVC_FLAG_EXTERNAL_IP, Self::ExternalIp),
+                (SVC_FLAG_LOAD_BALANCER, Self::LoadBalancer),
+            ]
+            .into_iter()
+            .find(|(bit, _)| flags & bit != 0)
+            .map(|(_, kind)| kind),
         }
+    }
+
+    fn is_north_south(self) -> bool {
+        self != Self::ClusterIp
     }
 }
 
@@ -40,6 +62,9 @@ impl fmt::Display for FrontendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::ClusterIp => "clusterip",
+            Self::NodePort => "nodeport",
+            Self::ExternalIp => "externalip",
+            Self::LoadBalancer => "loadbalancer",
         })
     }
 }
@@ -107,6 +132,16 @@ pub struct ServiceRow {
     /// `vip:port/proto`.
     pub frontend: String,
     pub scope: u8,
+    /// `external` (clients outside the cluster; every client with one scope) or
+    /// `internal` (pods and the node, when the traffic policies differ).
+    pub scope_name: String,
+    /// North-south frontends: `Local` (externalTrafficPolicy Local: an entry per scope)
+    /// or `Cluster`; `None` for ClusterIP frontends.
+    pub policy: Option<String>,
+    /// New flows through this entry are SNATed to the node's address.
+    pub snat: bool,
+    /// loadBalancerSourceRanges of this frontend (empty: any client).
+    pub source_ranges: Vec<String>,
     pub service_id: u32,
     pub count: u32,
     pub flags: u16,
@@ -117,7 +152,18 @@ pub struct ServiceRow {
 
 impl TableRow for ServiceRow {
     const HEADER: &'static [&'static str] = &[
-        "service", "port", "kind", "frontend", "scope", "id", "count", "flags", "backends",
+        "service",
+        "port",
+        "kind",
+        "frontend",
+        "scope",
+        "policy",
+        "snat",
+        "source ranges",
+        "id",
+        "count",
+        "flags",
+        "backends",
     ];
     fn cells(&self) -> Vec<String> {
         let or_dash = |s: Option<&str>| s.filter(|s| !s.is_empty()).unwrap_or("-").to_owned();
@@ -126,7 +172,10 @@ impl TableRow for ServiceRow {
             or_dash(Some(&self.port_name)),
             or_dash(self.kind.as_deref()),
             self.frontend.clone(),
-            self.scope.to_string(),
+            self.scope_name.clone(),
+            or_dash(self.policy.as_deref()),
+            if self.snat { "yes" } else { "no" }.to_owned(),
+            or_dash(Some(&self.source_ranges.join(","))),
             self.service_id.to_string(),
             self.count.to_string(),
             flag_names(self.flags),
@@ -137,10 +186,21 @@ impl TableRow for ServiceRow {
 
 /// `cluster-ip,two-scopes`; unknown bits as hex; `-` for none.
 pub fn flag_names(flags: u16) -> String {
-    use service_lb_common::service::{SVC_FLAG_CLUSTER_IP, SVC_FLAG_TWO_SCOPES};
+    use service_lb_common::service::{
+        SVC_FLAG_CLUSTER_IP, SVC_FLAG_DROP_NO_ENDPOINT, SVC_FLAG_EXTERNAL_IP,
+        SVC_FLAG_LOAD_BALANCER, SVC_FLAG_MAGLEV, SVC_FLAG_NODE_PORT, SVC_FLAG_SNAT,
+        SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES,
+    };
     let known = [
         (SVC_FLAG_CLUSTER_IP, "cluster-ip"),
         (SVC_FLAG_TWO_SCOPES, "two-scopes"),
+        (SVC_FLAG_NODE_PORT, "node-port"),
+        (SVC_FLAG_EXTERNAL_IP, "external-ip"),
+        (SVC_FLAG_LOAD_BALANCER, "load-balancer"),
+        (SVC_FLAG_SNAT, "snat"),
+        (SVC_FLAG_DROP_NO_ENDPOINT, "drop-no-endpoint"),
+        (SVC_FLAG_SOURCE_RANGES, "source-ranges"),
+        (SVC_FLAG_MAGLEV, "maglev"),
     ];
     let mut names: Vec<String> = known
         .iter()
@@ -172,6 +232,10 @@ pub fn rows(store: &impl MapStore) -> Result<Vec<ServiceRow>, StoreError> {
     for family in Family::ALL {
         let entries: BTreeMap<SvcKey, _> = store.list_services(family)?.into_iter().collect();
         let backends: BTreeMap<u32, _> = store.list_backends(family)?.into_iter().collect();
+        let mut ranges: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for (id, cidr) in store.list_source_ranges(family)? {
+            ranges.entry(id).or_default().push(cidr.to_string());
+        }
         for (key, master) in entries.iter().filter(|(k, _)| k.slot() == 0) {
             let slots = (1..=master.count.min(u32::from(u16::MAX)) as u16)
                 .map(|slot| match entries.get(&key.with_slot(slot)) {
@@ -183,10 +247,27 @@ pub fn rows(store: &impl MapStore) -> Result<Vec<ServiceRow>, StoreError> {
                 })
                 .collect();
             let name = names.get(&master.service_id);
+            let kind = FrontendKind::of(name, master.flags);
+            let policy = kind.filter(|k| k.is_north_south()).map(|_| {
+                if master.flags & SVC_FLAG_TWO_SCOPES != 0 {
+                    "Local".to_owned()
+                } else {
+                    "Cluster".to_owned()
+                }
+            });
             rows.push(ServiceRow {
                 service: name.map(|n| format!("{}/{}", n.namespace(), n.name())),
                 port_name: name.map(|n| n.port_name().to_owned()).unwrap_or_default(),
-                kind: FrontendKind::of(name, master.flags).map(|k| k.to_string()),
+                kind: kind.map(|k| k.to_string()),
+                scope_name: if key.scope() == SCOPE_INTERNAL {
+                    "internal"
+                } else {
+                    "external"
+                }
+                .to_owned(),
+                policy,
+                snat: master.flags & SVC_FLAG_SNAT != 0,
+                source_ranges: ranges.get(&master.service_id).cloned().unwrap_or_default(),
                 frontend: format!(
                     "{}/{}",
                     SocketAddr::new(key.addr(), key.port()),
@@ -213,7 +294,9 @@ mod flag_tests {
         assert_eq!(flag_names(0), "-");
         assert_eq!(flag_names(0b10), "cluster-ip");
         assert_eq!(flag_names(0b11), "cluster-ip,two-scopes");
-        assert_eq!(flag_names(0b110), "cluster-ip,0x4");
+        assert_eq!(flag_names(0b110), "cluster-ip,node-port");
+        assert_eq!(flag_names(0b110_0100), "node-port,snat,drop-no-endpoint");
+        assert_eq!(flag_names(1 << 15), "0x8000");
     }
 }
 
@@ -244,6 +327,7 @@ mod tests {
                 backends: vec![be("198.18.1.2:5353")],
                 flags: 2,
                 affinity_timeout_s: 0,
+                source_ranges: Vec::new(),
             })
             .unwrap();
         w.upsert(&FrontendSpec {
@@ -251,6 +335,7 @@ mod tests {
             backends: vec![],
             flags: 0,
             affinity_timeout_s: 0,
+            source_ranges: Vec::new(),
         })
         .unwrap();
         let rows = rows(w.store()).unwrap();

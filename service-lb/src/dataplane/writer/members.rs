@@ -146,6 +146,7 @@ mod tests {
                 .collect(),
             flags: 0,
             affinity_timeout_s: 10,
+            source_ranges: Vec::new(),
         }
     }
 

@@ -154,6 +154,7 @@ mod tests {
             }],
             flags,
             affinity_timeout_s: 0,
+            source_ranges: Vec::new(),
         }
     }
 
